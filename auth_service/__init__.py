@@ -1,0 +1,1 @@
+"""auth_service: signup and login; owns credentials and publishes `profile-insert`."""

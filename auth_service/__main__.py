@@ -1,0 +1,60 @@
+"""`python -m auth_service api|migrate`."""
+
+from __future__ import annotations
+
+import argparse
+
+from flask import Flask
+
+from auth_service.api import create_app
+from auth_service.handlers import TokenIssuer
+from auth_service.models import Base, OutboxEvent
+from shared.config import ConfigError, Settings
+from shared.db import Database
+from shared.outbox import OutboxRelay
+from shared.runtime import migrate, run_api, service_main
+
+DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
+MIN_SECRET_BYTES = 32
+
+
+def jwt_secret(settings: Settings, env: dict[str, str]) -> str:
+    """AUTH_JWT_SECRET; in dev mode a fixed development key stands in for a missing one."""
+    secret = env.get("AUTH_JWT_SECRET", "")
+    if not secret:
+        if settings.dev_mode:
+            return DEV_SECRET
+        raise ConfigError(
+            "AUTH_JWT_SECRET is not set: set it to a random string of at least "
+            f"{MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`), "
+            "or set SIGNUP_PIPELINE_DEV=1 for local development"
+        )
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"AUTH_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes: use a longer one")
+    return secret
+
+
+def api(settings: Settings, args: argparse.Namespace) -> None:
+    """Serve the auth API and relay its outbox."""
+    import os
+
+    tokens = TokenIssuer(jwt_secret(settings, dict(os.environ)))
+
+    def build(database: Database, relay: OutboxRelay | None) -> Flask:
+        return create_app(database, tokens, after_commit=relay.wake if relay else None)
+
+    run_api(settings, Base.metadata, build, args, outbox=OutboxEvent)
+
+
+def main() -> None:
+    """Entry point."""
+    service_main(
+        "auth",
+        8001,
+        Base.metadata,
+        {"api": api, "migrate": lambda settings, _args: migrate(settings, Base.metadata)},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The auth HTTP API: `POST /auth/signup`, `POST /auth/login`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from argon2 import PasswordHasher
+from flask import Blueprint, Flask, Response, jsonify, request
+from marshmallow import ValidationError
+
+from auth_service.handlers import (
+    Authenticator,
+    EmailTaken,
+    InvalidCredentials,
+    SignUp,
+    TokenIssuer,
+    find_credentials,
+    password_hasher,
+    sign_up,
+)
+from auth_service.schemas import LoginSchema, SignupSchema
+from shared.db import Database
+from shared.tracecontext import child_traceparent
+from shared.web import ApiError, base_app, json_object_body, validation_error
+
+
+def create_app(
+    database: Database,
+    tokens: TokenIssuer,
+    *,
+    hasher: PasswordHasher | None = None,
+    after_commit: Callable[[], None] | None = None,
+) -> Flask:
+    """The auth API on `database`; `after_commit` wakes the outbox relay."""
+    hasher = hasher or password_hasher()
+    authenticator = Authenticator(hasher)
+    app = base_app("auth_service", database)
+    auth = Blueprint("auth", __name__, url_prefix="/auth")
+
+    @auth.post("/signup")
+    def signup() -> tuple[Response, int]:
+        try:
+            data = SignupSchema().load(json_object_body())
+        except ValidationError as exc:
+            raise validation_error(exc.messages) from None
+        command = SignUp(
+            email=data["email"],
+            password_hash=hasher.hash(data["password"]),
+            name=data["name"],
+            phone=data["phone"],
+            birth=data["birth"],
+            gender=data["gender"],
+            role=data["role"],
+            nickname=data["nickname"],
+            favorite_styles=data["favoriteStyles"],
+            traceparent=child_traceparent(request.headers.get("traceparent")),
+        )
+        try:
+            with database.unit_of_work(after_commit) as uow:
+                member_id = sign_up(command, uow)
+        except EmailTaken:
+            raise ApiError(409, "email_taken", "An account with this email exists.") from None
+        return jsonify(uuid=member_id), 201
+
+    @auth.post("/login")
+    def login() -> Response:
+        try:
+            data = LoginSchema().load(json_object_body())
+        except ValidationError as exc:
+            raise validation_error(exc.messages) from None
+        with database.unit_of_work() as uow:
+            credentials = find_credentials(data["email"], uow)
+        try:
+            member_id = authenticator.check(credentials, data["password"])
+        except InvalidCredentials:
+            raise ApiError(401, "invalid_credentials", "Email or password is wrong.") from None
+        return jsonify(
+            accessToken=tokens.issue(member_id),
+            tokenType="Bearer",
+            expiresIn=int(tokens.ttl.total_seconds()),
+        )
+
+    app.register_blueprint(auth)
+    return app

@@ -1,0 +1,156 @@
+"""What the auth service does, each in one transaction: sign up, log in."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from auth_service.models import Member, OutboxEvent
+from shared.db import UnitOfWork, utcnow
+from shared.outbox import add_event
+from shared.pipeline import PROFILE_INSERT
+
+SOURCE = "auth-service"
+TOKEN_TTL = dt.timedelta(hours=1)
+
+
+class EmailTaken(Exception):
+    """Another account already uses this email (compared case-insensitively)."""
+
+
+class InvalidCredentials(Exception):
+    """Unknown email or wrong password: deliberately indistinguishable."""
+
+
+def password_hasher() -> PasswordHasher:
+    """argon2id at OWASP's minimum: 19 MiB, 2 iterations, parallelism 1."""
+    return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, type=Type.ID)
+
+
+def email_key(email: str) -> str:
+    """The form under which emails are unique: `A@x.com` and `a@x.com` are one account."""
+    return email.strip().lower()
+
+
+@dataclass(frozen=True)
+class SignUp:
+    """A validated signup request."""
+
+    email: str
+    password_hash: str
+    name: str
+    phone: str
+    birth: dt.date
+    gender: str
+    role: str
+    nickname: str
+    favorite_styles: list[int]
+    traceparent: str | None = None
+
+
+def sign_up(command: SignUp, uow: UnitOfWork) -> str:
+    """Store the account and its `profile-insert` event together; return the new uuid."""
+    member_id = str(uuid.uuid4())
+    uow.session.add(
+        Member(
+            uuid=member_id,
+            email=command.email.strip(),
+            email_key=email_key(command.email),
+            password_hash=command.password_hash,
+            name=command.name,
+            phone=command.phone,
+            birth=command.birth,
+            gender=command.gender,
+            role=command.role,
+            nickname=command.nickname,
+            created_at=utcnow(),
+        )
+    )
+    add_event(
+        uow.session,
+        OutboxEvent,
+        topic=PROFILE_INSERT.name,
+        key=member_id,
+        payload={
+            "uuid": member_id,
+            "role": command.role,
+            "nickname": command.nickname,
+            "favoriteStyles": command.favorite_styles,
+        },
+        source=SOURCE,
+        traceparent=command.traceparent,
+    )
+    try:
+        uow.session.flush()
+    except IntegrityError:
+        raise EmailTaken(command.email) from None
+    uow.commit()
+    return member_id
+
+
+class TokenIssuer:
+    """Signs HS256 access tokens."""
+
+    def __init__(self, secret: str, ttl: dt.timedelta = TOKEN_TTL) -> None:
+        self._secret = secret
+        self.ttl = ttl
+
+    def issue(self, subject: str) -> str:
+        """A token for `subject` with `iat` now and `exp` one ttl later."""
+        now = utcnow()
+        claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + self.ttl}
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a valid token; raises jwt.InvalidTokenError otherwise."""
+        claims: dict[str, Any] = jwt.decode(
+            token, self._secret, algorithms=["HS256"], options={"require": ["exp", "iat", "sub"]}
+        )
+        return claims
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What login needs of an account."""
+
+    member_id: str
+    password_hash: str
+
+
+def find_credentials(email: str, uow: UnitOfWork) -> Credentials | None:
+    """The stored credentials for `email`, if there is such an account."""
+    row = uow.session.execute(
+        select(Member.uuid, Member.password_hash).where(Member.email_key == email_key(email))
+    ).one_or_none()
+    return Credentials(row.uuid, row.password_hash) if row else None
+
+
+class Authenticator:
+    """Checks a password; an unknown email costs the same hash work as a wrong password."""
+
+    def __init__(self, hasher: PasswordHasher) -> None:
+        self._hasher = hasher
+        self._dummy_hash = hasher.hash(uuid.uuid4().hex)
+
+    def check(self, credentials: Credentials | None, password: str) -> str:
+        """The member uuid if `password` matches, else InvalidCredentials.
+
+        Called outside any transaction: hashing takes tens of milliseconds and must not
+        hold a database connection (or SQLite's write lock) meanwhile.
+        """
+        stored = credentials.password_hash if credentials else self._dummy_hash
+        try:
+            self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            raise InvalidCredentials() from None
+        if credentials is None:
+            raise InvalidCredentials()
+        return credentials.member_id

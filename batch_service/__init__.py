@@ -1,0 +1,1 @@
+"""batch_service: keeps each partner's aggregates, starting from `partner-created`."""

@@ -1,0 +1,30 @@
+"""`python -m batch_service worker|api|migrate`."""
+
+from __future__ import annotations
+
+from batch_service.api import create_app
+from batch_service.consumer import PARTNER_CREATED_WORKER
+from batch_service.models import Base
+from shared.runtime import migrate, run_api, run_worker, service_main
+
+
+def main() -> None:
+    """Entry point."""
+    service_main(
+        "batch",
+        8003,
+        Base.metadata,
+        {
+            "worker": lambda settings, _args: run_worker(
+                settings, Base.metadata, PARTNER_CREATED_WORKER
+            ),
+            "api": lambda settings, args: run_api(
+                settings, Base.metadata, lambda db, _relay: create_app(db), args
+            ),
+            "migrate": lambda settings, _args: migrate(settings, Base.metadata),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

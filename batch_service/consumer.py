@@ -1,0 +1,12 @@
+"""The `partner-created` worker of the batch service."""
+
+from __future__ import annotations
+
+from batch_service.handlers import on_partner_created
+from batch_service.models import ProcessedEvent
+from shared.pipeline import PARTNER_CREATED
+from shared.runtime import WorkerSpec
+
+PARTNER_CREATED_WORKER = WorkerSpec(
+    topic=PARTNER_CREATED, handler=on_partner_created, inbox=ProcessedEvent
+)

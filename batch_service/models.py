@@ -1,0 +1,33 @@
+"""The batch service's own tables: partner summaries and its inbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Float, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import UTCDateTime
+from shared.inbox import InboxRecord
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the batch database."""
+
+
+class PartnerSummary(Base):
+    """A partner's aggregates (the original design's PartnerSummary), one row per partner."""
+
+    __tablename__ = "partner_summaries"
+
+    partner_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    post_count: Mapped[int] = mapped_column(Integer, default=0)
+    follower_count: Mapped[int] = mapped_column(Integer, default=0)
+    coordinate_count: Mapped[int] = mapped_column(Integer, default=0)
+    review_count: Mapped[int] = mapped_column(Integer, default=0)
+    average_star: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ProcessedEvent(InboxRecord, Base):
+    """Events this service applied (its inbox)."""

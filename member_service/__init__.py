@@ -1,0 +1,1 @@
+"""member_service: turns `profile-insert` into USER or PARTNER profiles."""

@@ -1,0 +1,15 @@
+"""The `profile-insert` worker of the member service."""
+
+from __future__ import annotations
+
+from member_service.handlers import on_profile_insert
+from member_service.models import OutboxEvent, ProcessedEvent
+from shared.pipeline import PROFILE_INSERT
+from shared.runtime import WorkerSpec
+
+PROFILE_INSERT_WORKER = WorkerSpec(
+    topic=PROFILE_INSERT,
+    handler=on_profile_insert,
+    inbox=ProcessedEvent,
+    outbox=OutboxEvent,
+)

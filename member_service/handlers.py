@@ -1,0 +1,35 @@
+"""What the member service does with each event, inside the consumer's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from member_service.models import FavoriteStyle, OutboxEvent, Partner, User
+from shared.consumer import EventContext
+from shared.db import UnitOfWork, utcnow
+from shared.outbox import add_event
+from shared.pipeline import PARTNER_CREATED
+from shared.tracecontext import child_traceparent
+
+SOURCE = "member-service"
+
+
+def on_profile_insert(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
+    """Create the USER or PARTNER profile and its styles; announce a new partner."""
+    member_id = event["uuid"]
+    now = utcnow()
+    profile = User if event["role"] == "USER" else Partner
+    uow.session.add(profile(uuid=member_id, nickname=event["nickname"], created_at=now))
+    uow.session.add_all(
+        FavoriteStyle(member_uuid=member_id, style_id=style) for style in event["favoriteStyles"]
+    )
+    if profile is Partner:
+        add_event(
+            uow.session,
+            OutboxEvent,
+            topic=PARTNER_CREATED.name,
+            key=member_id,
+            payload={"partnerId": member_id},
+            source=SOURCE,
+            traceparent=child_traceparent(context.traceparent),
+        )

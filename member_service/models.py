@@ -1,0 +1,55 @@
+"""The member service's own tables: profiles, favourite styles, its inbox and outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import BigInteger, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import BigIntegerPK, UTCDateTime
+from shared.inbox import InboxRecord
+from shared.outbox import OutboxRecord
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the member database."""
+
+
+class User(Base):
+    """A member who signed up with role USER."""
+
+    __tablename__ = "users"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    nickname: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Partner(Base):
+    """A member who signed up with role PARTNER."""
+
+    __tablename__ = "partners"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    nickname: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class FavoriteStyle(Base):
+    """One style a member likes; a member lists each style once."""
+
+    __tablename__ = "favorite_styles"
+    __table_args__ = (UniqueConstraint("member_uuid", "style_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True, autoincrement=True)
+    member_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    style_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProcessedEvent(InboxRecord, Base):
+    """Events this service applied (its inbox)."""
+
+
+class OutboxEvent(OutboxRecord, Base):
+    """Events waiting to be relayed to Kafka (`partner-created`)."""

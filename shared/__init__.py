@@ -1,0 +1,1 @@
+"""Shared by the three services: event contracts, outbox, inbox, Kafka loop, config, database."""

@@ -1,0 +1,48 @@
+"""Configuration from the environment: the contract's variables and their defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BOOTSTRAP = "localhost:9092"
+DEV_MODE_VARIABLE = "SIGNUP_PIPELINE_DEV"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one service process needs to know about the outside world."""
+
+    service: str
+    database_url: str
+    bootstrap_servers: list[str]
+    dev_mode: bool
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings of `service` (auth, member or batch) from the environment."""
+        env = os.environ if env is None else env
+        variable = f"{service.upper()}_DATABASE_URL"
+        database_url = env.get(variable) or default_sqlite_url(service)
+        servers = [s.strip() for s in env.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP).split(",")]
+        servers = [s for s in servers if s]
+        if not servers:
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is empty: set it to host:port[,host:port]")
+        return cls(
+            service=service,
+            database_url=database_url,
+            bootstrap_servers=servers,
+            dev_mode=env.get(DEV_MODE_VARIABLE, "") in ("1", "true", "yes"),
+        )
+
+
+def default_sqlite_url(service: str) -> str:
+    """The embedded default: one SQLite file per service under ./var/."""
+    path = Path.cwd() / "var" / f"{service}.db"
+    return f"sqlite:///{path}"

@@ -1,0 +1,232 @@
+"""Consuming a topic: decode, apply in one transaction with the inbox row, commit the
+offset only afterwards, retry what may succeed later, dead-letter what never will.
+
+Commit order (the guarantee): DB commit of the effects and the inbox row, then the Kafka
+offset. A crash between the two redelivers records whose inbox rows already exist, so
+they change nothing. Nothing is acknowledged that was not applied or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from shared.db import Database, UnitOfWork
+from shared.inbox import InboxRecord, claim_event
+from shared.kafka import Message, Producer, message_from_record
+from shared.pipeline import Topic
+
+log = logging.getLogger(__name__)
+
+
+class PermanentError(Exception):
+    """This record can never be applied, however often it is retried."""
+
+
+class RetryLater(Exception):
+    """The record may succeed later; seek back and try again after `delay` seconds."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Outcome(enum.Enum):
+    """What became of one record."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Metadata of the event being handled, from its CloudEvents headers."""
+
+    event_id: str
+    traceparent: str | None
+    message: Message
+
+
+Handler = Callable[[dict[str, Any], UnitOfWork, EventContext], None]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Database errors that a later attempt can get past: lost connections, deadlocks,
+    serialization failures, pool exhaustion."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError)
+
+
+def backoff_delay(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
+    """Exponential backoff with full jitter; capped far below max_poll_interval_ms."""
+    return random.uniform(base, min(cap, base * 2 ** max(attempt - 1, 0)))
+
+
+def decode(topic: Topic, message: Message) -> dict[str, Any]:
+    """The event in `message`, validated against its topic's schema."""
+    try:
+        document = json.loads(message.value.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise PermanentError(f"value is not UTF-8 JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise PermanentError("value is not a JSON object")
+    try:
+        event: dict[str, Any] = topic.schema().load(document)
+    except ValidationError as exc:
+        raise PermanentError(f"value fails the {topic.name} schema: {exc.messages}") from None
+    return event
+
+
+def event_id_of(message: Message) -> str:
+    """`ce_id`, or for producers that send none, the record's position (stable on redelivery)."""
+    return message.header("ce_id") or f"{message.topic}:{message.partition}:{message.offset}"
+
+
+class EventProcessor:
+    """Applies one topic's records with one handler, exactly once per event id."""
+
+    def __init__(
+        self,
+        topic: Topic,
+        handler: Handler,
+        database: Database,
+        inbox: type[InboxRecord],
+        dead_letters: Producer,
+        *,
+        after_commit: Callable[[], None] | None = None,
+        max_unexpected_attempts: int = 5,
+    ) -> None:
+        self.topic = topic
+        self._handler = handler
+        self._database = database
+        self._inbox = inbox
+        self._dead_letters = dead_letters
+        self._after_commit = after_commit
+        self._max_unexpected_attempts = max_unexpected_attempts
+
+    def process(self, message: Message, attempt: int = 1) -> Outcome:
+        """Apply `message` or dead-letter it; raise RetryLater if it may succeed later."""
+        try:
+            return self._apply(message)
+        except PermanentError as exc:
+            return self.dead_letter(message, str(exc), attempt)
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("transient failure on %s, will retry: %s", _where(message), exc)
+                raise RetryLater(str(exc), backoff_delay(attempt)) from exc
+            if attempt >= self._max_unexpected_attempts:
+                log.exception("giving up on %s after %d attempts", _where(message), attempt)
+                return self.dead_letter(message, f"{type(exc).__name__}: {exc}", attempt)
+            log.exception("unexpected failure on %s (attempt %d)", _where(message), attempt)
+            raise RetryLater(str(exc), backoff_delay(attempt)) from exc
+
+    def _apply(self, message: Message) -> Outcome:
+        event = decode(self.topic, message)
+        context = EventContext(event_id_of(message), message.header("traceparent"), message)
+        with self._database.unit_of_work(self._after_commit) as uow:
+            if not claim_event(
+                uow.session, self._inbox, self.topic.consumer_group, context.event_id, message.topic
+            ):
+                return Outcome.DUPLICATE
+            try:
+                self._handler(event, uow, context)
+                uow.session.flush()
+            except IntegrityError as exc:
+                # The inbox row went in, so this is no redelivery: the event contradicts
+                # what is stored (another event already created this member).
+                raise PermanentError(f"conflicts with stored state: {exc.orig}") from None
+            uow.commit()
+        return Outcome.APPLIED
+
+    def dead_letter(self, message: Message, error: str, attempts: int) -> Outcome:
+        """Copy `message` to the topic's DLT with why and where; wait for the broker's ack."""
+        one_line = " ".join(error.split())[:1000]
+        headers = list(message.headers) + [
+            ("dlt-error", one_line.encode()),
+            ("dlt-original-topic", message.topic.encode()),
+            ("dlt-original-partition", str(message.partition).encode()),
+            ("dlt-original-offset", str(message.offset).encode()),
+            ("dlt-attempts", str(attempts).encode()),
+        ]
+        try:
+            self._dead_letters.send(
+                self.topic.dead_letter, value=message.value, key=message.key, headers=headers
+            ).get(timeout=30)
+        except KafkaError as exc:
+            raise RetryLater(f"dead-letter send failed: {exc}", backoff_delay(attempts)) from exc
+        log.error("dead-lettered %s: %s", _where(message), one_line)
+        return Outcome.DEAD_LETTERED
+
+
+def _where(message: Message) -> str:
+    return f"{message.topic}[{message.partition}]@{message.offset}"
+
+
+class ConsumerLoop:
+    """Polls, applies each record in order per partition, commits offsets after the DB."""
+
+    def __init__(
+        self, consumer: Any, processor: EventProcessor, stop: threading.Event | None = None
+    ) -> None:
+        self._consumer = consumer
+        self._processor = processor
+        self.stop = stop or threading.Event()
+        self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        self.counts = dict.fromkeys(Outcome, 0)
+
+    def run(self) -> None:
+        """Consume until `stop` is set, then commit what was applied and leave the group."""
+        try:
+            while not self.stop.is_set():
+                self.poll_once()
+        finally:
+            self._consumer.close(autocommit=False)
+
+    def poll_once(self, timeout_ms: int = 500) -> None:
+        """One poll: apply the batch, commit the applied offsets, back off if asked to."""
+        batch = self._consumer.poll(timeout_ms=timeout_ms)
+        done: dict[TopicPartition, OffsetAndMetadata] = {}
+        delay = 0.0
+        for partition, records in batch.items():
+            for record in records:
+                if self.stop.is_set():
+                    self._consumer.seek(partition, record.offset)
+                    break
+                position = (partition, record.offset)
+                attempt = self._attempts.get(position, 0) + 1
+                try:
+                    outcome = self._processor.process(message_from_record(record), attempt)
+                except RetryLater as retry:
+                    self._attempts[position] = attempt
+                    self._consumer.seek(partition, record.offset)
+                    delay = max(delay, retry.delay)
+                    break
+                self._attempts.pop(position, None)
+                self.counts[outcome] += 1
+                done[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
+        if done:
+            self._commit(done)
+        if delay:
+            self.stop.wait(delay)
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The group moved on (rebalance): the new owner redelivers these records and
+            # the inbox turns them into no-ops.
+            log.warning("offset commit failed, records will be redelivered: %s", exc)

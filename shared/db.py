@@ -1,0 +1,147 @@
+"""Database plumbing every service shares: engines, sessions and the unit of work."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Engine, Integer, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from shared.config import ConfigError
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
+BigIntegerPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is always UTC and timezone-aware, also on SQLite (which drops zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware UTC time")
+        return value.astimezone(dt.UTC) if value is not None else None
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a PostgreSQL or SQLite URL, tuned for this pipeline's write pattern."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"database URL {url!r} is not a SQLAlchemy URL: {exc}") from None
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(url, parsed.database)
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(
+            f"database URL {url!r} names a driver that is not installed ({exc}); "
+            "use postgresql+psycopg2://... or sqlite:///path"
+        ) from None
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when a transaction begins.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # SQLite has one writer. Taking the write lock up front makes a second writer
+        # wait (busy timeout) instead of failing with SQLITE_BUSY on lock upgrade.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise if the database cannot be reached."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+class Database:
+    """One service's database: its engine, its session factory, and its tables."""
+
+    def __init__(self, engine: Engine, metadata: Any) -> None:
+        self.engine = engine
+        self.metadata = metadata
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str, metadata: Any) -> Database:
+        """Connect lazily to the database at `url`."""
+        return cls(make_engine(url), metadata)
+
+    def create_schema(self) -> None:
+        """Create the service's tables if they are missing."""
+        self.metadata.create_all(self.engine)
+
+    def unit_of_work(self, after_commit: Callable[[], None] | None = None) -> UnitOfWork:
+        """A new unit of work on this database."""
+        return UnitOfWork(self.sessions, after_commit)
+
+
+class UnitOfWork:
+    """One transaction: everything done inside is committed together or not at all.
+
+    Leaving the block without `commit()` rolls back. `after_commit` runs only once the
+    commit succeeded (it wakes the outbox relay, never before the row is visible).
+    """
+
+    session: Session
+
+    def __init__(
+        self, sessions: sessionmaker[Session], after_commit: Callable[[], None] | None = None
+    ) -> None:
+        self._sessions = sessions
+        self._after_commit = after_commit
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self._sessions()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # close() rolls back whatever was not committed, and, unlike rollback(), leaves
+        # loaded objects readable (detached, not expired) for the caller.
+        self.session.close()
+
+    def commit(self) -> None:
+        """Commit the transaction, then run the after-commit hook."""
+        self.session.commit()
+        if self._after_commit is not None:
+            self._after_commit()

@@ -1,0 +1,137 @@
+"""Kafka clients configured for this pipeline, and the message shape the code passes around."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared.pipeline import TOPICS
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One Kafka record, as received from or sent to a topic."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers = field(default_factory=list)
+    partition: int = -1
+    offset: int = -1
+
+    def header(self, name: str) -> str | None:
+        """The value of header `name` as text, or None when absent."""
+        for key, value in self.headers:
+            if key == name and value is not None:
+                return value.decode("utf-8", errors="replace")
+        return None
+
+
+class Delivery(Protocol):
+    """What a send returns: resolves to the broker's acknowledgement or raises."""
+
+    def get(self, timeout: float | None = None) -> Any: ...
+
+
+class Producer(Protocol):
+    """The part of KafkaProducer the pipeline uses (a fake implements it in unit tests)."""
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers | None = None
+    ) -> Delivery: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+# Timeouts short enough that a failure surfaces while the caller can still act on it.
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "max_poll_interval_ms": 300_000,
+    "max_poll_records": 500,
+    "fetch_max_wait_ms": 100,
+}
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    "max_in_flight_requests_per_connection": 5,
+    "linger_ms": 2,
+    "max_block_ms": 10_000,
+    "request_timeout_ms": 10_000,
+    "delivery_timeout_ms": 30_000,
+}
+
+
+def make_producer(bootstrap_servers: Sequence[str], **overrides: Any) -> KafkaProducer:
+    """An idempotent producer that waits for every in-sync replica."""
+    return KafkaProducer(bootstrap_servers=list(bootstrap_servers), **(PRODUCER_DEFAULTS | overrides))
+
+
+def make_consumer(
+    bootstrap_servers: Sequence[str], group_id: str, topics: Iterable[str], **overrides: Any
+) -> KafkaConsumer:
+    """A consumer whose offsets the caller commits, only after it applied the records."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=list(bootstrap_servers),
+        group_id=group_id,
+        **(CONSUMER_DEFAULTS | overrides),
+    )
+    consumer.subscribe(list(topics))
+    return consumer
+
+
+def ensure_topics(bootstrap_servers: Sequence[str], replication_factor: int = 1) -> None:
+    """Create the pipeline's topics and their dead-letter topics where missing."""
+    wanted = []
+    for topic in TOPICS:
+        wanted.append(NewTopic(topic.name, topic.partitions, replication_factor))
+        wanted.append(NewTopic(topic.dead_letter, 1, replication_factor))
+    admin = KafkaAdminClient(bootstrap_servers=list(bootstrap_servers), request_timeout_ms=10_000)
+    try:
+        for new_topic in wanted:
+            try:
+                admin.create_topics([new_topic])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def message_from_record(record: Any) -> Message:
+    """A kafka-python ConsumerRecord as a Message."""
+    return Message(
+        topic=record.topic,
+        key=record.key,
+        value=record.value,
+        headers=list(record.headers or []),
+        partition=record.partition,
+        offset=record.offset,
+    )
+
+
+__all__ = [
+    "Delivery",
+    "Headers",
+    "KafkaError",
+    "Message",
+    "Producer",
+    "ensure_topics",
+    "make_consumer",
+    "make_producer",
+    "message_from_record",
+]

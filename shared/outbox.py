@@ -1,0 +1,233 @@
+"""The transactional outbox: an event is a row written in the same transaction as the
+state it describes, and a relay later copies committed rows to Kafka.
+
+Guarantees:
+- An event exists if and only if its transaction committed: no event for a rolled-back
+  signup, no committed signup without its event.
+- A row is marked published only after the broker acknowledged it (acks=all, idempotent
+  producer). A crash between the acknowledgement and the mark re-sends the row with the
+  same `ce_id`; consumers drop the copy in their inbox. Delivery is at-least-once.
+- On PostgreSQL, several relays share one table: each claims rows with
+  `FOR UPDATE SKIP LOCKED` and holds the lock until the rows are marked, so no two relays
+  send the same row. SQLite has no row locks; there a second relay may re-send a row,
+  which the inbox absorbs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import String, Text, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from shared.db import BigIntegerPK, Database, UTCDateTime, utcnow
+from shared.kafka import Headers, KafkaError, Producer
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRecord:
+    """Columns of a service's `outbox` table; mix into the service's declarative base."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    topic: Mapped[str] = mapped_column(String(249))
+    key: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(64))
+    traceparent: Mapped[str | None] = mapped_column(String(55))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+
+    def cloudevent_headers(self) -> Headers:
+        """CloudEvents 1.0 Kafka binding, binary mode: metadata in headers, data in the value."""
+        headers: Headers = [
+            ("ce_specversion", b"1.0"),
+            ("ce_id", self.event_id.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_type", self.topic.encode()),
+            ("ce_time", rfc3339(self.created_at).encode()),
+            ("content-type", b"application/json"),
+        ]
+        if self.traceparent:
+            headers.append(("traceparent", self.traceparent.encode()))
+        return headers
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """`2026-11-21T22:15:03.123456Z`."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def encode_event(payload: Mapping[str, Any]) -> str:
+    """The event value: compact UTF-8 JSON, exactly the contract's fields."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def add_event(
+    session: Session,
+    model: type[OutboxRecord],
+    *,
+    topic: str,
+    key: str,
+    payload: Mapping[str, Any],
+    source: str,
+    traceparent: str | None = None,
+) -> OutboxRecord:
+    """Stage an event in the caller's transaction; it is sent once that transaction commits."""
+    row = model()
+    row.event_id = str(uuid.uuid4())
+    row.topic = topic
+    row.key = key
+    row.payload = encode_event(payload)
+    row.source = source
+    row.traceparent = traceparent
+    row.created_at = utcnow()
+    row.published_at = None
+    session.add(row)
+    return row
+
+
+class OutboxRelay:
+    """Copies committed outbox rows to Kafka, in id order, and marks them published.
+
+    `wake()` after a commit sends at once; without it the relay still looks every
+    `poll_interval` seconds, which is how rows left behind by a crash get sent.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        model: type[OutboxRecord],
+        connect: Callable[[], Producer],
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        send_timeout: float = 35.0,
+    ) -> None:
+        self._database = database
+        self._model = model
+        # Connecting happens on the relay's own thread and is retried there, so a process
+        # starts, and its outbox keeps filling, while the broker is away.
+        self._connect = connect
+        self._producer: Producer | None = None
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._send_timeout = send_timeout
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._row_locks = database.engine.dialect.name == "postgresql"
+
+    def wake(self) -> None:
+        """Ask the relay to look for new rows now."""
+        self._wakeup.set()
+
+    def publish_pending(self) -> int:
+        """Send one batch of unpublished rows; return how many were acknowledged."""
+        model = self._model
+        query = (
+            select(model)
+            .where(model.published_at.is_(None))
+            .order_by(model.id)
+            .limit(self._batch_size)
+        )
+        with self._database.sessions() as session:
+            if self._row_locks:
+                with session.begin():
+                    rows = session.scalars(query.with_for_update(skip_locked=True)).all()
+                    acked = self._send(rows)
+                    self._mark_published(session, acked)
+                return len(acked)
+            with session.begin():
+                rows = session.scalars(query).all()
+            acked = self._send(rows)
+            with session.begin():
+                self._mark_published(session, acked)
+            return len(acked)
+
+    def _connected_producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = self._connect()
+        return self._producer
+
+    def _send(self, rows: Any) -> list[int]:
+        if not rows:
+            return []
+        producer = self._connected_producer()
+        pending = [
+            (
+                row.id,
+                producer.send(
+                    row.topic,
+                    value=row.payload.encode("utf-8"),
+                    key=row.key.encode("utf-8"),
+                    headers=row.cloudevent_headers(),
+                ),
+            )
+            for row in rows
+        ]
+        producer.flush(timeout=self._send_timeout)
+        acked = []
+        for row_id, delivery in pending:
+            try:
+                delivery.get(timeout=0)
+            except KafkaError as exc:
+                log.warning("outbox row %s not acknowledged, will retry: %s", row_id, exc)
+                continue
+            acked.append(row_id)
+        return acked
+
+    def _mark_published(self, session: Session, row_ids: list[int]) -> None:
+        if row_ids:
+            model = self._model
+            session.execute(
+                update(model).where(model.id.in_(row_ids)).values(published_at=utcnow())
+            )
+
+    def run(self) -> None:
+        """Relay until `stop()`; errors are logged and retried with backoff."""
+        backoff = 0.0
+        while not self._stopping.is_set():
+            try:
+                sent = self.publish_pending()
+                backoff = 0.0
+            except Exception:  # the relay must outlive any one failure
+                log.exception("outbox relay failed; retrying")
+                backoff = min(max(backoff * 2, 0.2), 10.0)
+                self._stopping.wait(backoff)
+                continue
+            if sent >= self._batch_size:
+                continue
+            self._wakeup.wait(self._poll_interval)
+            self._wakeup.clear()
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            self.publish_pending()
+        except Exception:
+            log.exception("outbox relay could not flush on stop; rows stay for the next start")
+
+    def start(self) -> OutboxRelay:
+        """Run the relay on a background thread."""
+        self._thread = threading.Thread(target=self.run, name="outbox-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after a last pass over pending rows."""
+        self._stopping.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._producer is not None:
+            self._producer.close(timeout=timeout)

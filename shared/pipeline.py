@@ -1,0 +1,109 @@
+"""The pipeline on one page: every topic, its key, its event schema, who produces it
+and who consumes it. Read this first.
+
+    client --POST /auth/signup--> auth_service
+        members row + outbox row, one transaction --relay--> profile-insert
+    member_service worker (group member-service)
+        users|partners + favorite_styles + inbox (+ outbox partner-created), one transaction
+        --relay--> partner-created
+    batch_service worker (group batch-service)
+        partner_summaries + inbox, one transaction
+
+A record that can never be applied goes, byte for byte, to ``<topic>.DLT``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+ROLES = ("USER", "PARTNER")
+
+
+class StrictInteger(fields.Integer):
+    """An integer that refuses booleans and numeric strings, as Jackson would for `int`."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return int(value)
+
+
+def distinct_values(values: list[Any]) -> None:
+    """Validator: no value appears twice."""
+    if len(set(values)) != len(values):
+        raise ValidationError("Styles must be distinct.")
+
+
+def _uuid_text(value: str) -> None:
+    try:
+        uuid.UUID(value)
+    except ValueError as exc:
+        raise ValidationError("Not a valid UUID.") from exc
+
+
+class EventSchema(Schema):
+    """Events are read tolerantly: fields a newer producer adds are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+class ProfileInsertSchema(EventSchema):
+    """`profile-insert`: the Spring `InsertProfileDto`."""
+
+    uuid = fields.String(required=True, validate=_uuid_text)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    nickname = fields.String(required=True, validate=validate.Length(min=1, max=50))
+    favoriteStyles = fields.List(
+        StrictInteger(validate=validate.Range(min=1)),
+        required=True,
+        validate=[validate.Length(max=20), distinct_values],
+    )
+
+
+class PartnerCreatedSchema(EventSchema):
+    """`partner-created`: the Spring `PartnerSummaryDto`."""
+
+    partnerId = fields.String(required=True, validate=_uuid_text)
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic, what its key is, the schema of its value, and who is at each end."""
+
+    name: str
+    key: str
+    schema: type[Schema]
+    producer: str
+    consumer_group: str
+    partitions: int
+
+    @property
+    def dead_letter(self) -> str:
+        """The topic where records that can never be applied are kept."""
+        return f"{self.name}.DLT"
+
+
+PROFILE_INSERT = Topic(
+    name="profile-insert",
+    key="member uuid",
+    schema=ProfileInsertSchema,
+    producer="auth-service",
+    consumer_group="member-service",
+    partitions=6,
+)
+
+PARTNER_CREATED = Topic(
+    name="partner-created",
+    key="partner uuid",
+    schema=PartnerCreatedSchema,
+    producer="member-service",
+    consumer_group="batch-service",
+    partitions=6,
+)
+
+TOPICS = (PROFILE_INSERT, PARTNER_CREATED)

@@ -1,0 +1,231 @@
+"""Process entrypoints shared by the services: `api`, `worker`, `migrate`.
+
+Nothing connects at import; each command builds its clients when it runs, and a
+configuration problem ends the process with one readable line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from flask import Flask
+from kafka.errors import KafkaError
+from sqlalchemy import MetaData, inspect
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.config import ConfigError, Settings
+from shared.consumer import ConsumerLoop, EventProcessor, Handler
+from shared.db import Database
+from shared.inbox import InboxRecord
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.outbox import OutboxRecord, OutboxRelay
+from shared.pipeline import Topic
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(service: str, role: str) -> None:
+    """One line per record, tagged with the service and the process role."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s {service}-{role} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def fail(message: str) -> NoReturn:
+    """End the process with one readable line."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def open_database(settings: Settings, metadata: MetaData) -> Database:
+    """The service's database, checked reachable and migrated."""
+    database = Database.from_url(settings.database_url, metadata)
+    try:
+        present = set(inspect(database.engine).get_table_names())
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"cannot reach the {settings.service} database ({_redact(settings.database_url)}): "
+            f"{_first_line(exc)}; check {settings.service.upper()}_DATABASE_URL"
+        ) from None
+    missing = set(metadata.tables) - present
+    if missing:
+        raise ConfigError(
+            f"the {settings.service} database lacks tables {sorted(missing)}: "
+            f"run `python -m {settings.service}_service migrate` first"
+        )
+    return database
+
+
+def check_broker(settings: Settings) -> None:
+    """Reach the broker and create the pipeline's topics where missing."""
+    try:
+        ensure_topics(settings.bootstrap_servers)
+    except KafkaError as exc:
+        raise ConfigError(
+            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc}); "
+            "start the broker or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def _handle(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)
+    return stop
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A consumer process: what it reads, how it applies it, and what it may publish."""
+
+    topic: Topic
+    handler: Handler
+    inbox: type[InboxRecord]
+    outbox: type[OutboxRecord] | None = None
+
+
+def run_worker(settings: Settings, metadata: MetaData, spec: WorkerSpec) -> None:
+    """Consume `spec.topic` until SIGTERM/SIGINT, relaying this service's outbox meanwhile."""
+    database = open_database(settings, metadata)
+    check_broker(settings)
+    stop = stop_on_signals()
+    servers = settings.bootstrap_servers
+    relay = None
+    if spec.outbox is not None:
+        relay = OutboxRelay(database, spec.outbox, lambda: make_producer(servers)).start()
+    dead_letters = make_producer(servers)
+    processor = EventProcessor(
+        spec.topic,
+        spec.handler,
+        database,
+        spec.inbox,
+        dead_letters,
+        after_commit=relay.wake if relay else None,
+    )
+    consumer = make_consumer(servers, spec.topic.consumer_group, [spec.topic.name])
+    log.info("consuming %s as group %s", spec.topic.name, spec.topic.consumer_group)
+    try:
+        ConsumerLoop(consumer, processor, stop).run()
+    finally:
+        if relay is not None:
+            relay.stop()
+        dead_letters.close(timeout=5)
+        database.engine.dispose()
+    log.info("stopped")
+
+
+def run_api(
+    settings: Settings,
+    metadata: MetaData,
+    build: Callable[[Database, OutboxRelay | None], Flask],
+    args: argparse.Namespace,
+    *,
+    outbox: type[OutboxRecord] | None = None,
+) -> None:
+    """Serve `build(database, relay)` with gunicorn; with an outbox, each worker runs a relay."""
+    open_database(settings, metadata).engine.dispose()
+    if outbox is not None:
+        check_broker(settings)
+    servers = settings.bootstrap_servers
+
+    def app_factory() -> Flask:
+        # Runs in each gunicorn worker after fork: engines and producers are per process.
+        database = Database.from_url(settings.database_url, metadata)
+        relay = None
+        if outbox is not None:
+            relay = OutboxRelay(database, outbox, lambda: make_producer(servers)).start()
+        app = build(database, relay)
+        app.extensions["outbox_relay"] = relay
+        return app
+
+    def on_exit(app: Flask) -> None:
+        relay = app.extensions.get("outbox_relay")
+        if relay is not None:
+            relay.stop()
+
+    from shared.web import serve
+
+    serve(
+        app_factory,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        on_worker_exit=on_exit,
+    )
+
+
+def service_main(
+    service: str,
+    default_port: int,
+    metadata: MetaData,
+    commands: dict[str, Callable[[Settings, argparse.Namespace], None]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Parse `python -m <service>_service <command> [...]` and run the command."""
+    parser = argparse.ArgumentParser(prog=f"python -m {service}_service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in commands:
+        command = sub.add_parser(name)
+        if name == "api":
+            command.add_argument("--host", default="127.0.0.1")
+            command.add_argument("--port", type=int, default=default_port)
+            command.add_argument(
+                "--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2"))
+            )
+            command.add_argument(
+                "--threads", type=int, default=int(os.environ.get("WEB_THREADS", "4"))
+            )
+    args = parser.parse_args(argv)
+    configure_logging(service, args.command)
+    try:
+        settings = Settings.from_env(service)
+        commands[args.command](settings, args)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def migrate(settings: Settings, metadata: MetaData) -> None:
+    """Create the service's tables where missing."""
+    database = Database.from_url(settings.database_url, metadata)
+    try:
+        database.create_schema()
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"cannot migrate the {settings.service} database "
+            f"({_redact(settings.database_url)}): {_first_line(exc)}"
+        ) from None
+    finally:
+        database.engine.dispose()
+    log.info("%s database is up to date", settings.service)
