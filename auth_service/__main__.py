@@ -30,7 +30,9 @@ def jwt_secret(settings: Settings, env: dict[str, str]) -> str:
             "or set SIGNUP_PIPELINE_DEV=1 for local development"
         )
     if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"AUTH_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes: use a longer one")
+        raise ConfigError(
+            f"AUTH_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes: use a longer one"
+        )
     return secret
 
 

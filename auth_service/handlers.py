@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from auth_service.models import Member, OutboxEvent
+from auth_service.schemas import email_key
 from shared.db import UnitOfWork, utcnow
 from shared.outbox import add_event
 from shared.pipeline import PROFILE_INSERT
@@ -33,11 +34,6 @@ class InvalidCredentials(Exception):
 def password_hasher() -> PasswordHasher:
     """argon2id at OWASP's minimum: 19 MiB, 2 iterations, parallelism 1."""
     return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, type=Type.ID)
-
-
-def email_key(email: str) -> str:
-    """The form under which emails are unique: `A@x.com` and `a@x.com` are one account."""
-    return email.strip().lower()
 
 
 @dataclass(frozen=True)

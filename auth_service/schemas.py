@@ -3,12 +3,70 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import unicodedata
+from typing import Any
+
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from shared.pipeline import ROLES, StrictInteger, distinct_values
+from shared.pipeline import MAX_STYLE_ID, ROLES, StrictInteger, distinct_values
 
 GENDERS = ("MALE", "FEMALE", "OTHER")
-PHONE = r"^\+?[0-9]+(-[0-9]+)*$"
+# \Z, not $: `$` also matches before a trailing newline.
+PHONE = r"\+?[0-9]+(-[0-9]+)*\Z"
+ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def email_key(email: str) -> str:
+    """The form under which emails are unique: `A@x.com` and `a@x.com` are one account."""
+    return email.strip().lower()
+
+
+def _encodable(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Not valid Unicode text (unpaired surrogate).") from None
+
+
+class Password(fields.String):
+    """Any characters at all, as long as they are real Unicode (they are hashed as UTF-8)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        _encodable(text)
+        return text
+
+
+class Text(fields.String):
+    """Printable text: real Unicode without control characters (no NUL, no newline)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        _encodable(text)
+        if any(unicodedata.category(char) == "Cc" for char in text):
+            raise ValidationError("Must not contain control characters.")
+        return text
+
+
+class Email(Text, fields.Email):
+    """An email address, printable, no longer than 254 characters once lower-cased."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        if len(email_key(text)) > 254:
+            raise ValidationError("Longer than 254 characters.")
+        return text
+
+
+class IsoDate(fields.Date):
+    """Exactly `YYYY-MM-DD` (strptime alone would take `1995-4-7`)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.date:
+        if isinstance(value, str) and not ISO_DATE.match(value):
+            raise ValidationError("Not a valid date: use YYYY-MM-DD.")
+        date: dt.date = super()._deserialize(value, attr, data, **kwargs)
+        return date
 
 
 def _in_the_past(value: dt.date) -> None:
@@ -26,22 +84,22 @@ class StrictSchema(Schema):
 class SignupSchema(StrictSchema):
     """`POST /auth/signup`."""
 
-    email = fields.Email(required=True, validate=validate.Length(max=254))
-    password = fields.String(required=True, validate=validate.Length(min=8, max=128))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=50))
-    phone = fields.String(
+    email = Email(required=True, validate=validate.Length(max=254))
+    password = Password(required=True, validate=validate.Length(min=8, max=128))
+    name = Text(required=True, validate=validate.Length(min=1, max=50))
+    phone = Text(
         required=True,
         validate=[
             validate.Length(min=8, max=20),
             validate.Regexp(PHONE, error="Digits, an optional leading +, and - separators."),
         ],
     )
-    birth = fields.Date(required=True, format="%Y-%m-%d", validate=_in_the_past)
+    birth = IsoDate(required=True, format="%Y-%m-%d", validate=_in_the_past)
     gender = fields.String(required=True, validate=validate.OneOf(GENDERS))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    nickname = fields.String(required=True, validate=validate.Length(min=2, max=20))
+    nickname = Text(required=True, validate=validate.Length(min=2, max=20))
     favoriteStyles = fields.List(
-        StrictInteger(validate=validate.Range(min=1)),
+        StrictInteger(validate=validate.Range(min=1, max=MAX_STYLE_ID)),
         load_default=list,
         validate=[validate.Length(max=20), distinct_values],
     )
@@ -50,5 +108,5 @@ class SignupSchema(StrictSchema):
 class LoginSchema(StrictSchema):
     """`POST /auth/login`."""
 
-    email = fields.Email(required=True, validate=validate.Length(max=254))
-    password = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    email = Email(required=True, validate=validate.Length(max=254))
+    password = Password(required=True, validate=validate.Length(min=1, max=128))

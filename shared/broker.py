@@ -73,7 +73,9 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise BrokerError(f"the local broker exited at start with {self._process.returncode}")
+                raise BrokerError(
+                    f"the local broker exited at start with {self._process.returncode}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self

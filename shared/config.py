@@ -30,7 +30,9 @@ class Settings:
         env = os.environ if env is None else env
         variable = f"{service.upper()}_DATABASE_URL"
         database_url = env.get(variable) or default_sqlite_url(service)
-        servers = [s.strip() for s in env.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP).split(",")]
+        servers = [
+            s.strip() for s in env.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP).split(",")
+        ]
         servers = [s for s in servers if s]
         if not servers:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is empty: set it to host:port[,host:port]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +80,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 def make_producer(bootstrap_servers: Sequence[str], **overrides: Any) -> KafkaProducer:
     """An idempotent producer that waits for every in-sync replica."""
-    return KafkaProducer(bootstrap_servers=list(bootstrap_servers), **(PRODUCER_DEFAULTS | overrides))
+    return KafkaProducer(
+        bootstrap_servers=list(bootstrap_servers), **(PRODUCER_DEFAULTS | overrides)
+    )
 
 
 def make_consumer(
@@ -104,10 +107,8 @@ def ensure_topics(bootstrap_servers: Sequence[str], replication_factor: int = 1)
     admin = KafkaAdminClient(bootstrap_servers=list(bootstrap_servers), request_timeout_ms=10_000)
     try:
         for new_topic in wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([new_topic])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 

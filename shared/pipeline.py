@@ -21,6 +21,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 ROLES = ("USER", "PARTNER")
+MAX_STYLE_ID = 2**63 - 1  # a Java long, and the member service's BIGINT column
 
 
 class StrictInteger(fields.Integer):
@@ -59,7 +60,7 @@ class ProfileInsertSchema(EventSchema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     nickname = fields.String(required=True, validate=validate.Length(min=1, max=50))
     favoriteStyles = fields.List(
-        StrictInteger(validate=validate.Range(min=1)),
+        StrictInteger(validate=validate.Range(min=1, max=MAX_STYLE_ID)),
         required=True,
         validate=[validate.Length(max=20), distinct_values],
     )

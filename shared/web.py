@@ -69,7 +69,13 @@ def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
-        return error_response(status, ERROR_CODES.get(status, "http_error"), exc.description or "")
+        response, _ = error_response(
+            status, ERROR_CODES.get(status, "http_error"), exc.description or ""
+        )
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":  # keeps Allow on 405, Retry-After on 503
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(OperationalError)
     def _database_down(exc: OperationalError) -> tuple[Response, int]:
@@ -92,7 +98,7 @@ def json_object_body() -> dict[str, Any]:
         )
     try:
         body = json.loads(request.get_data(cache=False))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise ApiError(
             400,
             "validation_failed",

@@ -1,0 +1,89 @@
+"""Fixtures shared by every tier: databases (SQLite and real PostgreSQL) and a real broker.
+
+PostgreSQL and the broker are never skipped: if they cannot be reached the tests that
+need them error out, loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from shared.broker import LocalBroker
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+
+
+class PostgresServer:
+    """Creates and drops throwaway databases on the test PostgreSQL server."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self._engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.created: list[str] = []
+
+    def check(self) -> None:
+        with self._engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def create_database(self, prefix: str = "sp_test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with self._engine.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self._engine.connect() as connection:
+            for name in self.created:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The real PostgreSQL server the tests run against."""
+    server = PostgresServer(POSTGRES_ADMIN_URL)
+    try:
+        server.check()
+    except Exception as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}. "
+            "Start it (see .ci/run) or set TEST_POSTGRES_URL.",
+            pytrace=False,
+        )
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: each test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / f'{uuid.uuid4().hex[:8]}.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Kafka-compatible broker: KAFKA_BOOTSTRAP_SERVERS, or a local Tansu."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
+    try:
+        broker = LocalBroker(log_path=log_path).start()
+    except Exception as exc:
+        pytest.fail(f"could not start the local broker: {exc}", pytrace=False)
+    yield broker.bootstrap_servers
+    broker.stop()

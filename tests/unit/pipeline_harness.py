@@ -1,0 +1,94 @@
+"""The whole pipeline in one process: three real SQLite databases, one fake broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher, Type
+from flask.testing import FlaskClient
+
+from auth_service.api import create_app
+from auth_service.handlers import TokenIssuer
+from auth_service.models import Base as AuthBase
+from auth_service.models import OutboxEvent as AuthOutbox
+from batch_service.consumer import PARTNER_CREATED_WORKER
+from batch_service.models import Base as BatchBase
+from member_service.consumer import PROFILE_INSERT_WORKER
+from member_service.models import Base as MemberBase
+from member_service.models import OutboxEvent as MemberOutbox
+from shared.consumer import EventProcessor, Outcome
+from shared.db import Database
+from shared.outbox import OutboxRelay
+from shared.runtime import WorkerSpec
+from tests.fakes import FakeBroker
+
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID)
+
+
+def signup_body(**overrides: Any) -> dict[str, Any]:
+    """A valid signup request, with `overrides` applied."""
+    import uuid
+
+    body: dict[str, Any] = {
+        "email": f"{uuid.uuid4().hex[:10]}@example.com",
+        "password": "correct horse battery",
+        "name": "Kim Minji",
+        "phone": "+82-10-1234-5678",
+        "birth": "1994-05-17",
+        "gender": "FEMALE",
+        "role": "USER",
+        "nickname": "minji",
+        "favoriteStyles": [3, 1, 7],
+    }
+    body.update(overrides)
+    return body
+
+
+class InMemoryPipeline:
+    """auth API → outbox relay → fake broker → member processor → relay → batch processor."""
+
+    def __init__(self, directory: Path, urls: dict[str, str] | None = None) -> None:
+        urls = urls or {}
+        self.broker = FakeBroker()
+        self.auth_db = self._database(urls, "auth", directory, AuthBase)
+        self.member_db = self._database(urls, "member", directory, MemberBase)
+        self.batch_db = self._database(urls, "batch", directory, BatchBase)
+        self.auth_relay = OutboxRelay(self.auth_db, AuthOutbox, self.broker.producer)
+        self.member_relay = OutboxRelay(self.member_db, MemberOutbox, self.broker.producer)
+        self.app = create_app(self.auth_db, TokenIssuer("k" * 32), hasher=FAST_HASHER)
+        self.client: FlaskClient = self.app.test_client()
+        self.member = self._processor(PROFILE_INSERT_WORKER, self.member_db)
+        self.batch = self._processor(PARTNER_CREATED_WORKER, self.batch_db)
+        self.cursors: dict[str, int] = {}
+
+    @staticmethod
+    def _database(urls: dict[str, str], name: str, directory: Path, base: Any) -> Database:
+        database = Database.from_url(
+            urls.get(name, f"sqlite:///{directory / name}.db"), base.metadata
+        )
+        database.create_schema()
+        return database
+
+    def _processor(self, spec: WorkerSpec, database: Database) -> EventProcessor:
+        return EventProcessor(
+            spec.topic, spec.handler, database, spec.inbox, self.broker.producer()
+        )
+
+    def deliver(self, topic: str, processor: EventProcessor) -> list[Outcome]:
+        """Hand every record of `topic` not yet delivered to `processor`, in order."""
+        log = self.broker.topics[topic]
+        start = self.cursors.get(topic, 0)
+        self.cursors[topic] = len(log)
+        return [processor.process(message) for message in log[start:]]
+
+    def run(self) -> None:
+        """Move everything through: relay, member, relay, batch."""
+        self.auth_relay.publish_pending()
+        self.deliver("profile-insert", self.member)
+        self.member_relay.publish_pending()
+        self.deliver("partner-created", self.batch)
+
+    def close(self) -> None:
+        for database in (self.auth_db, self.member_db, self.batch_db):
+            database.engine.dispose()

@@ -1,0 +1,166 @@
+"""Offsets move only past records that were applied or dead-lettered."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from member_service.consumer import PROFILE_INSERT_WORKER
+from member_service.models import Base as MemberBase
+from shared.consumer import ConsumerLoop, EventContext, EventProcessor, Outcome, RetryLater
+from shared.db import Database, UnitOfWork
+from shared.kafka import Message
+from tests.fakes import FakeBroker, FakeConsumer
+
+UNREACHABLE_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere?connect_timeout=1"
+
+
+def profile_insert(number: int) -> bytes:
+    return json.dumps(
+        {
+            "uuid": f"00000000-0000-4000-8000-{number:012d}",
+            "role": "USER",
+            "nickname": f"user{number}",
+            "favoriteStyles": [1],
+        }
+    ).encode()
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    broker = FakeBroker()
+    for number in range(3):
+        broker.append("profile-insert", profile_insert(number), b"k", [("ce_id", b"e%d" % number)])
+    return broker
+
+
+@pytest.fixture
+def member_db(tmp_path: Path) -> Iterator[Database]:
+    database = Database.from_url(f"sqlite:///{tmp_path / 'member.db'}", MemberBase.metadata)
+    database.create_schema()
+    yield database
+    database.engine.dispose()
+
+
+def processor_on(database: Database, broker: FakeBroker, handler: Any = None) -> EventProcessor:
+    spec = PROFILE_INSERT_WORKER
+    return EventProcessor(
+        spec.topic, handler or spec.handler, database, spec.inbox, broker.producer()
+    )
+
+
+def test_unreachable_database_is_retried_and_never_dead_lettered(broker: FakeBroker) -> None:
+    database = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
+    processor = processor_on(database, broker)
+    consumer = FakeConsumer(broker, "profile-insert")
+    loop = ConsumerLoop(consumer, processor)
+
+    for _ in range(3):
+        loop.poll_once()
+
+    assert consumer.commits == []
+    assert consumer.position == 0
+    assert broker.topics["profile-insert.DLT"] == []
+    database.engine.dispose()
+
+
+def test_transient_failure_raises_retry_later_with_growing_bounded_delay(
+    broker: FakeBroker,
+) -> None:
+    database = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
+    processor = processor_on(database, broker)
+    record = broker.topics["profile-insert"][0]
+
+    delays = []
+    for attempt in (1, 20):
+        with pytest.raises(RetryLater) as raised:
+            processor.process(record, attempt)
+        delays.append(raised.value.delay)
+
+    assert 0 < delays[0] <= 0.1
+    assert 0 < delays[1] <= 5.0
+    database.engine.dispose()
+
+
+def test_records_are_applied_once_the_database_is_back(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
+    consumer = FakeConsumer(broker, "profile-insert")
+    ConsumerLoop(consumer, processor_on(down, broker)).poll_once()
+    down.engine.dispose()
+
+    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+    loop.poll_once()
+
+    assert consumer.committed == 3
+    assert loop.counts[Outcome.APPLIED] == 3
+
+
+def test_unexpected_error_is_retried_then_dead_lettered(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    calls = []
+
+    def flaky(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
+        calls.append(context.event_id)
+        raise RuntimeError("bug in handler")
+
+    processor = processor_on(member_db, broker, flaky)
+    record = broker.topics["profile-insert"][0]
+
+    for attempt in range(1, 5):
+        with pytest.raises(RetryLater):
+            processor.process(record, attempt)
+    assert processor.process(record, 5) == Outcome.DEAD_LETTERED
+
+    [dead] = broker.topics["profile-insert.DLT"]
+    assert dict(dead.headers)["dlt-attempts"] == b"5"
+    assert b"RuntimeError: bug in handler" in dict(dead.headers)["dlt-error"]
+    assert len(calls) == 5
+
+
+def test_failed_dead_letter_send_is_retried_not_acknowledged(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    broker.append("profile-insert", b"poison", b"k", [])
+    broker.down = True
+    consumer = FakeConsumer(broker, "profile-insert", committed=3)
+    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+
+    loop.poll_once()
+
+    assert consumer.commits == []
+    assert consumer.position == 3
+
+
+def test_stop_mid_batch_commits_what_was_applied_and_rewinds_the_rest(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    stop = threading.Event()
+    applied = []
+
+    def stop_after_first(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
+        PROFILE_INSERT_WORKER.handler(event, uow, context)
+        applied.append(context.event_id)
+        stop.set()
+
+    consumer = FakeConsumer(broker, "profile-insert")
+    loop = ConsumerLoop(consumer, processor_on(member_db, broker, stop_after_first), stop)
+
+    loop.poll_once()
+
+    assert applied == ["e0"]
+    assert consumer.committed == 1
+    assert consumer.position == 1
+
+
+def test_message_header_lookup_returns_text() -> None:
+    message = Message("t", None, b"{}", [("ce_id", b"abc"), ("other", b"x")])
+    assert message.header("ce_id") == "abc"
+    assert message.header("missing") is None
