@@ -1,0 +1,273 @@
+"""The whole pipeline as real OS processes on one machine: the local broker (unless a
+Kafka is given), the three databases migrated, and the contract's five processes.
+
+`signup-pipeline dev` runs it until Ctrl-C; the end-to-end tests and benchmarks drive it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from shared.broker import LocalBroker, free_port
+from shared.config import DEV_MODE_VARIABLE
+
+SERVICES = ("auth", "member", "batch")
+
+
+class StackError(RuntimeError):
+    """A process of the stack failed to start or died."""
+
+
+@dataclass
+class ManagedProcess:
+    """One child process, its output kept in a log file and its last lines in memory."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    echo: Callable[[str], None] | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
+    _reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the process in its own session, so signals reach its whole tree."""
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._pump, name=f"log-{self.name}", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.popen is not None and self.popen.stdout is not None
+        with self.popen.stdout, open(self.log_path, "ab") as log:
+            for raw in iter(self.popen.stdout.readline, b""):
+                log.write(raw)
+                log.flush()
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                self.tail.append(line)
+                if self.echo is not None:
+                    self.echo(f"[{self.name}] {line}")
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, while started."""
+        return self.popen.pid if self.popen else None
+
+    def running(self) -> bool:
+        """True while the process has not exited."""
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the process and everything it started."""
+        if self.running():
+            assert self.popen is not None
+            try:
+                os.killpg(self.popen.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the exit; the exit code, or None if still running."""
+        if self.popen is None:
+            return None
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self._reader is not None:
+            self._reader.join(2)
+        return code
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL for whatever is left after `timeout`."""
+        self.signal(signal.SIGTERM)
+        code = self.wait(timeout)
+        if code is None:
+            self.signal(signal.SIGKILL)
+            code = self.wait(5)
+        elif self.popen is not None:
+            # The leader exited; make sure nothing it started outlives it.
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return code
+
+
+class Stack:
+    """Broker + migrated databases + the five contract processes."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        database_urls: Mapping[str, str] | None = None,
+        bootstrap_servers: str | None = None,
+        ports: Mapping[str, int] | None = None,
+        echo: Callable[[str], None] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        api_workers: int = 1,
+    ) -> None:
+        self.workdir = workdir
+        self.log_dir = workdir / "logs"
+        self.database_urls = {
+            service: (database_urls or {}).get(service) or _sqlite_url_in(workdir, service)
+            for service in SERVICES
+        }
+        self.bootstrap_servers = bootstrap_servers
+        self.broker: LocalBroker | None = None
+        self.ports = {service: (ports or {}).get(service) or free_port() for service in SERVICES}
+        self.echo = echo
+        self.extra_env = dict(extra_env or {})
+        self.api_workers = api_workers
+        self.processes: dict[str, ManagedProcess] = {}
+
+    def url(self, service: str) -> str:
+        """Base URL of a service's API."""
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def env(self) -> dict[str, str]:
+        """The environment every process of the stack gets."""
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap_servers or ""
+        for service, url in self.database_urls.items():
+            env[f"{service.upper()}_DATABASE_URL"] = url
+        env.setdefault(DEV_MODE_VARIABLE, "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self, timeout: float = 60.0) -> Stack:
+        """Start the broker if none was given, migrate, start all five and wait until ready."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if not self.bootstrap_servers:
+            self.broker = LocalBroker(log_path=self.log_dir / "broker.log").start()
+            self.bootstrap_servers = self.broker.bootstrap_servers
+        self.migrate()
+        for name in ("auth-api", "member-worker", "member-api", "batch-worker", "batch-api"):
+            self.spawn(name)
+        self.wait_ready(timeout)
+        return self
+
+    def migrate(self) -> None:
+        """`python -m <service>_service migrate` for each service."""
+        for service in SERVICES:
+            result = subprocess.run(
+                [sys.executable, "-m", f"{service}_service", "migrate"],
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if result.returncode != 0:
+                raise StackError(f"{service} migrate failed: {result.stderr.strip()}")
+
+    def command(self, name: str) -> list[str]:
+        """The contract command line of process `name` (e.g. `member-worker`)."""
+        service, role = name.split("-")
+        argv = [sys.executable, "-m", f"{service}_service", role]
+        if role == "api":
+            argv += ["--port", str(self.ports[service]), "--workers", str(self.api_workers)]
+        return argv
+
+    def spawn(self, name: str, instance: str | None = None) -> ManagedProcess:
+        """Start (or restart) process `name`; `instance` names an extra copy."""
+        key = instance or name
+        process = ManagedProcess(
+            name=key,
+            argv=self.command(name),
+            env=self.env(),
+            log_path=self.log_dir / f"{key}.log",
+            echo=self.echo,
+        )
+        process.start()
+        self.processes[key] = process
+        return process
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until every API answers /health/ready; raise with the logs if a process died."""
+        deadline = time.monotonic() + timeout
+        pending = set(SERVICES)
+        while pending:
+            self.check_alive()
+            for service in list(pending):
+                if http_status(f"{self.url(service)}/health/ready") == 200:
+                    pending.discard(service)
+            if time.monotonic() > deadline:
+                raise StackError(f"not ready within {timeout}s: {sorted(pending)}")
+            time.sleep(0.1)
+
+    def check_alive(self) -> None:
+        """Raise, with its last log lines, if a process of the stack has died."""
+        for process in self.processes.values():
+            if process.popen is not None and process.popen.poll() is not None:
+                last = "\n".join(list(process.tail)[-15:])
+                raise StackError(
+                    f"{process.name} exited with {process.popen.returncode}; last lines:\n{last}"
+                )
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
+        """Stop every process (SIGTERM, then SIGKILL) and the broker; their exit codes."""
+        for process in self.processes.values():
+            process.signal(signal.SIGTERM)
+        codes = {name: process.stop(timeout) for name, process in self.processes.items()}
+        if self.broker is not None:
+            self.broker.stop()
+        return codes
+
+    def pids(self) -> list[int]:
+        """Process ids of the stack's children, including the broker."""
+        pids = [p.pid for p in self.processes.values() if p.pid is not None]
+        if self.broker is not None and self.broker.pid is not None:
+            pids.append(self.broker.pid)
+        return pids
+
+
+def _sqlite_url_in(workdir: Path, service: str) -> str:
+    return f"sqlite:///{workdir / 'var' / f'{service}.db'}"
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The status of GET `url`, or None if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def write_line(stream: IO[str]) -> Callable[[str], None]:
+    """A thread-safe line printer for prefixed process output."""
+    lock = threading.Lock()
+
+    def emit(line: str) -> None:
+        with lock:
+            stream.write(line + "\n")
+            stream.flush()
+
+    return emit
+
+
+__all__ = ["Stack", "StackError", "http_status", "write_line"]

@@ -1,0 +1,179 @@
+"""A signup travels auth → member → batch through real processes, a real broker and
+real PostgreSQL, and survives redelivery, poison records and a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+from kafka import KafkaProducer
+from sqlalchemy import create_engine, func, select, text
+
+from member_service.models import FavoriteStyle, Partner, User
+from shared.devstack import Stack
+from tests.http import request, wait_for_status
+from tests.kafka_tools import read_topic
+from tests.unit.pipeline_harness import signup_body
+
+pytestmark = pytest.mark.e2e
+
+
+def sign_up(stack: Stack, **overrides: object) -> str:
+    status, body = request("POST", f"{stack.url('auth')}/auth/signup", signup_body(**overrides))
+    assert status == 201, body
+    return str(body["uuid"])
+
+
+def member_counts(stack: Stack, member_ids: list[str]) -> dict[str, int]:
+    engine = create_engine(stack.database_urls["member"])
+    try:
+        with engine.connect() as connection:
+            counts = {
+                name: connection.scalar(
+                    select(func.count()).select_from(model).where(column.in_(member_ids))
+                )
+                for name, model, column in (
+                    ("users", User, User.uuid),
+                    ("partners", Partner, Partner.uuid),
+                    ("styles", FavoriteStyle, FavoriteStyle.member_uuid),
+                )
+            }
+    finally:
+        engine.dispose()
+    return {name: int(value or 0) for name, value in counts.items()}
+
+
+def summary_count(stack: Stack, partner_ids: list[str]) -> int:
+    engine = create_engine(stack.database_urls["batch"])
+    try:
+        with engine.connect() as connection:
+            value = connection.scalar(
+                text("SELECT count(*) FROM partner_summaries WHERE partner_id = ANY(:ids)"),
+                {"ids": partner_ids},
+            )
+    finally:
+        engine.dispose()
+    return int(value or 0)
+
+
+def test_user_and_partner_signups_reach_the_member_and_batch_apis(stack: Stack) -> None:
+    user_id = sign_up(stack, role="USER", nickname="just-a-user", favoriteStyles=[4, 2])
+    partner_id = sign_up(stack, role="PARTNER", nickname="a-shop", favoriteStyles=[7])
+
+    _, user = wait_for_status(f"{stack.url('member')}/members/{user_id}")
+    _, partner = wait_for_status(f"{stack.url('member')}/members/{partner_id}")
+    _, summary = wait_for_status(f"{stack.url('batch')}/partners/{partner_id}/summary")
+
+    assert (user["role"], user["nickname"], user["favoriteStyles"]) == (
+        "USER",
+        "just-a-user",
+        [4, 2],
+    )
+    assert (partner["role"], partner["favoriteStyles"]) == ("PARTNER", [7])
+    assert summary == {
+        "partnerId": partner_id,
+        "postCount": 0,
+        "followerCount": 0,
+        "coordinateCount": 0,
+        "reviewCount": 0,
+        "averageStar": 0.0,
+    }
+    status, _ = request("GET", f"{stack.url('batch')}/partners/{user_id}/summary")
+    assert status == 404
+
+
+def test_redelivered_profile_insert_with_same_ce_id_creates_nothing_new(stack: Stack) -> None:
+    partner_id = sign_up(stack, role="PARTNER", favoriteStyles=[1, 2, 3])
+    wait_for_status(f"{stack.url('batch')}/partners/{partner_id}/summary")
+    original = next(
+        r
+        for r in read_topic(stack.bootstrap_servers, "profile-insert", expect=1)
+        if r.key == partner_id.encode()
+    )
+
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap_servers)
+    for _ in range(3):
+        producer.send("profile-insert", original.value, original.key, headers=original.headers)
+    producer.flush()
+    producer.close()
+    marker = sign_up(stack)  # same partition order is not promised, so wait on a later event
+    wait_for_status(f"{stack.url('member')}/members/{marker}")
+    time.sleep(1.0)
+
+    assert member_counts(stack, [partner_id]) == {"users": 0, "partners": 1, "styles": 3}
+    announced = [
+        r
+        for r in read_topic(stack.bootstrap_servers, "partner-created", expect=1)
+        if r.key == partner_id.encode()
+    ]
+    assert len(announced) == 1
+    assert summary_count(stack, [partner_id]) == 1
+
+
+def test_poison_record_lands_in_the_dlt_while_the_next_signup_still_flows(stack: Stack) -> None:
+    poison_key = f"poison-{uuid.uuid4().hex[:8]}".encode()
+    producer = KafkaProducer(bootstrap_servers=stack.bootstrap_servers)
+    producer.send("profile-insert", b'{"uuid": "not-a-uuid", "role": "ADMIN"}', poison_key)
+    producer.flush()
+    producer.close()
+
+    after = sign_up(stack, role="PARTNER")
+
+    wait_for_status(f"{stack.url('batch')}/partners/{after}/summary")
+    deadline = time.monotonic() + 20
+    dead = []
+    while not dead and time.monotonic() < deadline:
+        dead = [
+            r
+            for r in read_topic(stack.bootstrap_servers, "profile-insert.DLT")
+            if r.key == poison_key
+        ]
+    assert len(dead) == 1
+    assert dead[0].value == b'{"uuid": "not-a-uuid", "role": "ADMIN"}'
+    assert "schema" in (dead[0].header("dlt-error") or "")
+
+
+def test_member_worker_killed_mid_burst_loses_and_doubles_nothing(stack: Stack) -> None:
+    roles = ["PARTNER" if n % 3 == 0 else "USER" for n in range(60)]
+    member_ids: list[str] = []
+    for n, role in enumerate(roles):
+        member_ids.append(sign_up(stack, role=role, favoriteStyles=[1 + n % 5, 10]))
+        if n == 20:
+            stack.processes["member-worker"].signal(signal.SIGKILL)
+            stack.processes["member-worker"].wait(5)
+        if n == 40:
+            stack.spawn("member-worker")
+    partner_ids = [m for m, role in zip(member_ids, roles, strict=True) if role == "PARTNER"]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        counts = member_counts(stack, member_ids)
+        if counts["users"] + counts["partners"] == 60 and summary_count(stack, partner_ids) == 20:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)  # anything doubled would show up by now
+
+    assert member_counts(stack, member_ids) == {"users": 40, "partners": 20, "styles": 120}
+    assert summary_count(stack, partner_ids) == 20
+    for member_id in member_ids[::7]:
+        _, body = wait_for_status(f"{stack.url('member')}/members/{member_id}")
+        assert len(body["favoriteStyles"]) == 2
+
+
+def test_sigterm_stops_every_process_cleanly_and_leaves_none_behind(stack: Stack) -> None:
+    groups = [p.pid for p in stack.processes.values() if p.pid is not None]  # gunicorn workers too
+
+    codes = stack.stop()
+
+    assert codes == dict.fromkeys(stack.processes, 0)
+    survivors = []
+    for group in groups:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            continue
+        survivors.append(group)
+    assert survivors == []

@@ -1,0 +1,158 @@
+"""The consumer loop against a real broker and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kafka import KafkaProducer
+from sqlalchemy import func, select
+
+from member_service.consumer import PROFILE_INSERT_WORKER
+from member_service.models import Base, FavoriteStyle, User
+from shared.consumer import ConsumerLoop, EventProcessor, Outcome
+from shared.db import Database
+from shared.kafka import make_consumer, make_producer
+from tests.kafka_tools import committed_offsets, create_topic, read_topic, unique_name
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    database = Database.from_url(database_url, Base.metadata)
+    database.create_schema()
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str):  # type: ignore[no-untyped-def]
+    """A private copy of `profile-insert`: its own name, group and dead-letter topic."""
+    spec = dataclasses.replace(
+        PROFILE_INSERT_WORKER.topic,
+        name=unique_name("profile-insert"),
+        consumer_group=unique_name("member-service"),
+    )
+    create_topic(kafka_bootstrap, spec.name, partitions=3)
+    create_topic(kafka_bootstrap, spec.dead_letter)
+    return spec
+
+
+def profile(member_id: str) -> bytes:
+    payload = {"uuid": member_id, "role": "USER", "nickname": "nick", "favoriteStyles": [1, 2]}
+    return json.dumps(payload).encode()
+
+
+def consume_until(loop: ConsumerLoop, done: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(loop.counts.values()) < done:
+        assert time.monotonic() < deadline, f"only {loop.counts} within {timeout}s"
+        loop.poll_once()
+
+
+def count(database: Database, model: type) -> int:
+    with database.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_applies_records_dead_letters_poison_and_commits_offsets_after(
+    database: Database,
+    topic,
+    kafka_bootstrap: str,  # type: ignore[no-untyped-def]
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    members = [str(uuid.uuid4()) for _ in range(10)]
+    for n, member_id in enumerate(members):
+        headers = [("ce_id", f"event-{n}".encode())]
+        producer.send(topic.name, profile(member_id), member_id.encode(), headers=headers)
+        if n == 4:
+            producer.send(topic.name, b"not json", member_id.encode(), headers=[("ce_id", b"p")])
+    producer.flush()
+    producer.close()
+    dlt_producer = make_producer([kafka_bootstrap])
+    processor = EventProcessor(
+        topic, PROFILE_INSERT_WORKER.handler, database, PROFILE_INSERT_WORKER.inbox, dlt_producer
+    )
+    consumer = make_consumer([kafka_bootstrap], topic.consumer_group, [topic.name])
+    loop = ConsumerLoop(consumer, processor)
+
+    consume_until(loop, 11)
+    consumer.close(autocommit=False)
+    dlt_producer.close()
+
+    assert loop.counts[Outcome.APPLIED] == 10
+    assert loop.counts[Outcome.DEAD_LETTERED] == 1
+    assert count(database, User) == 10
+    assert count(database, FavoriteStyle) == 20
+    [dead] = read_topic(kafka_bootstrap, topic.dead_letter, expect=1)
+    assert dead.value == b"not json"
+    assert dead.header("dlt-original-topic") == topic.name
+    committed = committed_offsets(kafka_bootstrap, topic.consumer_group, topic.name)
+    per_partition = {p: 0 for p in committed}
+    for record in read_topic(kafka_bootstrap, topic.name, expect=11):
+        per_partition[record.partition] = record.offset + 1
+    assert committed == {p: (end or None) for p, end in per_partition.items()}
+
+
+def test_a_second_group_replaying_the_topic_changes_nothing(
+    database: Database,
+    topic,
+    kafka_bootstrap: str,  # type: ignore[no-untyped-def]
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for n in range(5):
+        member_id = str(uuid.uuid4())
+        producer.send(topic.name, profile(member_id), headers=[("ce_id", f"e{n}".encode())])
+    producer.flush()
+    producer.close()
+    dlt_producer = make_producer([kafka_bootstrap])
+
+    outcomes = []
+    for group in (topic.consumer_group, unique_name("replay")):
+        processor = EventProcessor(
+            topic,
+            PROFILE_INSERT_WORKER.handler,
+            database,
+            PROFILE_INSERT_WORKER.inbox,
+            dlt_producer,
+        )
+        consumer = make_consumer([kafka_bootstrap], group, [topic.name])
+        loop = ConsumerLoop(consumer, processor)
+        consume_until(loop, 5)
+        consumer.close(autocommit=False)
+        outcomes.append(loop.counts)
+    dlt_producer.close()
+
+    assert outcomes[0][Outcome.APPLIED] == 5
+    assert outcomes[1][Outcome.DUPLICATE] == 5
+    assert outcomes[1][Outcome.APPLIED] == 0
+    assert count(database, User) == 5
+
+
+def test_run_stops_on_signal_and_leaves_the_group(
+    database: Database,
+    topic,
+    kafka_bootstrap: str,  # type: ignore[no-untyped-def]
+) -> None:
+    dlt_producer = make_producer([kafka_bootstrap])
+    processor = EventProcessor(
+        topic, PROFILE_INSERT_WORKER.handler, database, PROFILE_INSERT_WORKER.inbox, dlt_producer
+    )
+    consumer = make_consumer([kafka_bootstrap], topic.consumer_group, [topic.name])
+    stop = threading.Event()
+    loop = ConsumerLoop(consumer, processor, stop)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    time.sleep(1)
+
+    stop.set()
+    thread.join(10)
+    dlt_producer.close()
+
+    assert not thread.is_alive()
