@@ -15,8 +15,8 @@ def main() -> None:
         8002,
         Base.metadata,
         {
-            "worker": lambda settings, _args: run_worker(
-                settings, Base.metadata, PROFILE_INSERT_WORKER
+            "worker": lambda settings, args: run_worker(
+                settings, Base.metadata, PROFILE_INSERT_WORKER, args
             ),
             "api": lambda settings, args: run_api(
                 settings, Base.metadata, lambda db, _relay: create_app(db), args

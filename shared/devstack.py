@@ -7,6 +7,7 @@ Kafka is given), the three databases migrated, and the contract's five processes
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,6 +43,7 @@ class ManagedProcess:
     popen: subprocess.Popen[bytes] | None = None
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
     _reader: threading.Thread | None = None
+    _terminated: bool = False
 
     def start(self) -> None:
         """Start the process in its own session, so signals reach its whole tree."""
@@ -80,10 +82,8 @@ class ManagedProcess:
         """Send `signum` to the process and everything it started."""
         if self.running():
             assert self.popen is not None
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def wait(self, timeout: float) -> int | None:
         """Wait for the exit; the exit code, or None if still running."""
@@ -97,19 +97,24 @@ class ManagedProcess:
             self._reader.join(2)
         return code
 
+    def terminate(self) -> None:
+        """Ask the process to stop, once: a second SIGTERM could land while Python is
+        finalizing (handlers already reset to default) and turn a clean exit into -15."""
+        if not self._terminated:
+            self._terminated = True
+            self.signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL for whatever is left after `timeout`."""
-        self.signal(signal.SIGTERM)
+        self.terminate()
         code = self.wait(timeout)
         if code is None:
             self.signal(signal.SIGKILL)
             code = self.wait(5)
         elif self.popen is not None:
             # The leader exited; make sure nothing it started outlives it.
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         return code
 
 
@@ -140,6 +145,7 @@ class Stack:
         self.extra_env = dict(extra_env or {})
         self.api_workers = api_workers
         self.processes: dict[str, ManagedProcess] = {}
+        self.health_ports: dict[str, int] = {}
 
     def url(self, service: str) -> str:
         """Base URL of a service's API."""
@@ -159,13 +165,17 @@ class Stack:
     def start(self, timeout: float = 60.0) -> Stack:
         """Start the broker if none was given, migrate, start all five and wait until ready."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        if not self.bootstrap_servers:
-            self.broker = LocalBroker(log_path=self.log_dir / "broker.log").start()
-            self.bootstrap_servers = self.broker.bootstrap_servers
-        self.migrate()
-        for name in ("auth-api", "member-worker", "member-api", "batch-worker", "batch-api"):
-            self.spawn(name)
-        self.wait_ready(timeout)
+        try:
+            if not self.bootstrap_servers:
+                self.broker = LocalBroker(log_path=self.log_dir / "broker.log").start()
+                self.bootstrap_servers = self.broker.bootstrap_servers
+            self.migrate()
+            for name in ("auth-api", "member-worker", "member-api", "batch-worker", "batch-api"):
+                self.spawn(name)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # leave nothing behind, whatever failed
+            raise
         return self
 
     def migrate(self) -> None:
@@ -181,20 +191,31 @@ class Stack:
             if result.returncode != 0:
                 raise StackError(f"{service} migrate failed: {result.stderr.strip()}")
 
-    def command(self, name: str) -> list[str]:
+    def command(self, name: str, health_port: int | None = None) -> list[str]:
         """The contract command line of process `name` (e.g. `member-worker`)."""
         service, role = name.split("-")
         argv = [sys.executable, "-m", f"{service}_service", role]
         if role == "api":
             argv += ["--port", str(self.ports[service]), "--workers", str(self.api_workers)]
+        if health_port is not None:
+            argv += ["--health-port", str(health_port)]
         return argv
+
+    def health_url(self, key: str) -> str:
+        """Readiness URL of process `key`: its API's, or a worker's own health port."""
+        if key in self.health_ports:
+            return f"http://127.0.0.1:{self.health_ports[key]}/health/ready"
+        return f"{self.url(key.split('-')[0])}/health/ready"
 
     def spawn(self, name: str, instance: str | None = None) -> ManagedProcess:
         """Start (or restart) process `name`; `instance` names an extra copy."""
         key = instance or name
+        health_port = None
+        if name.endswith("-worker"):
+            health_port = self.health_ports[key] = free_port()
         process = ManagedProcess(
             name=key,
-            argv=self.command(name),
+            argv=self.command(name, health_port),
             env=self.env(),
             log_path=self.log_dir / f"{key}.log",
             echo=self.echo,
@@ -203,15 +224,16 @@ class Stack:
         self.processes[key] = process
         return process
 
-    def wait_ready(self, timeout: float) -> None:
-        """Until every API answers /health/ready; raise with the logs if a process died."""
+    def wait_ready(self, timeout: float, names: list[str] | None = None) -> None:
+        """Until every process (or those in `names`) answers /health/ready: APIs with their
+        database, workers also joined to their consumer group. Raises if one died."""
         deadline = time.monotonic() + timeout
-        pending = set(SERVICES)
+        pending = set(names or self.processes)
         while pending:
             self.check_alive()
-            for service in list(pending):
-                if http_status(f"{self.url(service)}/health/ready") == 200:
-                    pending.discard(service)
+            for key in list(pending):
+                if http_status(self.health_url(key)) == 200:
+                    pending.discard(key)
             if time.monotonic() > deadline:
                 raise StackError(f"not ready within {timeout}s: {sorted(pending)}")
             time.sleep(0.1)
@@ -228,7 +250,7 @@ class Stack:
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
         """Stop every process (SIGTERM, then SIGKILL) and the broker; their exit codes."""
         for process in self.processes.values():
-            process.signal(signal.SIGTERM)
+            process.terminate()
         codes = {name: process.stop(timeout) for name, process in self.processes.items()}
         if self.broker is not None:
             self.broker.stop()

@@ -86,7 +86,11 @@ def make_producer(bootstrap_servers: Sequence[str], **overrides: Any) -> KafkaPr
 
 
 def make_consumer(
-    bootstrap_servers: Sequence[str], group_id: str, topics: Iterable[str], **overrides: Any
+    bootstrap_servers: Sequence[str],
+    group_id: str,
+    topics: Iterable[str],
+    listener: Any = None,
+    **overrides: Any,
 ) -> KafkaConsumer:
     """A consumer whose offsets the caller commits, only after it applied the records."""
     consumer = KafkaConsumer(
@@ -94,7 +98,7 @@ def make_consumer(
         group_id=group_id,
         **(CONSUMER_DEFAULTS | overrides),
     )
-    consumer.subscribe(list(topics))
+    consumer.subscribe(list(topics), listener=listener)
     return consumer
 
 

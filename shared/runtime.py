@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from shared.config import ConfigError, Settings
 from shared.consumer import ConsumerLoop, EventProcessor, Handler
 from shared.db import Database
+from shared.health import ConsumerState, HealthServer
 from shared.inbox import InboxRecord
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.outbox import OutboxRecord, OutboxRelay
@@ -115,11 +116,18 @@ class WorkerSpec:
     outbox: type[OutboxRecord] | None = None
 
 
-def run_worker(settings: Settings, metadata: MetaData, spec: WorkerSpec) -> None:
+def run_worker(
+    settings: Settings, metadata: MetaData, spec: WorkerSpec, args: argparse.Namespace
+) -> None:
     """Consume `spec.topic` until SIGTERM/SIGINT, relaying this service's outbox meanwhile."""
     database = open_database(settings, metadata)
     check_broker(settings)
     stop = stop_on_signals()
+    state = ConsumerState()
+    health = None
+    if args.health_port is not None:
+        health = HealthServer(database, state, args.health_host, args.health_port).start()
+        log.info("health on http://%s:%d/health/ready", args.health_host, health.port)
     servers = settings.bootstrap_servers
     relay = None
     if spec.outbox is not None:
@@ -133,13 +141,15 @@ def run_worker(settings: Settings, metadata: MetaData, spec: WorkerSpec) -> None
         dead_letters,
         after_commit=relay.wake if relay else None,
     )
-    consumer = make_consumer(servers, spec.topic.consumer_group, [spec.topic.name])
+    consumer = make_consumer(servers, spec.topic.consumer_group, [spec.topic.name], state)
     log.info("consuming %s as group %s", spec.topic.name, spec.topic.consumer_group)
     try:
         ConsumerLoop(consumer, processor, stop).run()
     finally:
         if relay is not None:
             relay.stop()
+        if health is not None:
+            health.stop()
         dead_letters.close(timeout=5)
         database.engine.dispose()
     log.info("stopped")
@@ -207,6 +217,15 @@ def service_main(
             command.add_argument(
                 "--threads", type=int, default=int(os.environ.get("WEB_THREADS", "4"))
             )
+        if name == "worker":
+            port = os.environ.get("WORKER_HEALTH_PORT")
+            command.add_argument(
+                "--health-port",
+                type=int,
+                default=int(port) if port else None,
+                help="serve /health/live and /health/ready on this port (default: off)",
+            )
+            command.add_argument("--health-host", default="127.0.0.1")
     args = parser.parse_args(argv)
     configure_logging(service, args.command)
     try:

@@ -1,0 +1,91 @@
+"""Health endpoints for worker processes, which have no web framework of their own:
+`/health/live` (the process answers) and `/health/ready` (database reachable and the
+consumer has joined its group)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
+
+from shared.db import Database, check_connection
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Set by the consumer's rebalance listener; read by the readiness probe."""
+
+    def __init__(self) -> None:
+        self.joined = threading.Event()
+        self.assigned: list[Any] = []
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        """kafka-python ConsumerRebalanceListener hook."""
+        self.assigned = sorted(assigned)
+        self.joined.set()
+        log.info("assigned partitions %s", [f"{tp.topic}[{tp.partition}]" for tp in self.assigned])
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        """kafka-python ConsumerRebalanceListener hook; offsets are committed per batch."""
+        self.assigned = []
+
+
+class HealthServer:
+    """A small HTTP server on its own thread answering the two health routes."""
+
+    def __init__(self, database: Database, state: ConsumerState, host: str, port: int) -> None:
+        self._database = database
+        self._state = state
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                status, body = health.answer(self.path)
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        return Handler
+
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        """Status and JSON body for `path`."""
+        if path == "/health/live":
+            return 200, {"status": "ok"}
+        if path != "/health/ready":
+            return 404, {"error": "not_found", "message": f"No route {path}."}
+        if not self._state.joined.is_set():
+            return 503, {
+                "error": "unavailable",
+                "message": "The consumer has not joined its group.",
+            }
+        try:
+            check_connection(self._database.engine)
+        except Exception:
+            return 503, {"error": "unavailable", "message": "The database is unreachable."}
+        return 200, {"status": "ok"}
+
+    def start(self) -> HealthServer:
+        """Serve on a daemon thread."""
+        threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
