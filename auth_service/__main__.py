@@ -54,7 +54,7 @@ def main() -> None:
         "auth",
         8001,
         Base.metadata,
-        {"api": api, "migrate": lambda settings, _args: migrate(settings, Base.metadata)},
+        {"api": api, "migrate": migrate},
     )
 
 

@@ -21,7 +21,7 @@ def main() -> None:
             "api": lambda settings, args: run_api(
                 settings, Base.metadata, lambda db, _relay: create_app(db), args
             ),
-            "migrate": lambda settings, _args: migrate(settings, Base.metadata),
+            "migrate": migrate,
         },
     )
 

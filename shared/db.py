@@ -102,10 +102,6 @@ class Database:
         """Connect lazily to the database at `url`."""
         return cls(make_engine(url), metadata)
 
-    def create_schema(self) -> None:
-        """Create the service's tables if they are missing."""
-        self.metadata.create_all(self.engine)
-
     def unit_of_work(self, after_commit: Callable[[], None] | None = None) -> UnitOfWork:
         """A new unit of work on this database."""
         return UnitOfWork(self.sessions, after_commit)

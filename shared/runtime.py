@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from flask import Flask
 from kafka.errors import KafkaError
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import ConfigError, Settings
@@ -27,6 +27,7 @@ from shared.db import Database
 from shared.health import ConsumerState, HealthServer
 from shared.inbox import InboxRecord
 from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.migrations import current_revision, head_revision, upgrade
 from shared.outbox import OutboxRecord, OutboxRelay
 from shared.pipeline import Topic
 
@@ -53,17 +54,18 @@ def open_database(settings: Settings, metadata: MetaData) -> Database:
     """The service's database, checked reachable and migrated."""
     database = Database.from_url(settings.database_url, metadata)
     try:
-        present = set(inspect(database.engine).get_table_names())
+        with database.engine.connect() as connection:
+            current = current_revision(connection)
     except SQLAlchemyError as exc:
         raise ConfigError(
             f"cannot reach the {settings.service} database ({_redact(settings.database_url)}): "
             f"{_first_line(exc)}; check {settings.service.upper()}_DATABASE_URL"
         ) from None
-    missing = set(metadata.tables) - present
-    if missing:
+    head = head_revision(settings.service)
+    if current != head:
         raise ConfigError(
-            f"the {settings.service} database lacks tables {sorted(missing)}: "
-            f"run `python -m {settings.service}_service migrate` first"
+            f"the {settings.service} database is at schema revision {current or 'none'}, "
+            f"this code needs {head}: run `python -m {settings.service}_service migrate`"
         )
     return database
 
@@ -235,16 +237,13 @@ def service_main(
         fail(str(exc))
 
 
-def migrate(settings: Settings, metadata: MetaData) -> None:
-    """Create the service's tables where missing."""
-    database = Database.from_url(settings.database_url, metadata)
+def migrate(settings: Settings, _args: argparse.Namespace | None = None) -> None:
+    """Upgrade the service's database to the newest schema revision."""
     try:
-        database.create_schema()
+        upgrade(settings.service, settings.database_url)
     except SQLAlchemyError as exc:
         raise ConfigError(
             f"cannot migrate the {settings.service} database "
             f"({_redact(settings.database_url)}): {_first_line(exc)}"
         ) from None
-    finally:
-        database.engine.dispose()
-    log.info("%s database is up to date", settings.service)
+    log.info("%s database is at revision %s", settings.service, head_revision(settings.service))

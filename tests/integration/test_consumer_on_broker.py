@@ -19,6 +19,7 @@ from shared.consumer import ConsumerLoop, EventProcessor, Outcome
 from shared.db import Database
 from shared.kafka import make_consumer, make_producer
 from tests.kafka_tools import committed_offsets, create_topic, read_topic, unique_name
+from tests.schema import create_tables
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
     database = Database.from_url(database_url, Base.metadata)
-    database.create_schema()
+    create_tables(database)
     yield database
     database.engine.dispose()
 

@@ -15,6 +15,7 @@ from shared.db import Database
 from shared.kafka import make_producer
 from shared.outbox import OutboxRelay, add_event
 from tests.kafka_tools import create_topic, read_topic, unique_name
+from tests.schema import create_tables
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
     database = Database.from_url(database_url, Base.metadata)
-    database.create_schema()
+    create_tables(database)
     yield database
     database.engine.dispose()
 
@@ -111,7 +112,7 @@ def test_competing_relays_on_postgres_send_each_row_once(
     kafka_bootstrap: str,  # type: ignore[no-untyped-def]
 ) -> None:
     database = Database.from_url(postgres.create_database(), Base.metadata)
-    database.create_schema()
+    create_tables(database)
     topic = unique_name("skiplocked")
     create_topic(kafka_bootstrap, topic, partitions=3)
     for _ in range(10):

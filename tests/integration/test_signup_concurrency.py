@@ -13,6 +13,7 @@ from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, Member, OutboxEvent
 from shared.db import Database
+from tests.schema import create_tables
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
     database = Database.from_url(database_url, Base.metadata)
-    database.create_schema()
+    create_tables(database)
     yield database
     database.engine.dispose()
 

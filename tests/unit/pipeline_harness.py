@@ -22,6 +22,7 @@ from shared.db import Database
 from shared.outbox import OutboxRelay
 from shared.runtime import WorkerSpec
 from tests.fakes import FakeBroker
+from tests.schema import create_tables
 
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID)
 
@@ -67,7 +68,7 @@ class InMemoryPipeline:
         database = Database.from_url(
             urls.get(name, f"sqlite:///{directory / name}.db"), base.metadata
         )
-        database.create_schema()
+        create_tables(database)
         return database
 
     def _processor(self, spec: WorkerSpec, database: Database) -> EventProcessor:

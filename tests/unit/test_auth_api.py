@@ -27,6 +27,7 @@ from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, Member, OutboxEvent
 from shared.db import Database
+from tests.schema import create_tables
 
 SECRET = "x" * 32
 TODAY = dt.date.today()
@@ -129,7 +130,7 @@ def auth_database_url(tmp_path: Path) -> str:
 def database(auth_database_url: str) -> Iterator[Database]:
     """The auth database with its tables, disposed of afterwards."""
     database = Database.from_url(auth_database_url, Base.metadata)
-    database.create_schema()
+    create_tables(database)
     yield database
     database.engine.dispose()
 

@@ -16,6 +16,7 @@ from shared.consumer import ConsumerLoop, EventContext, EventProcessor, Outcome,
 from shared.db import Database, UnitOfWork
 from shared.kafka import Message
 from tests.fakes import FakeBroker, FakeConsumer
+from tests.schema import create_tables
 
 UNREACHABLE_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere?connect_timeout=1"
 
@@ -42,7 +43,7 @@ def broker() -> FakeBroker:
 @pytest.fixture
 def member_db(tmp_path: Path) -> Iterator[Database]:
     database = Database.from_url(f"sqlite:///{tmp_path / 'member.db'}", MemberBase.metadata)
-    database.create_schema()
+    create_tables(database)
     yield database
     database.engine.dispose()
 
