@@ -102,13 +102,19 @@ def make_consumer(
     return consumer
 
 
-def ensure_topics(bootstrap_servers: Sequence[str], replication_factor: int = 1) -> None:
+def ensure_topics(
+    bootstrap_servers: Sequence[str], replication_factor: int = 1, timeout_ms: int = 10_000
+) -> None:
     """Create the pipeline's topics and their dead-letter topics where missing."""
     wanted = []
     for topic in TOPICS:
         wanted.append(NewTopic(topic.name, topic.partitions, replication_factor))
         wanted.append(NewTopic(topic.dead_letter, 1, replication_factor))
-    admin = KafkaAdminClient(bootstrap_servers=list(bootstrap_servers), request_timeout_ms=10_000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=list(bootstrap_servers),
+        request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+    )
     try:
         for new_topic in wanted:
             with contextlib.suppress(TopicAlreadyExistsError):

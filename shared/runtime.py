@@ -41,7 +41,10 @@ def configure_logging(service: str, role: str) -> None:
         format=f"%(asctime)s %(levelname)s {service}-{role} %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python logs every failed connection attempt; the pipeline reports what matters.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    if role != "migrate":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def fail(message: str) -> NoReturn:
@@ -72,6 +75,9 @@ def open_database(settings: Settings, metadata: MetaData) -> Database:
 
 def check_broker(settings: Settings) -> None:
     """Reach the broker and create the pipeline's topics where missing."""
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # the one line below says it all
     try:
         ensure_topics(settings.bootstrap_servers)
     except KafkaError as exc:
@@ -79,6 +85,8 @@ def check_broker(settings: Settings) -> None:
             f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc}); "
             "start the broker or set KAFKA_BOOTSTRAP_SERVERS"
         ) from None
+    finally:
+        kafka_log.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
