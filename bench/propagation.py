@@ -18,7 +18,7 @@ from pathlib import Path
 
 from shared.cli import example_signup
 from shared.devstack import SERVICES, Stack
-from tests.http import request
+from shared.http_client import request
 
 
 def poll_until_found(url: str, timeout: float = 10.0) -> float:

@@ -12,6 +12,12 @@ fi
 
 scripts/ensure-postgres.sh
 
+# The deployment tests validate docker-compose.yml with Debian's docker-compose.
+if ! command -v docker-compose >/dev/null; then
+  echo "installing docker-compose (Debian) for the compose file checks" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
+
 # The bundled broker must start here, or the run stops now, loudly.
 .venv/bin/python - <<'PY'
 from shared.broker import LocalBroker

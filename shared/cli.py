@@ -5,24 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.broker import BrokerError
 from shared.devstack import SERVICES, Stack, StackError, write_line
-
-DEFAULT_PORTS = {"auth": 8001, "member": 8002, "batch": 8003}
+from shared.http_client import request
 
 
 def example_signup() -> dict[str, Any]:
     """A valid PARTNER signup with a fresh email."""
     return {
-        "email": f"partner-{uuid.uuid4().hex[:6]}@example.com",
+        "email": f"member-{uuid.uuid4().hex[:8]}@example.com",
         "password": "correct horse battery staple",
         "name": "Kim Minji",
         "phone": "+82-10-1234-5678",
@@ -41,7 +44,7 @@ def dev(args: argparse.Namespace) -> int:
         Path.cwd(),
         database_urls={s: os.environ.get(f"{s.upper()}_DATABASE_URL", "") for s in SERVICES},
         bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
-        ports=DEFAULT_PORTS,
+        ports={s: args.base_port + n for n, s in enumerate(SERVICES)},
         echo=emit,
         api_workers=args.workers,
     )
@@ -75,7 +78,102 @@ def dev(args: argparse.Namespace) -> int:
     codes = stack.stop()
     failed = {name: code for name, code in codes.items() if code not in (0, None)}
     emit("stopped" + (f" (non-zero exits: {failed})" if failed else ""))
-    return 0
+    return 1 if failed else 0
+
+
+@dataclass
+class DemoSignup:
+    """One demo signup and how long each step took, in milliseconds from the request."""
+
+    role: str
+    nickname: str
+    member_id: str = ""
+    accepted_ms: float | None = None
+    profile_ms: float | None = None
+    summary_ms: float | None = None
+
+
+def _wait_found(url: str, started: float, timeout: float = 15.0) -> float | None:
+    while time.perf_counter() - started < timeout:
+        if request("GET", url)[0] == 200:
+            return (time.perf_counter() - started) * 1000
+        time.sleep(0.005)
+    return None
+
+
+def _progress(done: int, total: int, what: str) -> None:
+    bar = "#" * done + "." * (total - done)
+    end = "\r" if sys.stdout.isatty() else "\n"
+    print(f"  [{bar}] {done}/{total} {what:<40}", end=end, flush=True)
+
+
+def _cell(ms: float | None, applies: bool = True) -> str:
+    if not applies:
+        return "-"
+    return "MISSING" if ms is None else f"yes, {ms:6.1f} ms"
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Start the stack, sign up a few USERs and PARTNERs, show what happened, stop."""
+    wall = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="signup-demo-"))
+    stack = Stack(
+        workdir,
+        database_urls={s: os.environ.get(f"{s.upper()}_DATABASE_URL", "") for s in SERVICES},
+        bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+    )
+    print("starting the broker and the five processes (SQLite under a temporary directory)...")
+    try:
+        stack.start()
+        print(f"ready after {time.perf_counter() - wall:.1f} s; signing up:")
+        signups = [
+            DemoSignup(role, f"{role.lower()}-{n}")
+            for n, role in enumerate(["USER", "PARTNER"] * (args.count // 2 + 1))
+        ][: args.count]
+        for done, signup in enumerate(signups):
+            _progress(done, len(signups), f"{signup.role} {signup.nickname}")
+            body = dict(example_signup(), role=signup.role, nickname=signup.nickname)
+            started = time.perf_counter()
+            status, answer = request("POST", f"{stack.url('auth')}/auth/signup", body)
+            if status != 201:
+                raise StackError(f"signup answered {status}: {answer}")
+            signup.accepted_ms = (time.perf_counter() - started) * 1000
+            signup.member_id = answer["uuid"]
+            signup.profile_ms = _wait_found(
+                f"{stack.url('member')}/members/{signup.member_id}", started
+            )
+            if signup.role == "PARTNER":
+                signup.summary_ms = _wait_found(
+                    f"{stack.url('batch')}/partners/{signup.member_id}/summary", started
+                )
+        _progress(len(signups), len(signups), "done")
+        print()
+    except (StackError, BrokerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        codes = stack.stop()
+    print(
+        "\n| # | role | member uuid | signup accepted | profile created | partner summary created |"
+    )
+    print("|---|---|---|---|---|---|")
+    for n, s in enumerate(signups, 1):
+        print(
+            f"| {n} | {s.role} | {s.member_id} | {_cell(s.accepted_ms)} | {_cell(s.profile_ms)} "
+            f"| {_cell(s.summary_ms, s.role == 'PARTNER')} |"
+        )
+    print("\n(milliseconds from the signup request)")
+    complete = all(
+        s.profile_ms is not None and (s.role == "USER" or s.summary_ms is not None) for s in signups
+    )
+    clean = all(code == 0 for code in codes.values())
+    print(
+        f"{'all signups went through' if complete else 'SOME SIGNUPS DID NOT GO THROUGH'}; "
+        f"{'clean shutdown' if clean else f'exit codes {codes}'}; "
+        f"wall time {time.perf_counter() - wall:.1f} s"
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if complete and clean else 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -86,8 +184,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "dev", help="run the broker and all five processes locally until Ctrl-C"
     )
     dev_parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per API")
+    dev_parser.add_argument(
+        "--base-port",
+        type=int,
+        default=8001,
+        help="auth API port; member and batch take the next two (default 8001)",
+    )
+    demo_parser = sub.add_parser(
+        "demo", help="start everything, sign up a few members, show each step, stop"
+    )
+    demo_parser.add_argument("--count", type=int, default=6, help="how many signups")
     args = parser.parse_args(argv)
-    sys.exit(dev(args))
+    sys.exit({"dev": dev, "demo": demo}[args.command](args))
 
 
 if __name__ == "__main__":

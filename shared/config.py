@@ -10,6 +10,21 @@ from pathlib import Path
 DEFAULT_BOOTSTRAP = "localhost:9092"
 DEV_MODE_VARIABLE = "SIGNUP_PIPELINE_DEV"
 
+# Every variable a process of the pipeline reads (the README's configuration table).
+# A test checks the code reads no other, and that docker-compose sets no other.
+ENVIRONMENT = (
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "AUTH_DATABASE_URL",
+    "MEMBER_DATABASE_URL",
+    "BATCH_DATABASE_URL",
+    "AUTH_JWT_SECRET",
+    DEV_MODE_VARIABLE,
+    "WEB_CONCURRENCY",
+    "WEB_THREADS",
+    "WORKER_HEALTH_PORT",
+    "LOG_LEVEL",
+)
+
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message says which and how to fix it."""
@@ -30,12 +45,12 @@ class Settings:
         env = os.environ if env is None else env
         variable = f"{service.upper()}_DATABASE_URL"
         database_url = env.get(variable) or default_sqlite_url(service)
-        servers = [
-            s.strip() for s in env.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP).split(",")
-        ]
-        servers = [s for s in servers if s]
+        listed = env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+        servers = [s.strip() for s in listed.split(",") if s.strip()]
         if not servers:
-            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is empty: set it to host:port[,host:port]")
+            raise ConfigError(
+                f"KAFKA_BOOTSTRAP_SERVERS={listed!r} names no server: use host:port[,host:port]"
+            )
         return cls(
             service=service,
             database_url=database_url,

@@ -20,7 +20,7 @@ from typing import Any
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from marshmallow import ValidationError
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shared.db import Database, UnitOfWork
@@ -64,11 +64,14 @@ Handler = Callable[[dict[str, Any], UnitOfWork, EventContext], None]
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Database errors that a later attempt can get past: lost connections, deadlocks,
-    serialization failures, pool exhaustion."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError)
+    """Failures of the database rather than of the record: lost connections, deadlocks,
+    serialization failures, pool exhaustion, a read-only standby after failover, a missing
+    table or privilege during an operator's slip. They are retried for as long as they
+    last; dead-lettering good events because the database is unwell would lose them.
+    Only integrity and data errors say something about the record itself."""
+    if isinstance(exc, IntegrityError | DataError):
+        return False
+    return isinstance(exc, DBAPIError | PoolTimeoutError)
 
 
 def backoff_delay(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
@@ -155,7 +158,10 @@ class EventProcessor:
     def dead_letter(self, message: Message, error: str, attempts: int) -> Outcome:
         """Copy `message` to the topic's DLT with why and where; wait for the broker's ack."""
         one_line = " ".join(error.split())[:1000]
-        headers = list(message.headers) + [
+        # A record dead-lettered before (replayed, failed again) gets fresh dlt-* headers,
+        # not a second set; Kafka allows null header values, the producer does not.
+        kept = [(k, v or b"") for k, v in message.headers if not k.startswith("dlt-")]
+        headers = kept + [
             ("dlt-error", one_line.encode()),
             ("dlt-original-topic", message.topic.encode()),
             ("dlt-original-partition", str(message.partition).encode()),
@@ -166,7 +172,7 @@ class EventProcessor:
             self._dead_letters.send(
                 self.topic.dead_letter, value=message.value, key=message.key, headers=headers
             ).get(timeout=30)
-        except KafkaError as exc:
+        except Exception as exc:  # a record that cannot even be parked must not stop the loop
             raise RetryLater(f"dead-letter send failed: {exc}", backoff_delay(attempts)) from exc
         log.error("dead-lettered %s: %s", _where(message), one_line)
         return Outcome.DEAD_LETTERED

@@ -102,33 +102,54 @@ def make_consumer(
     return consumer
 
 
-def ensure_topics(
-    bootstrap_servers: Sequence[str], replication_factor: int = 1, timeout_ms: int = 10_000
-) -> None:
-    """Create the pipeline's topics and their dead-letter topics where missing."""
-    wanted = []
+def pipeline_topics() -> dict[str, int]:
+    """Every topic the pipeline uses, with its partition count (dead letters get one)."""
+    wanted = {}
     for topic in TOPICS:
-        wanted.append(NewTopic(topic.name, topic.partitions, replication_factor))
-        wanted.append(NewTopic(topic.dead_letter, 1, replication_factor))
+        wanted[topic.name] = topic.partitions
+        wanted[topic.dead_letter] = 1
+    return wanted
+
+
+def missing_topics(bootstrap_servers: Sequence[str], timeout_ms: int = 10_000) -> list[str]:
+    """The pipeline's topics the broker does not have; raises KafkaError if unreachable."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=list(bootstrap_servers),
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
+    try:
+        existing = consumer.topics()
+    finally:
+        consumer.close()
+    return sorted(set(pipeline_topics()) - existing)
+
+
+def create_topics(
+    bootstrap_servers: Sequence[str], names: Iterable[str], timeout_ms: int = 10_000
+) -> None:
+    """Create `names` with the pipeline's partition counts and the broker's default
+    replication factor (-1), so a real cluster's replication settings apply."""
+    partitions = pipeline_topics()
     admin = KafkaAdminClient(
         bootstrap_servers=list(bootstrap_servers),
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
     )
     try:
-        for new_topic in wanted:
+        for name in names:
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([new_topic])
+                admin.create_topics([NewTopic(name, partitions[name], -1)])
     finally:
         admin.close()
 
 
 def message_from_record(record: Any) -> Message:
-    """A kafka-python ConsumerRecord as a Message."""
+    """A kafka-python ConsumerRecord as a Message (a null value becomes empty bytes)."""
     return Message(
         topic=record.topic,
         key=record.key,
-        value=record.value,
+        value=record.value if record.value is not None else b"",
         headers=list(record.headers or []),
         partition=record.partition,
         offset=record.offset,
@@ -141,8 +162,10 @@ __all__ = [
     "KafkaError",
     "Message",
     "Producer",
-    "ensure_topics",
+    "create_topics",
     "make_consumer",
     "make_producer",
     "message_from_record",
+    "missing_topics",
+    "pipeline_topics",
 ]

@@ -37,6 +37,12 @@ def head_revision(service: str) -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+def is_older_revision(service: str, revision: str) -> bool:
+    """True if `revision` is in `service`'s history (so head is newer or equal)."""
+    scripts = ScriptDirectory.from_config(alembic_config(service, ""))
+    return any(script.revision == revision for script in scripts.walk_revisions())
+
+
 def current_revision(connection: Connection) -> str | None:
     """The revision the connected database is at, None if never migrated."""
     return MigrationContext.configure(connection).get_current_revision()

@@ -208,10 +208,13 @@ class OutboxRelay:
             if sent >= self._batch_size:
                 continue
             self._wakeup.wait(self._poll_interval)
+            # Cleared before the next pass reads, so a wake() during that pass is kept.
             self._wakeup.clear()
         self._drain()
 
     def _drain(self) -> None:
+        if self._producer is None:
+            return  # never connected: nothing in flight, and no time to wait for a broker
         try:
             self.publish_pending()
         except Exception:
@@ -223,11 +226,22 @@ class OutboxRelay:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after a last pass over pending rows."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after a last pass over pending rows, within about `timeout` seconds.
+
+        With the broker away a pass could wait for the delivery timeout; past the budget
+        the producer is closed without waiting, which fails the sends in flight, so their
+        rows stay unpublished and go out on the next start."""
         self._stopping.set()
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._producer is not None:
-            self._producer.close(timeout=timeout)
+        producer = self._producer
+        if producer is not None:
+            alive = self._thread is not None and self._thread.is_alive()
+            try:
+                producer.close(timeout=0 if alive else timeout)
+            except Exception as exc:
+                log.warning("relay producer did not close cleanly: %s", exc)
+        if self._thread is not None:
+            self._thread.join(2)

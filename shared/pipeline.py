@@ -40,10 +40,13 @@ def distinct_values(values: list[Any]) -> None:
 
 
 def _uuid_text(value: str) -> None:
+    """Only the canonical form (lower-case, hyphenated, as Java's UUID.toString() writes)."""
     try:
-        uuid.UUID(value)
-    except ValueError as exc:
-        raise ValidationError("Not a valid UUID.") from exc
+        canonical = str(uuid.UUID(value))
+    except ValueError:
+        canonical = None
+    if canonical != value:
+        raise ValidationError("Not a canonical UUID.")
 
 
 class EventSchema(Schema):

@@ -7,6 +7,7 @@ configuration problem ends the process with one readable line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -26,8 +27,8 @@ from shared.consumer import ConsumerLoop, EventProcessor, Handler
 from shared.db import Database
 from shared.health import ConsumerState, HealthServer
 from shared.inbox import InboxRecord
-from shared.kafka import ensure_topics, make_consumer, make_producer
-from shared.migrations import current_revision, head_revision, upgrade
+from shared.kafka import create_topics, make_consumer, make_producer, missing_topics
+from shared.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.outbox import OutboxRecord, OutboxRelay
 from shared.pipeline import Topic
 
@@ -36,8 +37,11 @@ log = logging.getLogger(__name__)
 
 def configure_logging(service: str, role: str) -> None:
     """One line per record, tagged with the service and the process role."""
+    level = os.environ.get("LOG_LEVEL") or "INFO"
+    if level.upper() not in logging.getLevelNamesMapping():
+        raise ConfigError(f"LOG_LEVEL={level!r} is not a level: use DEBUG, INFO, WARNING or ERROR")
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        level=level.upper(),
         format=f"%(asctime)s %(levelname)s {service}-{role} %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -66,27 +70,44 @@ def open_database(settings: Settings, metadata: MetaData) -> Database:
         ) from None
     head = head_revision(settings.service)
     if current != head:
-        raise ConfigError(
-            f"the {settings.service} database is at schema revision {current or 'none'}, "
-            f"this code needs {head}: run `python -m {settings.service}_service migrate`"
-        )
+        if current is None or is_older_revision(settings.service, current):
+            raise ConfigError(
+                f"the {settings.service} database is at schema revision {current or 'none'}, "
+                f"this code needs {head}: run `python -m {settings.service}_service migrate`"
+            )
+        # A revision this code does not know is a newer release's: during a rolling
+        # deploy old processes keep running on the (backward-compatible) newer schema.
+        log.warning("database schema %s is newer than this code's %s", current, head)
     return database
 
 
 def check_broker(settings: Settings) -> None:
-    """Reach the broker and create the pipeline's topics where missing."""
+    """Reach the broker and check the pipeline's topics exist; in dev mode create them.
+
+    Outside dev mode topics are the operator's (partitions, replication, retention), as
+    docker-compose's kafka-topics job does; a process does not create them on its own."""
     kafka_log = logging.getLogger("kafka")
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)  # the one line below says it all
+    servers = settings.bootstrap_servers
     try:
-        ensure_topics(settings.bootstrap_servers)
+        missing = missing_topics(servers)
+        if missing and settings.dev_mode:
+            create_topics(servers, missing)
+            missing = []
     except KafkaError as exc:
         raise ConfigError(
-            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc}); "
+            f"cannot reach Kafka at {','.join(servers)} ({exc}); "
             "start the broker or set KAFKA_BOOTSTRAP_SERVERS"
         ) from None
     finally:
         kafka_log.setLevel(level)
+    if missing:
+        raise ConfigError(
+            f"Kafka at {','.join(servers)} lacks topics {missing}: create them "
+            "(see docker-compose.yml's kafka-topics job), or set SIGNUP_PIPELINE_DEV=1 "
+            "to have them created with the broker's defaults"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -130,39 +151,43 @@ def run_worker(
     settings: Settings, metadata: MetaData, spec: WorkerSpec, args: argparse.Namespace
 ) -> None:
     """Consume `spec.topic` until SIGTERM/SIGINT, relaying this service's outbox meanwhile."""
+    stop = stop_on_signals()  # first: a SIGTERM during start-up is a clean stop too
     database = open_database(settings, metadata)
     check_broker(settings)
-    stop = stop_on_signals()
-    state = ConsumerState()
-    health = None
-    if args.health_port is not None:
-        health = HealthServer(database, state, args.health_host, args.health_port).start()
-        log.info("health on http://%s:%d/health/ready", args.health_host, health.port)
     servers = settings.bootstrap_servers
-    relay = None
-    if spec.outbox is not None:
-        relay = OutboxRelay(database, spec.outbox, lambda: make_producer(servers)).start()
-    dead_letters = make_producer(servers)
-    processor = EventProcessor(
-        spec.topic,
-        spec.handler,
-        database,
-        spec.inbox,
-        dead_letters,
-        after_commit=relay.wake if relay else None,
-    )
-    consumer = make_consumer(servers, spec.topic.consumer_group, [spec.topic.name], state)
-    log.info("consuming %s as group %s", spec.topic.name, spec.topic.consumer_group)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(database.engine.dispose)
+        state = ConsumerState()
+        if args.health_port is not None:
+            health = HealthServer(database, state, args.health_host, args.health_port).start()
+            cleanup.callback(health.stop)
+            log.info("health on http://%s:%d/health/ready", args.health_host, health.port)
+        dead_letters = make_producer(servers)
+        cleanup.callback(close_quietly, dead_letters)
+        relay = None
+        if spec.outbox is not None:
+            relay = OutboxRelay(database, spec.outbox, lambda: make_producer(servers)).start()
+            cleanup.callback(relay.stop)
+        processor = EventProcessor(
+            spec.topic,
+            spec.handler,
+            database,
+            spec.inbox,
+            dead_letters,
+            after_commit=relay.wake if relay else None,
+        )
+        consumer = make_consumer(servers, spec.topic.consumer_group, [spec.topic.name], state)
+        log.info("consuming %s as group %s", spec.topic.name, spec.topic.consumer_group)
         ConsumerLoop(consumer, processor, stop).run()
-    finally:
-        if relay is not None:
-            relay.stop()
-        if health is not None:
-            health.stop()
-        dead_letters.close(timeout=5)
-        database.engine.dispose()
     log.info("stopped")
+
+
+def close_quietly(producer: Any, timeout: float = 5.0) -> None:
+    """Flush and close a producer; with the broker gone, give up after `timeout`."""
+    try:
+        producer.close(timeout=timeout)
+    except Exception as exc:
+        log.warning("producer did not close cleanly: %s", exc)
 
 
 def run_api(
@@ -221,28 +246,38 @@ def service_main(
         if name == "api":
             command.add_argument("--host", default="127.0.0.1")
             command.add_argument("--port", type=int, default=default_port)
-            command.add_argument(
-                "--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2"))
-            )
-            command.add_argument(
-                "--threads", type=int, default=int(os.environ.get("WEB_THREADS", "4"))
-            )
+            command.add_argument("--workers", type=int, help="gunicorn workers (WEB_CONCURRENCY)")
+            command.add_argument("--threads", type=int, help="threads per worker (WEB_THREADS)")
         if name == "worker":
-            port = os.environ.get("WORKER_HEALTH_PORT")
             command.add_argument(
                 "--health-port",
                 type=int,
-                default=int(port) if port else None,
-                help="serve /health/live and /health/ready on this port (default: off)",
+                help="serve /health/live and /health/ready here (WORKER_HEALTH_PORT; default off)",
             )
             command.add_argument("--health-host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    configure_logging(service, args.command)
     try:
+        configure_logging(service, args.command)
+        if args.command == "api":
+            args.workers = args.workers or env_int("WEB_CONCURRENCY", 2)
+            args.threads = args.threads or env_int("WEB_THREADS", 4)
+        if args.command == "worker" and args.health_port is None:
+            args.health_port = env_int("WORKER_HEALTH_PORT", None)
         settings = Settings.from_env(service)
         commands[args.command](settings, args)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def env_int(variable: str, default: int | None) -> int | None:
+    """An integer setting from the environment; a clear error if it is not one."""
+    value = os.environ.get(variable)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{variable}={value!r} is not a whole number") from None
 
 
 def migrate(settings: Settings, _args: argparse.Namespace | None = None) -> None:

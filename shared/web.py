@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from shared.db import Database, check_connection
@@ -78,8 +79,9 @@ def install_error_handlers(app: Flask) -> None:
         return response, status
 
     @app.errorhandler(OperationalError)
-    def _database_down(exc: OperationalError) -> tuple[Response, int]:
-        log.warning("database unavailable: %s", exc.orig)
+    @app.errorhandler(PoolTimeoutError)
+    def _database_down(exc: Exception) -> tuple[Response, int]:
+        log.warning("database unavailable: %s", getattr(exc, "orig", exc))
         return error_response(503, "unavailable", "The database is unavailable; retry later.")
 
     @app.errorhandler(Exception)
@@ -116,9 +118,22 @@ def json_object_body() -> dict[str, Any]:
 
 
 def validation_error(messages: Any) -> ApiError:
-    """A 400 listing every field's problems at once."""
-    fields = messages if isinstance(messages, dict) else {"_schema": messages}
+    """A 400 listing every field's problems at once, each field a list of strings
+    (a problem inside a list names its index: `"[2] Not a valid integer."`)."""
+    if not isinstance(messages, dict):
+        messages = {"_schema": messages}
+    fields = {name: _flatten(problems) for name, problems in messages.items()}
     return ApiError(400, "validation_failed", "The request has invalid fields.", fields)
+
+
+def _flatten(problems: Any, where: str = "") -> list[str]:
+    if isinstance(problems, dict):
+        return [
+            line for key, inner in problems.items() for line in _flatten(inner, f"{where}[{key}]")
+        ]
+    if isinstance(problems, list | tuple):
+        return [line for inner in problems for line in _flatten(inner, where)]
+    return [f"{where} {problems}" if where else str(problems)]
 
 
 def health_blueprint(database: Database) -> Blueprint:
@@ -151,6 +166,30 @@ def base_app(name: str, database: Database) -> Flask:
     return app
 
 
+GUNICORN_ERROR_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def _write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    from gunicorn.util import write_nonblock
+
+    body = json.dumps(
+        {"error": GUNICORN_ERROR_CODES.get(status, "bad_request"), "message": message or reason}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def serve(
     app_factory: Callable[[], Flask],
     *,
@@ -161,7 +200,12 @@ def serve(
     on_worker_exit: Callable[[Flask], None] | None = None,
 ) -> None:
     """Serve the app with gunicorn; each worker builds its own app (and clients) after fork."""
+    from gunicorn import util
     from gunicorn.app.base import BaseApplication
+
+    # Requests gunicorn itself rejects (request line or headers too long, malformed)
+    # would get its HTML page; the contract says errors are always JSON.
+    util.write_error = _write_json_error
 
     class Server(BaseApplication):  # type: ignore[misc]
         def __init__(self) -> None:

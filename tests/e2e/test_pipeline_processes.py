@@ -3,6 +3,7 @@ real PostgreSQL, and survives redelivery, poison records and a killed worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from member_service.models import FavoriteStyle, Partner, User
 from shared.devstack import Stack
-from tests.http import request, wait_for_status
+from shared.http_client import request, wait_for_status
 from tests.kafka_tools import read_topic
 from tests.unit.pipeline_harness import signup_body
 
@@ -161,6 +162,20 @@ def test_member_worker_killed_mid_burst_loses_and_doubles_nothing(stack: Stack) 
     for member_id in member_ids[::7]:
         _, body = wait_for_status(f"{stack.url('member')}/members/{member_id}")
         assert len(body["favoriteStyles"]) == 2
+
+
+def test_requests_gunicorn_itself_rejects_are_answered_in_json(stack: Stack) -> None:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", stack.ports["member"], timeout=10)
+    connection.request("GET", "/members/" + "a" * 5000)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+
+    assert response.status == 414
+    assert response.getheader("Content-Type") == "application/json"
+    assert json.loads(body)["error"] == "uri_too_long"
 
 
 def test_sigterm_stops_every_process_cleanly_and_leaves_none_behind(stack: Stack) -> None:

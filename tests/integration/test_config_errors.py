@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import free_port
+from shared.broker import LocalBroker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +72,45 @@ def test_auth_api_refuses_to_start_without_a_real_secret_outside_dev_mode(
     assert run(["auth_service", "migrate"], {}, tmp_path).returncode == 0
     result = run(["auth_service", "api"], env, tmp_path)
     assert_one_line_error(result, needle)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' is not a level"),
+        ({"WEB_CONCURRENCY": "many"}, "WEB_CONCURRENCY='many' is not a whole number"),
+    ],
+)
+def test_bad_process_setting_is_one_clear_line(
+    env: dict[str, str], needle: str, tmp_path: Path
+) -> None:
+    result = run(["member_service", "api"], env, tmp_path)
+    assert_one_line_error(result, needle)
+
+
+def test_missing_topics_outside_dev_mode_are_named_not_created(tmp_path: Path) -> None:
+    assert run(["batch_service", "migrate"], {}, tmp_path).returncode == 0
+    with LocalBroker() as empty_broker:
+        env = {"KAFKA_BOOTSTRAP_SERVERS": empty_broker.bootstrap_servers}
+        result = run(["batch_service", "worker"], env, tmp_path)
+    assert_one_line_error(result, "lacks topics", "partner-created", "kafka-topics")
+
+
+def test_a_newer_schema_than_the_code_knows_is_accepted_for_rolling_deploys(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from batch_service.models import Base
+    from shared.config import Settings
+    from shared.runtime import open_database
+
+    url = f"sqlite:///{tmp_path / 'batch.db'}"
+    assert run(["batch_service", "migrate"], {"BATCH_DATABASE_URL": url}, tmp_path).returncode == 0
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'from-the-future'"))
+    engine.dispose()
+
+    settings = Settings.from_env("batch", {"BATCH_DATABASE_URL": url})
+    open_database(settings, Base.metadata).engine.dispose()

@@ -861,3 +861,15 @@ class TestHealth:
 
         assert response.status_code == 200
         assert response.mimetype == "application/json"
+
+
+def test_problems_inside_a_list_are_reported_as_strings_naming_the_index(
+    client: FlaskClient,
+) -> None:
+    response = sign_up(client, valid_signup(favoriteStyles=[1, "2", 0]))
+
+    assert_json_error(response, 400, "validation_failed")
+    problems = response.get_json()["fields"]["favoriteStyles"]
+    assert all(isinstance(problem, str) for problem in problems)
+    assert any(problem.startswith("[1] ") for problem in problems)
+    assert any(problem.startswith("[2] ") for problem in problems)

@@ -165,3 +165,29 @@ def test_message_header_lookup_returns_text() -> None:
     message = Message("t", None, b"{}", [("ce_id", b"abc"), ("other", b"x")])
     assert message.header("ce_id") == "abc"
     assert message.header("missing") is None
+
+
+def test_poison_record_with_null_header_value_is_dead_lettered_not_a_crash(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    poison = Message("profile-insert", b"k", b"{oops", [("ce_id", b"p1"), ("x-empty", None)])  # type: ignore[list-item]
+
+    assert processor_on(member_db, broker).process(poison) == Outcome.DEAD_LETTERED
+
+    [dead] = broker.topics["profile-insert.DLT"]
+    assert ("x-empty", b"") in dead.headers
+
+
+def test_replayed_dead_letter_gets_fresh_dlt_headers_not_a_second_set(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    old = [("ce_id", b"p2"), ("dlt-error", b"old"), ("dlt-attempts", b"1")]
+    poison = Message("profile-insert", b"k", b"{oops", old, partition=0, offset=9)
+
+    processor_on(member_db, broker).process(poison, attempt=1)
+
+    [dead] = broker.topics["profile-insert.DLT"]
+    names = [name for name, _ in dead.headers]
+    assert names.count("dlt-error") == 1
+    assert names.count("dlt-attempts") == 1
+    assert dict(dead.headers)["dlt-original-offset"] == b"9"

@@ -1,4 +1,5 @@
-"""A tiny HTTP client for tests that talk to real processes (standard library only)."""
+"""A tiny JSON-over-HTTP client (standard library only), for the demo, benchmarks and tests
+that talk to real processes."""
 
 from __future__ import annotations
 
