@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
 from shared.broker import LocalBroker
+from shared.db import Database
+from tests.schema import create_tables
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -71,6 +73,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / f'{uuid.uuid4().hex[:8]}.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database()
+
+
+@pytest.fixture
+def make_database(database_url: str) -> Iterator[Callable[[MetaData], Database]]:
+    """Builds a Database with its tables on the test's fresh database; disposes it after."""
+    made: list[Database] = []
+
+    def make(metadata: MetaData) -> Database:
+        database = Database.from_url(database_url, metadata)
+        create_tables(database)
+        made.append(database)
+        return database
+
+    yield make
+    for database in made:
+        database.engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from kafka import KafkaProducer
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, func, select
 
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base, FavoriteStyle, User
@@ -19,17 +19,13 @@ from shared.consumer import ConsumerLoop, EventProcessor, Outcome
 from shared.db import Database
 from shared.kafka import make_consumer, make_producer
 from tests.kafka_tools import committed_offsets, create_topic, read_topic, unique_name
-from tests.schema import create_tables
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    database = Database.from_url(database_url, Base.metadata)
-    create_tables(database)
-    yield database
-    database.engine.dispose()
+def database(make_database: Callable[[MetaData], Database]) -> Database:
+    return make_database(Base.metadata)
 
 
 @pytest.fixture

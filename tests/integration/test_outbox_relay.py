@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, func, select
 
 from auth_service.models import Base, OutboxEvent
 from shared.db import Database
@@ -21,11 +21,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    database = Database.from_url(database_url, Base.metadata)
-    create_tables(database)
-    yield database
-    database.engine.dispose()
+def database(make_database: Callable[[MetaData], Database]) -> Database:
+    return make_database(Base.metadata)
 
 
 def stage(database: Database, topic: str, count: int) -> list[str]:

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, func, select
 
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, Member, OutboxEvent
 from shared.db import Database
-from tests.schema import create_tables
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    database = Database.from_url(database_url, Base.metadata)
-    create_tables(database)
-    yield database
-    database.engine.dispose()
+def database(make_database: Callable[[MetaData], Database]) -> Database:
+    return make_database(Base.metadata)
 
 
 def test_twenty_concurrent_signups_with_one_email_make_one_account_and_one_event(
