@@ -176,6 +176,38 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if complete and clean else 1
 
 
+def dlt(args: argparse.Namespace) -> int:
+    """`dlt list <topic>` and `dlt replay <topic> [--id CE_ID ...]`."""
+    from shared.config import DEFAULT_BOOTSTRAP
+    from shared.dlt import format_age, list_dead_letters, replay
+
+    listed = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+    servers = [s.strip() for s in listed.split(",") if s.strip()]
+    letters = list_dead_letters(servers, args.topic)
+    if args.action == "list":
+        print(f"{len(letters)} dead-lettered record(s) in {args.topic.removesuffix('.DLT')}.DLT")
+        for letter in letters:
+            key = (letter.message.key or b"").decode("utf-8", errors="replace")
+            print(
+                f"- ce_id={letter.event_id} key={key} attempts={letter.attempts} "
+                f"original={letter.original.topic}[{letter.original.partition}]"
+                f"@{letter.original.offset} age={format_age(letter.age())}\n"
+                f"  error: {letter.error}"
+            )
+        return 0
+    wanted = set(args.id or [])
+    chosen = [letter for letter in letters if not wanted or letter.event_id in wanted]
+    unknown = wanted - {letter.event_id for letter in letters}
+    if unknown:
+        print(f"error: no dead letter with ce_id {sorted(unknown)}", file=sys.stderr)
+        return 2
+    # The same event dead-lettered twice is replayed once.
+    unique = list({letter.event_id: letter for letter in chosen}.values())
+    sent = replay(servers, unique)
+    print(f"replayed {len(sent)} record(s) to their original topics")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `signup-pipeline`."""
     parser = argparse.ArgumentParser(prog="signup-pipeline")
@@ -194,8 +226,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "demo", help="start everything, sign up a few members, show each step, stop"
     )
     demo_parser.add_argument("--count", type=int, default=6, help="how many signups")
+    dlt_parser = sub.add_parser("dlt", help="list or replay dead-lettered records")
+    dlt_actions = dlt_parser.add_subparsers(dest="action", required=True)
+    dlt_list = dlt_actions.add_parser("list", help="show each dead-lettered record")
+    dlt_list.add_argument("topic", help="profile-insert or partner-created (or its .DLT)")
+    dlt_replay = dlt_actions.add_parser("replay", help="republish to the original topic")
+    dlt_replay.add_argument("topic", help="profile-insert or partner-created (or its .DLT)")
+    dlt_replay.add_argument("--id", action="append", metavar="CE_ID", help="only these")
     args = parser.parse_args(argv)
-    sys.exit({"dev": dev, "demo": demo}[args.command](args))
+    sys.exit({"dev": dev, "demo": demo, "dlt": dlt}[args.command](args))
 
 
 if __name__ == "__main__":

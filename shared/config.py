@@ -23,6 +23,7 @@ ENVIRONMENT = (
     "WEB_THREADS",
     "WORKER_HEALTH_PORT",
     "LOG_LEVEL",
+    "SIGNUP_PIPELINE_FAILPOINTS",  # fault-injection tests only; see shared/failpoints.py
 )
 
 

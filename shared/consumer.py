@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shared.db import Database, UnitOfWork
+from shared.failpoints import failpoint
 from shared.inbox import InboxRecord, claim_event
 from shared.kafka import Message, Producer, message_from_record
 from shared.pipeline import Topic
@@ -146,6 +148,7 @@ class EventProcessor:
             ):
                 return Outcome.DUPLICATE
             try:
+                failpoint("handle", message.value.decode("utf-8", errors="replace"))
                 self._handler(event, uow, context)
                 uow.session.flush()
             except IntegrityError as exc:
@@ -153,6 +156,7 @@ class EventProcessor:
                 # what is stored (another event already created this member).
                 raise PermanentError(f"conflicts with stored state: {exc.orig}") from None
             uow.commit()
+        failpoint("after-db-commit")
         return Outcome.APPLIED
 
     def dead_letter(self, message: Message, error: str, attempts: int) -> Outcome:
@@ -183,15 +187,32 @@ def _where(message: Message) -> str:
 
 
 class ConsumerLoop:
-    """Polls, applies each record in order per partition, commits offsets after the DB."""
+    """Polls, applies each record in order per partition, commits offsets after the DB.
+
+    A record that may succeed later sends its partition back to that record (seek) and
+    pauses it for the backoff delay, while the other partitions keep flowing and `poll()`
+    keeps the consumer in its group (so max_poll_interval_ms is never at risk). A
+    partition failing for longer than `stuck_after` seconds is reported through
+    `on_stuck`, which the health check turns into "not ready"; it is still retried.
+    """
 
     def __init__(
-        self, consumer: Any, processor: EventProcessor, stop: threading.Event | None = None
+        self,
+        consumer: Any,
+        processor: EventProcessor,
+        stop: threading.Event | None = None,
+        *,
+        stuck_after: float = 30.0,
+        on_stuck: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._consumer = consumer
         self._processor = processor
         self.stop = stop or threading.Event()
+        self._stuck_after = stuck_after
+        self._on_stuck = on_stuck
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        self._resume_at: dict[TopicPartition, float] = {}
+        self._failing_since: dict[TopicPartition, float] = {}
         self.counts = dict.fromkeys(Outcome, 0)
 
     def run(self) -> None:
@@ -203,31 +224,58 @@ class ConsumerLoop:
             self._consumer.close(autocommit=False)
 
     def poll_once(self, timeout_ms: int = 500) -> None:
-        """One poll: apply the batch, commit the applied offsets, back off if asked to."""
+        """One poll: apply the whole batch in hand (also when asked to stop), then commit."""
+        now = time.monotonic()
+        self._resume_due(now)
+        if self._resume_at:
+            wake = min(self._resume_at.values())
+            timeout_ms = max(0, min(timeout_ms, int((wake - now) * 1000) + 1))
         batch = self._consumer.poll(timeout_ms=timeout_ms)
         done: dict[TopicPartition, OffsetAndMetadata] = {}
-        delay = 0.0
         for partition, records in batch.items():
             for record in records:
-                if self.stop.is_set():
-                    self._consumer.seek(partition, record.offset)
-                    break
                 position = (partition, record.offset)
                 attempt = self._attempts.get(position, 0) + 1
                 try:
                     outcome = self._processor.process(message_from_record(record), attempt)
                 except RetryLater as retry:
-                    self._attempts[position] = attempt
-                    self._consumer.seek(partition, record.offset)
-                    delay = max(delay, retry.delay)
+                    self._retry_later(partition, record.offset, attempt, retry.delay)
                     break
                 self._attempts.pop(position, None)
+                self._failing_since.pop(partition, None)
                 self.counts[outcome] += 1
                 done[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
         if done:
             self._commit(done)
-        if delay:
-            self.stop.wait(delay)
+        self._report_stuck()
+
+    def _retry_later(
+        self, partition: TopicPartition, offset: int, attempt: int, delay: float
+    ) -> None:
+        self._attempts[(partition, offset)] = attempt
+        self._failing_since.setdefault(partition, time.monotonic())
+        self._consumer.seek(partition, offset)
+        self._consumer.pause(partition)
+        self._resume_at[partition] = time.monotonic() + delay
+
+    def _resume_due(self, now: float) -> None:
+        due = [tp for tp, at in self._resume_at.items() if at <= now]
+        if due:
+            self._consumer.resume(*due)
+            for partition in due:
+                del self._resume_at[partition]
+
+    def _report_stuck(self) -> None:
+        if self._on_stuck is None:
+            return
+        limit = time.monotonic() - self._stuck_after
+        self._on_stuck(
+            [
+                f"{tp.topic}[{tp.partition}]"
+                for tp, since in self._failing_since.items()
+                if since < limit
+            ]
+        )
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:

@@ -207,8 +207,11 @@ class Stack:
             return f"http://127.0.0.1:{self.health_ports[key]}/health/ready"
         return f"{self.url(key.split('-')[0])}/health/ready"
 
-    def spawn(self, name: str, instance: str | None = None) -> ManagedProcess:
-        """Start (or restart) process `name`; `instance` names an extra copy."""
+    def spawn(
+        self, name: str, instance: str | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
+        """Start (or restart) process `name`; `instance` names an extra copy; `extra_env`
+        is added to this process's environment only."""
         key = instance or name
         health_port = None
         if name.endswith("-worker"):
@@ -216,7 +219,7 @@ class Stack:
         process = ManagedProcess(
             name=key,
             argv=self.command(name, health_port),
-            env=self.env(),
+            env={**self.env(), **(extra_env or {})},
             log_path=self.log_dir / f"{key}.log",
             echo=self.echo,
         )

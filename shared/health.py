@@ -23,6 +23,13 @@ class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.joined = threading.Event()
         self.assigned: list[Any] = []
+        self.stuck: list[str] = []
+
+    def report_stuck(self, partitions: list[str]) -> None:
+        """ConsumerLoop hook: partitions whose record has been failing for too long."""
+        if partitions and partitions != self.stuck:
+            log.error("not ready: %s failing for too long (still retrying)", partitions)
+        self.stuck = partitions
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         """kafka-python ConsumerRebalanceListener hook."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -29,6 +30,7 @@ class Message:
     headers: Headers = field(default_factory=list)
     partition: int = -1
     offset: int = -1
+    timestamp_ms: int = -1
 
     def header(self, name: str) -> str | None:
         """The value of header `name` as text, or None when absent."""
@@ -144,6 +146,42 @@ def create_topics(
         admin.close()
 
 
+def read_topic(
+    bootstrap_servers: Sequence[str], topic: str, expect: int = 0, timeout: float = 20.0
+) -> list[Message]:
+    """Every record of `topic`, in (partition, offset) order: polls from the beginning until
+    at least `expect` records arrived and a further poll brings nothing new.
+
+    Not by end offsets: the bundled Tansu broker reports the end offset of a multi-record
+    batch as its base offset + 1.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=list(bootstrap_servers),
+        enable_auto_commit=False,
+        bootstrap_timeout_ms=10_000,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: set[int] = set()
+        while not partitions and time.monotonic() < deadline:
+            consumer.topics()  # refreshes the metadata, so a new topic's partitions show
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                time.sleep(0.1)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
+        records: list[Message] = []
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=300)
+            fetched = [message_from_record(r) for rs in batch.values() for r in rs]
+            records.extend(fetched)
+            if not fetched and len(records) >= expect:
+                break
+        return sorted(records, key=lambda m: (m.partition, m.offset))
+    finally:
+        consumer.close()
+
+
 def message_from_record(record: Any) -> Message:
     """A kafka-python ConsumerRecord as a Message (a null value becomes empty bytes)."""
     return Message(
@@ -153,6 +191,7 @@ def message_from_record(record: Any) -> Message:
         headers=list(record.headers or []),
         partition=record.partition,
         offset=record.offset,
+        timestamp_ms=getattr(record, "timestamp", -1),
     )
 
 
@@ -168,4 +207,5 @@ __all__ = [
     "message_from_record",
     "missing_topics",
     "pipeline_topics",
+    "read_topic",
 ]

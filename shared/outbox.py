@@ -27,6 +27,7 @@ from sqlalchemy import String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.db import BigIntegerPK, Database, UTCDateTime, utcnow
+from shared.failpoints import failpoint
 from shared.kafka import Headers, KafkaError, Producer
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class OutboxRelay:
         if not rows:
             return []
         producer = self._connected_producer()
+        failpoint("relay-before-send")
         pending = [
             (
                 row.id,

@@ -178,7 +178,7 @@ def run_worker(
         )
         consumer = make_consumer(servers, spec.topic.consumer_group, [spec.topic.name], state)
         log.info("consuming %s as group %s", spec.topic.name, spec.topic.consumer_group)
-        ConsumerLoop(consumer, processor, stop).run()
+        ConsumerLoop(consumer, processor, stop, on_stuck=state.report_stuck).run()
     log.info("stopped")
 
 

@@ -79,8 +79,19 @@ class FakeConsumer:
         self.committed: int | None = committed or None
         self.commits: list[int] = []
         self.closed = False
+        self.paused = False
+
+    def pause(self, *partitions: Any) -> None:
+        assert partitions == (self.partition,)
+        self.paused = True
+
+    def resume(self, *partitions: Any) -> None:
+        assert partitions == (self.partition,)
+        self.paused = False
 
     def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[Any, list[Message]]:
+        if self.paused:
+            return {}
         records = self.broker.topics[self.partition.topic][
             self.position : self.position + max_records
         ]

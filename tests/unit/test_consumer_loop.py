@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,9 @@ def test_records_are_applied_once_the_database_is_back(
     consumer = FakeConsumer(broker, "profile-insert")
     ConsumerLoop(consumer, processor_on(down, broker)).poll_once()
     down.engine.dispose()
+    assert consumer.paused  # the failing partition waits out its backoff
 
+    consumer.paused = False  # the worker restarted: its new consumer has nothing paused
     loop = ConsumerLoop(consumer, processor_on(member_db, broker))
     loop.poll_once()
 
@@ -140,7 +143,7 @@ def test_failed_dead_letter_send_is_retried_not_acknowledged(
     assert consumer.position == 3
 
 
-def test_stop_mid_batch_commits_what_was_applied_and_rewinds_the_rest(
+def test_stop_mid_batch_finishes_the_batch_in_hand_and_commits_it(
     broker: FakeBroker, member_db: Database
 ) -> None:
     stop = threading.Event()
@@ -156,9 +159,9 @@ def test_stop_mid_batch_commits_what_was_applied_and_rewinds_the_rest(
 
     loop.poll_once()
 
-    assert applied == ["e0"]
-    assert consumer.committed == 1
-    assert consumer.position == 1
+    assert applied == ["e0", "e1", "e2"]
+    assert consumer.committed == 3
+    assert stop.is_set()
 
 
 def test_message_header_lookup_returns_text() -> None:
@@ -191,3 +194,40 @@ def test_replayed_dead_letter_gets_fresh_dlt_headers_not_a_second_set(
     assert names.count("dlt-error") == 1
     assert names.count("dlt-attempts") == 1
     assert dict(dead.headers)["dlt-original-offset"] == b"9"
+
+
+def test_failing_partition_is_paused_for_its_backoff_then_resumed(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
+    consumer = FakeConsumer(broker, "profile-insert")
+    loop = ConsumerLoop(consumer, processor_on(down, broker))
+
+    loop.poll_once()
+    assert consumer.paused
+    time.sleep(0.15)  # past the first backoff (at most 0.1 s)
+    loop.poll_once(timeout_ms=0)
+
+    assert consumer.paused  # resumed, failed again, paused again
+    assert loop._attempts  # the attempt count grew, for the same record
+    down.engine.dispose()
+
+
+def test_partition_failing_longer_than_the_bound_is_reported_stuck_and_still_retried(
+    broker: FakeBroker,
+) -> None:
+    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
+    consumer = FakeConsumer(broker, "profile-insert")
+    reports: list[list[str]] = []
+    loop = ConsumerLoop(
+        consumer, processor_on(down, broker), stuck_after=0.0, on_stuck=reports.append
+    )
+
+    loop.poll_once()
+    time.sleep(0.01)
+    loop.poll_once(timeout_ms=0)
+
+    assert reports[-1] == ["profile-insert[0]"]
+    assert broker.topics["profile-insert.DLT"] == []
+    assert consumer.commits == []
+    down.engine.dispose()

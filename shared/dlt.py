@@ -1,0 +1,99 @@
+"""Dead letters as an operator's tool: list what a consumer gave up on, and replay it.
+
+A replayed record goes back to its original topic with its original key, value and
+headers (the `dlt-*` ones removed). It keeps its `ce_id`, or gets the one the consumer
+derived from its original position when the producer sent none, so the inbox applies it
+at most once however often it is replayed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from shared.consumer import event_id_of
+from shared.kafka import Message, make_producer, read_topic
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record in a `.DLT` topic, with why and where it failed."""
+
+    message: Message
+
+    def _header(self, name: str) -> str:
+        return self.message.header(name) or ""
+
+    @property
+    def original(self) -> Message:
+        """The record as it stood in its original topic."""
+        return Message(
+            topic=self._header("dlt-original-topic"),
+            key=self.message.key,
+            value=self.message.value,
+            headers=[(k, v) for k, v in self.message.headers if not k.startswith("dlt-")],
+            partition=int(self._header("dlt-original-partition") or -1),
+            offset=int(self._header("dlt-original-offset") or -1),
+        )
+
+    @property
+    def event_id(self) -> str:
+        """The id the consumer deduplicates the original by."""
+        return event_id_of(self.original)
+
+    @property
+    def error(self) -> str:
+        """Why the consumer gave up (one line)."""
+        return self._header("dlt-error")
+
+    @property
+    def attempts(self) -> str:
+        """How many times it was tried."""
+        return self._header("dlt-attempts")
+
+    def age(self, now: dt.datetime | None = None) -> dt.timedelta:
+        """How long ago it was dead-lettered."""
+        now = now or dt.datetime.now(dt.UTC)
+        return now - dt.datetime.fromtimestamp(self.message.timestamp_ms / 1000, dt.UTC)
+
+
+def dead_letter_topic(topic: str) -> str:
+    """`profile-insert` and `profile-insert.DLT` both name `profile-insert.DLT`."""
+    return topic if topic.endswith(".DLT") else f"{topic}.DLT"
+
+
+def list_dead_letters(bootstrap_servers: Sequence[str], topic: str) -> list[DeadLetter]:
+    """Every record of the topic's DLT, oldest first."""
+    return [DeadLetter(m) for m in read_topic(bootstrap_servers, dead_letter_topic(topic))]
+
+
+def replay(bootstrap_servers: Sequence[str], letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """Republish `letters` to their original topics; return those sent (acknowledged)."""
+    producer = make_producer(bootstrap_servers)
+    sent = []
+    try:
+        for letter in letters:
+            original = letter.original
+            headers = [(k, v) for k, v in original.headers if k != "ce_id"]
+            headers.insert(0, ("ce_id", letter.event_id.encode()))
+            producer.send(
+                original.topic, value=original.value, key=original.key, headers=headers
+            ).get(timeout=30)
+            sent.append(letter)
+    finally:
+        producer.close(timeout=10)
+    return sent
+
+
+def format_age(age: dt.timedelta) -> str:
+    """`3d 4h`, `12m 5s`: short and readable."""
+    seconds = int(age.total_seconds())
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3_600)
+    minutes, seconds = divmod(seconds, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s"
