@@ -6,6 +6,7 @@ stops, every topic is gone. Production runs Apache Kafka (see docker-compose.yml
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -83,6 +84,16 @@ class LocalBroker:
                 time.sleep(0.05)
         self.stop()
         raise BrokerError(f"the local broker did not listen on port {self.port} within {timeout}s")
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open, nothing answers."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused broker (SIGCONT); its data is intact."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the broker (its data is gone with it)."""

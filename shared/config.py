@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ ENVIRONMENT = (
     "WEB_THREADS",
     "WORKER_HEALTH_PORT",
     "LOG_LEVEL",
+    "OUTBOX_RETENTION_HOURS",
+    "INBOX_RETENTION_DAYS",
     "SIGNUP_PIPELINE_FAILPOINTS",  # fault-injection tests only; see shared/failpoints.py
 )
 
@@ -39,6 +42,8 @@ class Settings:
     database_url: str
     bootstrap_servers: list[str]
     dev_mode: bool
+    outbox_retention: dt.timedelta = dt.timedelta(hours=24)
+    inbox_retention: dt.timedelta = dt.timedelta(days=14)
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,7 +62,22 @@ class Settings:
             database_url=database_url,
             bootstrap_servers=servers,
             dev_mode=env.get(DEV_MODE_VARIABLE, "") in ("1", "true", "yes"),
+            outbox_retention=dt.timedelta(hours=_positive(env, "OUTBOX_RETENTION_HOURS", 24)),
+            inbox_retention=dt.timedelta(days=_positive(env, "INBOX_RETENTION_DAYS", 14)),
         )
+
+
+def _positive(env: Mapping[str, str], variable: str, default: float) -> float:
+    value = env.get(variable)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise ConfigError(f"{variable}={value!r} must be a positive number")
+    return number
 
 
 def default_sqlite_url(service: str) -> str:

@@ -26,6 +26,7 @@ from shared.config import ConfigError, Settings
 from shared.consumer import ConsumerLoop, EventProcessor, Handler
 from shared.db import Database
 from shared.health import ConsumerState, HealthServer
+from shared.housekeeping import Housekeeper
 from shared.inbox import InboxRecord
 from shared.kafka import create_topics, make_consumer, make_producer, missing_topics
 from shared.migrations import current_revision, head_revision, is_older_revision, upgrade
@@ -168,6 +169,14 @@ def run_worker(
         if spec.outbox is not None:
             relay = OutboxRelay(database, spec.outbox, lambda: make_producer(servers)).start()
             cleanup.callback(relay.stop)
+        housekeeper = Housekeeper(
+            database,
+            spec.outbox,
+            spec.inbox,
+            outbox_retention=settings.outbox_retention,
+            inbox_retention=settings.inbox_retention,
+        ).start()
+        cleanup.callback(housekeeper.stop)
         processor = EventProcessor(
             spec.topic,
             spec.handler,
@@ -210,14 +219,19 @@ def run_api(
         relay = None
         if outbox is not None:
             relay = OutboxRelay(database, outbox, lambda: make_producer(servers)).start()
+            housekeeper = Housekeeper(
+                database, outbox, outbox_retention=settings.outbox_retention
+            ).start()
         app = build(database, relay)
         app.extensions["outbox_relay"] = relay
+        app.extensions["housekeeper"] = housekeeper if outbox is not None else None
         return app
 
     def on_exit(app: Flask) -> None:
-        relay = app.extensions.get("outbox_relay")
-        if relay is not None:
-            relay.stop()
+        for name in ("housekeeper", "outbox_relay"):
+            component = app.extensions.get(name)
+            if component is not None:
+                component.stop()
 
     from shared.web import serve
 

@@ -1,0 +1,224 @@
+"""Faults injected into real processes, a real broker and real PostgreSQL. Each test ends
+with a reconciliation across the three databases: every accepted signup has exactly one
+profile of its role, exactly its styles and, for a partner, exactly one summary; nothing
+else exists."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+from kafka import KafkaProducer
+
+from shared.http_client import request, wait_for_status
+from shared.kafka import read_topic
+from tests.faults.conftest import FaultStack
+from tests.faults.harness import Signup, dead_letters, wait_reconciled
+from tests.unit.pipeline_harness import signup_body
+
+pytestmark = pytest.mark.faults
+
+
+def assert_reconciled(faults: FaultStack, label: str, timeout: float = 60.0) -> None:
+    result = wait_reconciled(faults.stack, faults.registry, faults.real_urls, timeout)
+    print(f"\n[{label}] {result.line()}")
+    assert result.problems == [], result.line()
+    assert result.unpublished == 0
+
+
+def restart(faults: FaultStack, name: str, **env: str) -> None:
+    process = faults.stack.processes[name]
+    if process.running():
+        assert process.stop(15) == 0
+    faults.stack.spawn(name, extra_env=env)
+    faults.stack.wait_ready(60, [name])
+
+
+def test_broker_stopped_during_a_burst_every_signup_accepted_and_all_arrive_after(
+    faults: FaultStack,
+) -> None:
+    try:
+        made = faults.registry.burst(faults.stack, 30, during=faults.broker.pause, at=9)
+        time.sleep(5)  # the broker stays stopped a while after the burst
+    finally:
+        faults.broker.resume()
+
+    assert len(made) == 30  # all 201, 20 of them while the broker was stopped
+    assert_reconciled(faults, "broker stopped", timeout=90)
+
+
+def test_auth_killed_between_commit_and_publish_sends_the_event_after_restart(
+    faults: FaultStack,
+) -> None:
+    faults.broker.pause()
+    try:
+        faults.registry.burst(faults.stack, 5)  # committed; the relay cannot publish
+        faults.stack.processes["auth-api"].signal(signal.SIGKILL)
+        faults.stack.processes["auth-api"].wait(10)
+    finally:
+        faults.broker.resume()
+    faults.stack.spawn("auth-api")
+    faults.stack.wait_ready(60, ["auth-api"])
+
+    assert_reconciled(faults, "auth SIGKILL before publish")
+
+
+def test_member_worker_killed_after_db_commit_before_offset_commit_changes_nothing_on_redelivery(
+    faults: FaultStack,
+) -> None:
+    restart(faults, "member-worker", SIGNUP_PIPELINE_FAILPOINTS="after-db-commit=kill@8")
+    faults.registry.burst(faults.stack, 20)
+    assert faults.stack.processes["member-worker"].wait(60) == -signal.SIGKILL
+    restart(faults, "member-worker")
+
+    assert_reconciled(faults, "member SIGKILL after DB commit")
+
+
+def test_member_and_batch_databases_unreachable_for_10s_under_load_nothing_dead_lettered(
+    faults: FaultStack,
+) -> None:
+    def cut() -> None:
+        for proxy in faults.proxies.values():
+            proxy.cut()
+        threading.Timer(10, lambda: [p.restore() for p in faults.proxies.values()]).start()
+
+    faults.registry.burst(faults.stack, 40, during=cut, at=4)
+    time.sleep(8)
+    for name in ("member-worker", "batch-worker"):
+        assert faults.stack.processes[name].running(), name
+
+    assert_reconciled(faults, "databases unreachable 10 s", timeout=90)
+    worker_log = faults.stack.processes["member-worker"].log_path.read_text()
+    assert "transient failure" in worker_log  # the outage was real, and was waited out
+    assert dead_letters(faults.stack, "profile-insert") == []
+    assert dead_letters(faults.stack, "partner-created") == []
+
+
+def test_member_workers_scaled_1_to_3_to_1_during_a_burst_lose_and_double_nothing(
+    faults: FaultStack,
+) -> None:
+    stack = faults.stack
+
+    def scale_up() -> None:
+        for n in (2, 3):
+            stack.spawn("member-worker", instance=f"member-worker-{n}")
+
+    faults.registry.burst(stack, 25, during=scale_up, at=5)
+    stack.wait_ready(60, ["member-worker-2", "member-worker-3"])
+    faults.registry.burst(stack, 25)
+    for n in (2, 3):
+        assert stack.processes.pop(f"member-worker-{n}").stop(15) == 0
+    faults.registry.burst(stack, 15)
+
+    assert_reconciled(faults, "scale 1->3->1", timeout=90)
+
+
+def test_same_event_delivered_five_times_is_applied_once(faults: FaultStack) -> None:
+    partner = faults.registry.sign_up(faults.stack, 0, role="PARTNER")
+    assert_reconciled(faults, "before redelivery")
+    servers = faults.stack.bootstrap_servers
+    original = next(
+        r for r in read_topic([servers], "profile-insert") if r.key == partner.uuid.encode()
+    )
+    producer = KafkaProducer(bootstrap_servers=servers)
+    for _ in range(5):
+        producer.send("profile-insert", original.value, original.key, headers=original.headers)
+    producer.flush()
+    producer.close()
+    faults.registry.sign_up(faults.stack, 1)  # a later event, to know the copies were read
+
+    assert_reconciled(faults, "same event x5")
+
+
+def test_twenty_concurrent_signups_with_one_email_make_one_account_and_one_event(
+    faults: FaultStack,
+) -> None:
+    email = f"race-{time.time_ns()}@example.com"
+    body = signup_body(email=email, role="USER", favoriteStyles=[3])
+    results: list[tuple[int, dict[str, str]]] = []
+
+    def attempt(n: int) -> None:
+        variant = dict(body, email=email.upper() if n % 2 else email)
+        results.append(request("POST", f"{faults.stack.url('auth')}/auth/signup", variant))
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {201: 1, 409: 19}
+    [winner] = [answer["uuid"] for status, answer in results if status == 201]
+    faults.registry.accepted.append(Signup(winner, "USER", (3,)))
+    assert_reconciled(faults, "20 concurrent signups, one email")
+    events = [
+        r
+        for r in read_topic([faults.stack.bootstrap_servers], "profile-insert")
+        if r.key == winner.encode()
+    ]
+    assert len(events) == 1
+
+
+def run_cli(faults: FaultStack, *args: str) -> str:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": faults.stack.bootstrap_servers or ""}
+    result = subprocess.run(
+        [sys.executable, "-c", "from shared.cli import main; main()", *args],
+        env={**faults.stack.env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_poison_record_between_good_ones_is_dead_lettered_and_replayed_once_after_a_fix(
+    faults: FaultStack,
+) -> None:
+    restart(faults, "member-worker", SIGNUP_PIPELINE_FAILPOINTS="handle=raise~poison-bug")
+    before = faults.registry.burst(faults.stack, 5)
+    status, poison = request(
+        "POST",
+        f"{faults.stack.url('auth')}/auth/signup",
+        signup_body(role="PARTNER", nickname="poison-bug", favoriteStyles=[9]),
+    )
+    assert status == 201
+    after = faults.registry.burst(faults.stack, 5)
+    deadline = time.monotonic() + 30
+    while not dead_letters(faults.stack, "profile-insert"):
+        assert time.monotonic() < deadline, "the poison record never reached the DLT"
+    for good in before + after:  # the ones after the poison flowed past it
+        wait_for_status(f"{faults.stack.url('member')}/members/{good.uuid}")
+    listing = run_cli(faults, "dlt", "list", "profile-insert")
+    assert "1 dead-lettered record(s)" in listing
+    assert "InjectedFault" in listing
+    assert len(before + after) == 10
+
+    restart(faults, "member-worker")  # the fix is deployed
+    faults.registry.accepted.append(Signup(poison["uuid"], "PARTNER", (9,)))
+    assert "replayed 1 record(s)" in run_cli(faults, "dlt", "replay", "profile-insert")
+    assert "replayed 1 record(s)" in run_cli(faults, "dlt", "replay", "profile-insert")
+
+    assert_reconciled(faults, "poison replayed twice after the fix")
+
+
+def test_sigterm_during_a_burst_exits_cleanly_and_loses_nothing(faults: FaultStack) -> None:
+    def terminate() -> None:
+        for name in ("member-worker", "batch-worker"):
+            faults.stack.processes[name].terminate()
+
+    faults.registry.burst(faults.stack, 30, during=terminate, at=10)
+    codes = {n: faults.stack.processes[n].wait(15) for n in ("member-worker", "batch-worker")}
+    assert codes == {"member-worker": 0, "batch-worker": 0}
+    for name in ("member-worker", "batch-worker"):
+        faults.stack.spawn(name)
+    faults.stack.wait_ready(60, ["member-worker", "batch-worker"])
+
+    assert_reconciled(faults, "SIGTERM during a burst")
+    assert dead_letters(faults.stack, "partner-created") == []

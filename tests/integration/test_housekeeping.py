@@ -1,0 +1,54 @@
+"""Published outbox rows and old inbox rows go after their retention; nothing else does."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import MetaData, func, select
+
+from member_service.models import Base, OutboxEvent, ProcessedEvent
+from shared.db import Database, utcnow
+from shared.housekeeping import Housekeeper
+from shared.outbox import add_event
+
+pytestmark = pytest.mark.integration
+
+
+def count(database: Database, model: type) -> int:
+    with database.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_sweep_deletes_only_what_outlived_its_retention_in_batches(
+    make_database: Callable[[MetaData], Database],
+) -> None:
+    database = make_database(Base.metadata)
+    now = utcnow()
+    old, recent = now - dt.timedelta(days=3), now - dt.timedelta(minutes=5)
+    with database.unit_of_work() as uow:
+        for n in range(23):
+            row = add_event(uow.session, OutboxEvent, topic="t", key="k", payload={}, source="s")
+            row.published_at = old if n < 12 else recent if n < 18 else None
+        for n in range(17):
+            uow.session.add(
+                ProcessedEvent(
+                    consumer="member-service",
+                    event_id=f"e{n}",
+                    topic="t",
+                    processed_at=now - dt.timedelta(days=20 if n < 9 else 1),
+                )
+            )
+        uow.commit()
+    keeper = Housekeeper(database, OutboxEvent, ProcessedEvent, batch_size=5)
+
+    deleted = keeper.sweep()
+
+    assert deleted == {"outbox": 12, "inbox": 9}
+    assert count(database, OutboxEvent) == 11  # 6 recent published + 5 never published
+    with database.sessions() as session:
+        unpublished = session.scalar(select(func.count()).where(OutboxEvent.published_at.is_(None)))
+    assert unpublished == 5
+    assert count(database, ProcessedEvent) == 8
+    assert keeper.sweep() == {"outbox": 0, "inbox": 0}
