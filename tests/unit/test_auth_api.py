@@ -28,6 +28,7 @@ from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, Member, OutboxEvent
 from shared.db import Database
 from tests.schema import create_tables
+from tests.unit.pipeline_harness import signup_body
 
 SECRET = "x" * 32
 TODAY = dt.date.today()
@@ -68,19 +69,7 @@ def stored_events(database: Database) -> list[OutboxEvent]:
 
 def valid_signup(**overrides: Any) -> dict[str, Any]:
     """A signup body that passes every rule, with a random email so tests never collide."""
-    body: dict[str, Any] = {
-        "email": f"user-{uuid.uuid4().hex[:8]}@example.com",
-        "password": "correct horse battery",
-        "name": "Kim Minji",
-        "phone": "010-1234-5678",
-        "birth": "1995-04-17",
-        "gender": "FEMALE",
-        "role": "USER",
-        "nickname": "minji",
-        "favoriteStyles": [3, 1, 7],
-    }
-    body.update(overrides)
-    return body
+    return signup_body(**{"phone": "010-1234-5678", "birth": "1995-04-17", **overrides})
 
 
 def without(field: str) -> dict[str, Any]:
