@@ -260,10 +260,17 @@ class ConsumerLoop:
 
     def _resume_due(self, now: float) -> None:
         due = [tp for tp, at in self._resume_at.items() if at <= now]
-        if due:
-            self._consumer.resume(*due)
-            for partition in due:
-                del self._resume_at[partition]
+        if not due:
+            return
+        for partition in due:
+            del self._resume_at[partition]
+        # A partition taken away by a rebalance meanwhile is no longer ours to resume
+        # (its new owner starts unpaused, from the committed offset).
+        assigned = self._consumer.assignment()
+        self._failing_since = {tp: t for tp, t in self._failing_since.items() if tp in assigned}
+        ours = [tp for tp in due if tp in assigned]
+        if ours:
+            self._consumer.resume(*ours)
 
     def _report_stuck(self) -> None:
         if self._on_stuck is None:

@@ -81,6 +81,9 @@ class FakeConsumer:
         self.closed = False
         self.paused = False
 
+    def assignment(self) -> set[Any]:
+        return {self.partition}
+
     def pause(self, *partitions: Any) -> None:
         assert partitions == (self.partition,)
         self.paused = True

@@ -231,3 +231,20 @@ def test_partition_failing_longer_than_the_bound_is_reported_stuck_and_still_ret
     assert broker.topics["profile-insert.DLT"] == []
     assert consumer.commits == []
     down.engine.dispose()
+
+
+def test_partition_revoked_while_paused_is_not_resumed_by_its_old_owner(
+    broker: FakeBroker,
+) -> None:
+    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
+    consumer = FakeConsumer(broker, "profile-insert")
+    loop = ConsumerLoop(consumer, processor_on(down, broker))
+    loop.poll_once()
+    assert consumer.paused
+
+    consumer.assignment = lambda: set()  # type: ignore[method-assign]  # rebalanced away
+    time.sleep(0.15)
+    loop.poll_once(timeout_ms=0)
+
+    assert consumer.paused  # untouched: resume() on a partition not ours would raise
+    down.engine.dispose()
