@@ -56,11 +56,6 @@ class LocalBroker:
         """`host:port` for clients."""
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs."""
-        return self._process.pid if self._process else None
-
     def start(self, timeout: float = 15.0) -> LocalBroker:
         """Start the broker and wait until it accepts connections."""
         url = f"tcp://127.0.0.1:{self.port}"

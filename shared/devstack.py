@@ -259,13 +259,6 @@ class Stack:
             self.broker.stop()
         return codes
 
-    def pids(self) -> list[int]:
-        """Process ids of the stack's children, including the broker."""
-        pids = [p.pid for p in self.processes.values() if p.pid is not None]
-        if self.broker is not None and self.broker.pid is not None:
-            pids.append(self.broker.pid)
-        return pids
-
 
 def _sqlite_url_in(workdir: Path, service: str) -> str:
     return f"sqlite:///{workdir / 'var' / f'{service}.db'}"

@@ -49,12 +49,11 @@ def signup_body(**overrides: Any) -> dict[str, Any]:
 class InMemoryPipeline:
     """auth API → outbox relay → fake broker → member processor → relay → batch processor."""
 
-    def __init__(self, directory: Path, urls: dict[str, str] | None = None) -> None:
-        urls = urls or {}
+    def __init__(self, directory: Path) -> None:
         self.broker = FakeBroker()
-        self.auth_db = self._database(urls, "auth", directory, AuthBase)
-        self.member_db = self._database(urls, "member", directory, MemberBase)
-        self.batch_db = self._database(urls, "batch", directory, BatchBase)
+        self.auth_db = self._database("auth", directory, AuthBase)
+        self.member_db = self._database("member", directory, MemberBase)
+        self.batch_db = self._database("batch", directory, BatchBase)
         self.auth_relay = OutboxRelay(self.auth_db, AuthOutbox, self.broker.producer)
         self.member_relay = OutboxRelay(self.member_db, MemberOutbox, self.broker.producer)
         self.app = create_app(self.auth_db, TokenIssuer("k" * 32), hasher=FAST_HASHER)
@@ -64,10 +63,8 @@ class InMemoryPipeline:
         self.cursors: dict[str, int] = {}
 
     @staticmethod
-    def _database(urls: dict[str, str], name: str, directory: Path, base: Any) -> Database:
-        database = Database.from_url(
-            urls.get(name, f"sqlite:///{directory / name}.db"), base.metadata
-        )
+    def _database(name: str, directory: Path, base: Any) -> Database:
+        database = Database.from_url(f"sqlite:///{directory / name}.db", base.metadata)
         create_tables(database)
         return database
 

@@ -49,6 +49,14 @@ def member_db(tmp_path: Path) -> Iterator[Database]:
     database.engine.dispose()
 
 
+@pytest.fixture
+def down_db() -> Iterator[Database]:
+    """A member database nothing answers for: every connection attempt is refused."""
+    database = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
+    yield database
+    database.engine.dispose()
+
+
 def processor_on(database: Database, broker: FakeBroker, handler: Any = None) -> EventProcessor:
     spec = PROFILE_INSERT_WORKER
     return EventProcessor(
@@ -56,9 +64,10 @@ def processor_on(database: Database, broker: FakeBroker, handler: Any = None) ->
     )
 
 
-def test_unreachable_database_is_retried_and_never_dead_lettered(broker: FakeBroker) -> None:
-    database = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
-    processor = processor_on(database, broker)
+def test_unreachable_database_is_retried_and_never_dead_lettered(
+    broker: FakeBroker, down_db: Database
+) -> None:
+    processor = processor_on(down_db, broker)
     consumer = FakeConsumer(broker, "profile-insert")
     loop = ConsumerLoop(consumer, processor)
 
@@ -68,14 +77,12 @@ def test_unreachable_database_is_retried_and_never_dead_lettered(broker: FakeBro
     assert consumer.commits == []
     assert consumer.position == 0
     assert broker.topics["profile-insert.DLT"] == []
-    database.engine.dispose()
 
 
 def test_transient_failure_raises_retry_later_with_growing_bounded_delay(
-    broker: FakeBroker,
+    broker: FakeBroker, down_db: Database
 ) -> None:
-    database = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
-    processor = processor_on(database, broker)
+    processor = processor_on(down_db, broker)
     record = broker.topics["profile-insert"][0]
 
     delays = []
@@ -86,16 +93,13 @@ def test_transient_failure_raises_retry_later_with_growing_bounded_delay(
 
     assert 0 < delays[0] <= 0.1
     assert 0 < delays[1] <= 5.0
-    database.engine.dispose()
 
 
 def test_records_are_applied_once_the_database_is_back(
-    broker: FakeBroker, member_db: Database
+    broker: FakeBroker, member_db: Database, down_db: Database
 ) -> None:
-    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
     consumer = FakeConsumer(broker, "profile-insert")
-    ConsumerLoop(consumer, processor_on(down, broker)).poll_once()
-    down.engine.dispose()
+    ConsumerLoop(consumer, processor_on(down_db, broker)).poll_once()
     assert consumer.paused  # the failing partition waits out its backoff
 
     consumer.paused = False  # the worker restarted: its new consumer has nothing paused
@@ -197,11 +201,10 @@ def test_replayed_dead_letter_gets_fresh_dlt_headers_not_a_second_set(
 
 
 def test_failing_partition_is_paused_for_its_backoff_then_resumed(
-    broker: FakeBroker, member_db: Database
+    broker: FakeBroker, member_db: Database, down_db: Database
 ) -> None:
-    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
     consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor_on(down, broker))
+    loop = ConsumerLoop(consumer, processor_on(down_db, broker))
 
     loop.poll_once()
     assert consumer.paused
@@ -210,17 +213,15 @@ def test_failing_partition_is_paused_for_its_backoff_then_resumed(
 
     assert consumer.paused  # resumed, failed again, paused again
     assert loop._attempts  # the attempt count grew, for the same record
-    down.engine.dispose()
 
 
 def test_partition_failing_longer_than_the_bound_is_reported_stuck_and_still_retried(
-    broker: FakeBroker,
+    broker: FakeBroker, down_db: Database
 ) -> None:
-    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
     consumer = FakeConsumer(broker, "profile-insert")
     reports: list[list[str]] = []
     loop = ConsumerLoop(
-        consumer, processor_on(down, broker), stuck_after=0.0, on_stuck=reports.append
+        consumer, processor_on(down_db, broker), stuck_after=0.0, on_stuck=reports.append
     )
 
     loop.poll_once()
@@ -230,15 +231,13 @@ def test_partition_failing_longer_than_the_bound_is_reported_stuck_and_still_ret
     assert reports[-1] == ["profile-insert[0]"]
     assert broker.topics["profile-insert.DLT"] == []
     assert consumer.commits == []
-    down.engine.dispose()
 
 
 def test_partition_revoked_while_paused_is_not_resumed_by_its_old_owner(
-    broker: FakeBroker,
+    broker: FakeBroker, down_db: Database
 ) -> None:
-    down = Database.from_url(UNREACHABLE_POSTGRES, MemberBase.metadata)
     consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor_on(down, broker))
+    loop = ConsumerLoop(consumer, processor_on(down_db, broker))
     loop.poll_once()
     assert consumer.paused
 
@@ -247,4 +246,3 @@ def test_partition_revoked_while_paused_is_not_resumed_by_its_old_owner(
     loop.poll_once(timeout_ms=0)
 
     assert consumer.paused  # untouched: resume() on a partition not ours would raise
-    down.engine.dispose()
