@@ -71,7 +71,7 @@ def sign_up(command: SignUp, uow: UnitOfWork) -> str:
         )
     )
     add_event(
-        uow.session,
+        uow,
         OutboxEvent,
         topic=PROFILE_INSERT.name,
         key=member_id,
@@ -85,7 +85,7 @@ def sign_up(command: SignUp, uow: UnitOfWork) -> str:
         traceparent=command.traceparent,
     )
     try:
-        uow.session.flush()
+        uow.flush()
     except IntegrityError:
         raise EmailTaken(command.email) from None
     uow.commit()

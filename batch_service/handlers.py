@@ -11,14 +11,15 @@ from shared.db import UnitOfWork, utcnow
 
 def on_partner_created(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
     """Open the new partner's summary with every counter at zero."""
-    uow.session.add(
-        PartnerSummary(
-            partner_id=event["partnerId"],
-            post_count=0,
-            follower_count=0,
-            coordinate_count=0,
-            review_count=0,
-            average_star=0.0,
-            created_at=utcnow(),
-        )
+    uow.insert(
+        PartnerSummary,
+        {
+            "partner_id": event["partnerId"],
+            "post_count": 0,
+            "follower_count": 0,
+            "coordinate_count": 0,
+            "review_count": 0,
+            "average_star": 0.0,
+            "created_at": utcnow(),
+        },
     )

@@ -17,15 +17,13 @@ SOURCE = "member-service"
 def on_profile_insert(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
     """Create the USER or PARTNER profile and its styles; announce a new partner."""
     member_id = event["uuid"]
-    now = utcnow()
     profile = User if event["role"] == "USER" else Partner
-    uow.session.add(profile(uuid=member_id, nickname=event["nickname"], created_at=now))
-    uow.session.add_all(
-        FavoriteStyle(member_uuid=member_id, style_id=style) for style in event["favoriteStyles"]
-    )
+    uow.insert(profile, {"uuid": member_id, "nickname": event["nickname"], "created_at": utcnow()})
+    for style in event["favoriteStyles"]:
+        uow.insert(FavoriteStyle, {"member_uuid": member_id, "style_id": style})
     if profile is Partner:
         add_event(
-            uow.session,
+            uow,
             OutboxEvent,
             topic=PARTNER_CREATED.name,
             key=member_id,

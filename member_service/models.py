@@ -37,13 +37,14 @@ class Partner(Base):
 
 
 class FavoriteStyle(Base):
-    """One style a member likes; a member lists each style once."""
+    """One style a member likes; a member lists each style once (the unique index, which
+    leads with member_uuid, also serves lookups by member)."""
 
     __tablename__ = "favorite_styles"
     __table_args__ = (UniqueConstraint("member_uuid", "style_id"),)
 
     id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True, autoincrement=True)
-    member_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    member_uuid: Mapped[str] = mapped_column(String(36))
     style_id: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -233,6 +233,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     dlt_replay = dlt_actions.add_parser("replay", help="republish to the original topic")
     dlt_replay.add_argument("topic", help="profile-insert or partner-created (or its .DLT)")
     dlt_replay.add_argument("--id", action="append", metavar="CE_ID", help="only these")
+    sub.add_parser(
+        "bench",
+        help="measure every stage beside this machine's raw limits (see --help)",
+        add_help=False,
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from bench.run import main as bench_main
+
+        sys.exit(bench_main(argv[1:]))
     args = parser.parse_args(argv)
     sys.exit({"dev": dev, "demo": demo, "dlt": dlt}[args.command](args))
 

@@ -9,24 +9,25 @@ they change nothing. Nothing is acknowledged that was not applied or dead-letter
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shared.db import Database, UnitOfWork
 from shared.failpoints import failpoint
-from shared.inbox import InboxRecord, claim_event
+from shared.inbox import InboxRecord, claim_events
 from shared.kafka import Message, Producer, message_from_record
 from shared.pipeline import Topic
 
@@ -81,6 +82,12 @@ def backoff_delay(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
     return random.uniform(base, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
+@functools.cache
+def _schema(topic: Topic) -> Schema:
+    """One schema instance per topic: building one costs more than loading an event."""
+    return topic.schema()
+
+
 def decode(topic: Topic, message: Message) -> dict[str, Any]:
     """The event in `message`, validated against its topic's schema."""
     try:
@@ -90,7 +97,7 @@ def decode(topic: Topic, message: Message) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise PermanentError("value is not a JSON object")
     try:
-        event: dict[str, Any] = topic.schema().load(document)
+        event: dict[str, Any] = _schema(topic).load(document)
     except ValidationError as exc:
         raise PermanentError(f"value fails the {topic.name} schema: {exc.messages}") from None
     return event
@@ -126,9 +133,13 @@ class EventProcessor:
     def process(self, message: Message, attempt: int = 1) -> Outcome:
         """Apply `message` or dead-letter it; raise RetryLater if it may succeed later."""
         try:
-            return self._apply(message)
+            return self._apply([(message, decode(self.topic, message))])[0]
         except PermanentError as exc:
             return self.dead_letter(message, str(exc), attempt)
+        except IntegrityError as exc:
+            # The inbox row went in, so this is no redelivery: the event contradicts
+            # what is stored (another event already created this member).
+            return self.dead_letter(message, f"conflicts with stored state: {exc.orig}", attempt)
         except Exception as exc:
             if is_transient(exc):
                 log.warning("transient failure on %s, will retry: %s", _where(message), exc)
@@ -139,25 +150,58 @@ class EventProcessor:
             log.exception("unexpected failure on %s (attempt %d)", _where(message), attempt)
             raise RetryLater(str(exc), backoff_delay(attempt)) from exc
 
-    def _apply(self, message: Message) -> Outcome:
-        event = decode(self.topic, message)
-        context = EventContext(event_id_of(message), message.header("traceparent"), message)
-        with self._database.unit_of_work(self._after_commit) as uow:
-            if not claim_event(
-                uow.session, self._inbox, self.topic.consumer_group, context.event_id, message.topic
-            ):
-                return Outcome.DUPLICATE
+    def process_batch(self, messages: Sequence[Message], attempt: int = 1) -> list[Outcome]:
+        """Apply `messages` in one transaction: one commit and one multi-row INSERT per
+        table for the whole batch, which is what lets a worker drain a backlog fast.
+
+        Records that fail to decode are dead-lettered once the others are committed.
+        Raises RetryLater when the database is unwell (nothing was applied); raises any
+        other failure (a record conflicting with stored state, a handler bug) unchanged,
+        for the caller to apply the records one by one with `process`, so that only the
+        bad record is retried or dead-lettered.
+        """
+        decoded, rejected = [], []
+        for message in messages:
             try:
+                decoded.append((message, decode(self.topic, message)))
+            except PermanentError as exc:
+                rejected.append((message, str(exc)))
+        try:
+            outcomes = self._apply(decoded)
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning(
+                    "transient failure on a batch of %d, will retry: %s", len(messages), exc
+                )
+                raise RetryLater(str(exc), backoff_delay(attempt)) from exc
+            raise
+        return outcomes + [self.dead_letter(m, error, attempt) for m, error in rejected]
+
+    def _apply(self, decoded: list[tuple[Message, dict[str, Any]]]) -> list[Outcome]:
+        """Claim the events in the inbox and apply the new ones, all in one transaction."""
+        if not decoded:
+            return []
+        contexts = [
+            EventContext(event_id_of(message), message.header("traceparent"), message)
+            for message, _ in decoded
+        ]
+        group = self.topic.consumer_group
+        with self._database.unit_of_work(self._after_commit) as uow:
+            # dict.fromkeys: the same event twice in one batch is claimed once.
+            wanted = dict.fromkeys((c.event_id, c.message.topic) for c in contexts)
+            unclaimed = claim_events(uow.session, self._inbox, group, list(wanted))
+            outcomes = []
+            for (message, event), context in zip(decoded, contexts, strict=True):
+                if context.event_id not in unclaimed:
+                    outcomes.append(Outcome.DUPLICATE)
+                    continue
+                unclaimed.discard(context.event_id)
                 failpoint("handle", message.value.decode("utf-8", errors="replace"))
                 self._handler(event, uow, context)
-                uow.session.flush()
-            except IntegrityError as exc:
-                # The inbox row went in, so this is no redelivery: the event contradicts
-                # what is stored (another event already created this member).
-                raise PermanentError(f"conflicts with stored state: {exc.orig}") from None
+                outcomes.append(Outcome.APPLIED)
             uow.commit()
         failpoint("after-db-commit")
-        return Outcome.APPLIED
+        return outcomes
 
     def dead_letter(self, message: Message, error: str, attempts: int) -> Outcome:
         """Copy `message` to the topic's DLT with why and where; wait for the broker's ack."""
@@ -187,13 +231,15 @@ def _where(message: Message) -> str:
 
 
 class ConsumerLoop:
-    """Polls, applies each record in order per partition, commits offsets after the DB.
+    """Polls, applies each poll's records in one transaction, commits offsets after the DB.
 
-    A record that may succeed later sends its partition back to that record (seek) and
-    pauses it for the backoff delay, while the other partitions keep flowing and `poll()`
-    keeps the consumer in its group (so max_poll_interval_ms is never at risk). A
-    partition failing for longer than `stuck_after` seconds is reported through
-    `on_stuck`, which the health check turns into "not ready"; it is still retried.
+    A batch that fails because the database is unwell sends its partitions back to the
+    batch's first records (seek) and pauses them for the backoff delay, while `poll()`
+    keeps the consumer in its group (so max_poll_interval_ms is never at risk). A batch
+    that fails for any other reason is applied record by record: a record that may
+    succeed later holds back only its own partition. A partition failing for longer than
+    `stuck_after` seconds is reported through `on_stuck`, which the health check turns
+    into "not ready"; it is still retried.
     """
 
     def __init__(
@@ -224,13 +270,53 @@ class ConsumerLoop:
             self._consumer.close(autocommit=False)
 
     def poll_once(self, timeout_ms: int = 500) -> None:
-        """One poll: apply the whole batch in hand (also when asked to stop), then commit."""
+        """One poll: apply the whole batch in hand (also when asked to stop), then commit
+        the offsets after it."""
         now = time.monotonic()
         self._resume_due(now)
         if self._resume_at:
             wake = min(self._resume_at.values())
             timeout_ms = max(0, min(timeout_ms, int((wake - now) * 1000) + 1))
         batch = self._consumer.poll(timeout_ms=timeout_ms)
+        if sum(len(records) for records in batch.values()) > 1:
+            self._apply_batch(batch)
+        elif batch:
+            self._apply_one_by_one(batch)
+        self._report_stuck()
+
+    def _apply_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """The whole poll in one transaction; on a failure that is not the database's,
+        record by record instead."""
+        firsts = {partition: records[0].offset for partition, records in batch.items()}
+        attempt = 1 + max(self._attempts.get(position, 0) for position in firsts.items())
+        messages = [message_from_record(r) for records in batch.values() for r in records]
+        try:
+            outcomes = self._processor.process_batch(messages, attempt)
+        except RetryLater as retry:
+            for partition, offset in firsts.items():
+                self._retry_later(partition, offset, attempt, retry.delay)
+            return
+        except Exception as exc:
+            log.warning(
+                "a batch of %d failed (%s); applying it record by record", len(messages), exc
+            )
+            self._apply_one_by_one(batch)
+            return
+        for position in firsts.items():
+            self._attempts.pop(position, None)
+            self._failing_since.pop(position[0], None)
+        for outcome in outcomes:
+            self.counts[outcome] += 1
+        self._commit(
+            {
+                partition: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                for partition, records in batch.items()
+            }
+        )
+
+    def _apply_one_by_one(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Each record in its own transaction: a failing record holds back only its own
+        partition."""
         done: dict[TopicPartition, OffsetAndMetadata] = {}
         for partition, records in batch.items():
             for record in records:
@@ -247,7 +333,6 @@ class ConsumerLoop:
                 done[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
         if done:
             self._commit(done)
-        self._report_stuck()
 
     def _retry_later(
         self, partition: TopicPartition, offset: int, attempt: int, delay: float

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, Integer, create_engine, event, text
+from sqlalchemy import BigInteger, DateTime, Engine, Integer, create_engine, event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -121,6 +121,7 @@ class UnitOfWork:
     ) -> None:
         self._sessions = sessions
         self._after_commit = after_commit
+        self._staged: dict[type[Any], list[dict[str, Any]]] = {}
 
     def __enter__(self) -> UnitOfWork:
         self.session = self._sessions()
@@ -134,10 +135,26 @@ class UnitOfWork:
     ) -> None:
         # close() rolls back whatever was not committed, and, unlike rollback(), leaves
         # loaded objects readable (detached, not expired) for the caller.
+        self._staged.clear()
         self.session.close()
 
+    def insert(self, model: type[Any], values: dict[str, Any]) -> None:
+        """Stage a row of `model`. Staged rows are written at `flush()`, one multi-row
+        INSERT per model in the order models were first staged: a consumer applying a
+        batch of events pays one round trip per table, not one per row."""
+        self._staged.setdefault(model, []).append(values)
+
+    def flush(self) -> None:
+        """Write what was added to the session, then the staged rows."""
+        self.session.flush()
+        for model, rows in self._staged.items():
+            # Core, not the ORM's bulk path: the rows are plain dicts, nothing to track.
+            self.session.connection().execute(insert(model.__table__), rows)
+        self._staged.clear()
+
     def commit(self) -> None:
-        """Commit the transaction, then run the after-commit hook."""
+        """Flush, commit the transaction, then run the after-commit hook."""
+        self.flush()
         self.session.commit()
         if self._after_commit is not None:
             self._after_commit()

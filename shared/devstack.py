@@ -213,6 +213,7 @@ class Stack:
         """Start (or restart) process `name`; `instance` names an extra copy; `extra_env`
         is added to this process's environment only."""
         key = instance or name
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         health_port = None
         if name.endswith("-worker"):
             health_port = self.health_ports[key] = free_port()

@@ -4,8 +4,8 @@ transaction as their effects.
 Because the row and the effects commit together, an event is applied exactly once per
 consumer however often Kafka delivers it: a redelivery finds its row and changes
 nothing. Two workers racing on the same event (after a rebalance) both try to insert
-the same primary key; the database lets one commit and the other fails on the key,
-rolls back, and counts the event as a duplicate.
+the same primary key; the database lets one commit and the other skips the row and
+counts the event as a duplicate.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import String
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.db import UTCDateTime, utcnow
@@ -30,20 +30,27 @@ class InboxRecord:
     processed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
-def claim_event(
-    session: Session, model: type[InboxRecord], consumer: str, event_id: str, topic: str
-) -> bool:
-    """Record `event_id` as processed by `consumer`; False if it already was."""
-    if session.get(model, (consumer, event_id)) is not None:
-        return False
-    row = model()
-    row.consumer = consumer
-    row.event_id = event_id
-    row.topic = topic
-    row.processed_at = utcnow()
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError:
-        return False
-    return True
+def claim_events(
+    session: Session, model: type[InboxRecord], consumer: str, events: list[tuple[str, str]]
+) -> set[str]:
+    """Record each (event_id, topic) as processed by `consumer`, in one statement; return
+    the event ids that were not already recorded, i.e. the ones to apply now.
+
+    `INSERT ... ON CONFLICT DO NOTHING` rather than a read then a write: when another
+    worker holds an uncommitted row for the same event, PostgreSQL waits for its
+    transaction and then skips the row if it committed, so exactly one worker applies it.
+    """
+    if not events:
+        return set()
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = utcnow()
+    rows = [
+        {"consumer": consumer, "event_id": event_id, "topic": topic, "processed_at": now}
+        for event_id, topic in events
+    ]
+    # One statement for any number of rows (SQLAlchemy's "insertmanyvalues"), compiled
+    # once and cached, rather than a VALUES list whose length changes every batch.
+    table = model.__table__  # type: ignore[attr-defined]
+    statement = insert(table).on_conflict_do_nothing().returning(table.c.event_id)
+    return set(session.connection().execute(statement, rows).scalars())

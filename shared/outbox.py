@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from shared.db import BigIntegerPK, Database, UTCDateTime, utcnow
+from shared.db import BigIntegerPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.failpoints import failpoint
 from shared.kafka import Headers, KafkaError, Producer
 
@@ -48,19 +48,21 @@ class OutboxRecord:
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
 
-    def cloudevent_headers(self) -> Headers:
-        """CloudEvents 1.0 Kafka binding, binary mode: metadata in headers, data in the value."""
-        headers: Headers = [
-            ("ce_specversion", b"1.0"),
-            ("ce_id", self.event_id.encode()),
-            ("ce_source", self.source.encode()),
-            ("ce_type", self.topic.encode()),
-            ("ce_time", rfc3339(self.created_at).encode()),
-            ("content-type", b"application/json"),
-        ]
-        if self.traceparent:
-            headers.append(("traceparent", self.traceparent.encode()))
-        return headers
+
+def cloudevent_headers(row: Any) -> Headers:
+    """CloudEvents 1.0 Kafka binding, binary mode: metadata in headers, data in the value.
+    `row` is an outbox row: a mapped object or a plain result row with its columns."""
+    headers: Headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", row.event_id.encode()),
+        ("ce_source", row.source.encode()),
+        ("ce_type", row.topic.encode()),
+        ("ce_time", rfc3339(row.created_at).encode()),
+        ("content-type", b"application/json"),
+    ]
+    if row.traceparent:
+        headers.append(("traceparent", row.traceparent.encode()))
+    return headers
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -74,7 +76,7 @@ def encode_event(payload: Mapping[str, Any]) -> str:
 
 
 def add_event(
-    session: Session,
+    uow: UnitOfWork,
     model: type[OutboxRecord],
     *,
     topic: str,
@@ -82,19 +84,24 @@ def add_event(
     payload: Mapping[str, Any],
     source: str,
     traceparent: str | None = None,
-) -> OutboxRecord:
-    """Stage an event in the caller's transaction; it is sent once that transaction commits."""
-    row = model()
-    row.event_id = str(uuid.uuid4())
-    row.topic = topic
-    row.key = key
-    row.payload = encode_event(payload)
-    row.source = source
-    row.traceparent = traceparent
-    row.created_at = utcnow()
-    row.published_at = None
-    session.add(row)
-    return row
+) -> str:
+    """Stage an event in the caller's transaction; it is sent once that transaction
+    commits. Returns its `ce_id`."""
+    event_id = str(uuid.uuid4())
+    uow.insert(
+        model,
+        {
+            "event_id": event_id,
+            "topic": topic,
+            "key": key,
+            "payload": encode_event(payload),
+            "source": source,
+            "traceparent": traceparent,
+            "created_at": utcnow(),
+            "published_at": None,
+        },
+    )
+    return event_id
 
 
 class OutboxRelay:
@@ -135,8 +142,19 @@ class OutboxRelay:
     def publish_pending(self) -> int:
         """Send one batch of unpublished rows; return how many were acknowledged."""
         model = self._model
+        # Plain rows, not mapped objects: the relay only reads them, and building
+        # objects for a batch costs more than sending it.
         query = (
-            select(model)
+            select(
+                model.id,
+                model.event_id,
+                model.topic,
+                model.key,
+                model.payload,
+                model.source,
+                model.traceparent,
+                model.created_at,
+            )
             .where(model.published_at.is_(None))
             .order_by(model.id)
             .limit(self._batch_size)
@@ -144,12 +162,12 @@ class OutboxRelay:
         with self._database.sessions() as session:
             if self._row_locks:
                 with session.begin():
-                    rows = session.scalars(query.with_for_update(skip_locked=True)).all()
+                    rows = session.execute(query.with_for_update(skip_locked=True)).all()
                     acked = self._send(rows)
                     self._mark_published(session, acked)
                 return len(acked)
             with session.begin():
-                rows = session.scalars(query).all()
+                rows = session.execute(query).all()
             acked = self._send(rows)
             with session.begin():
                 self._mark_published(session, acked)
@@ -172,7 +190,7 @@ class OutboxRelay:
                     row.topic,
                     value=row.payload.encode("utf-8"),
                     key=row.key.encode("utf-8"),
-                    headers=row.cloudevent_headers(),
+                    headers=cloudevent_headers(row),
                 ),
             )
             for row in rows
@@ -190,9 +208,9 @@ class OutboxRelay:
 
     def _mark_published(self, session: Session, row_ids: list[int]) -> None:
         if row_ids:
-            model = self._model
+            table = self._model.__table__  # type: ignore[attr-defined]
             session.execute(
-                update(model).where(model.id.in_(row_ids)).values(published_at=utcnow())
+                update(table).where(table.c.id.in_(row_ids)).values(published_at=utcnow())
             )
 
     def run(self) -> None:

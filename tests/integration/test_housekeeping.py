@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import MetaData, func, select
+from sqlalchemy import MetaData, func, select, update
 
 from member_service.models import Base, OutboxEvent, ProcessedEvent
 from shared.db import Database, utcnow
@@ -27,10 +27,11 @@ def test_sweep_deletes_only_what_outlived_its_retention_in_batches(
     database = make_database(Base.metadata)
     now = utcnow()
     old, recent = now - dt.timedelta(days=3), now - dt.timedelta(minutes=5)
+    published: list[tuple[str, dt.datetime | None]] = []
     with database.unit_of_work() as uow:
         for n in range(23):
-            row = add_event(uow.session, OutboxEvent, topic="t", key="k", payload={}, source="s")
-            row.published_at = old if n < 12 else recent if n < 18 else None
+            event_id = add_event(uow, OutboxEvent, topic="t", key="k", payload={}, source="s")
+            published.append((event_id, old if n < 12 else recent if n < 18 else None))
         for n in range(17):
             uow.session.add(
                 ProcessedEvent(
@@ -39,6 +40,11 @@ def test_sweep_deletes_only_what_outlived_its_retention_in_batches(
                     topic="t",
                     processed_at=now - dt.timedelta(days=20 if n < 9 else 1),
                 )
+            )
+        uow.flush()
+        for event_id, at in published:
+            uow.session.execute(
+                update(OutboxEvent).where(OutboxEvent.event_id == event_id).values(published_at=at)
             )
         uow.commit()
     keeper = Housekeeper(database, OutboxEvent, ProcessedEvent, batch_size=5)

@@ -27,9 +27,9 @@ def database(make_database: Callable[[MetaData], Database]) -> Database:
 
 def stage(database: Database, topic: str, count: int) -> list[str]:
     with database.unit_of_work() as uow:
-        rows = [
+        event_ids = [
             add_event(
-                uow.session,
+                uow,
                 OutboxEvent,
                 topic=topic,
                 key=f"key-{n}",
@@ -40,7 +40,7 @@ def stage(database: Database, topic: str, count: int) -> list[str]:
             for n in range(count)
         ]
         uow.commit()
-    return [row.event_id for row in rows]
+    return event_ids
 
 
 def unpublished(database: Database) -> int:

@@ -246,3 +246,86 @@ def test_partition_revoked_while_paused_is_not_resumed_by_its_old_owner(
     loop.poll_once(timeout_ms=0)
 
     assert consumer.paused  # untouched: resume() on a partition not ours would raise
+
+
+def count_commits(database: Database) -> list[int]:
+    """A list that grows by one for every transaction committed on `database`."""
+    from sqlalchemy import event
+
+    commits: list[int] = []
+    event.listen(database.engine, "commit", lambda _conn: commits.append(1))
+    return commits
+
+
+def test_a_poll_is_applied_in_one_transaction(broker: FakeBroker, member_db: Database) -> None:
+    commits = count_commits(member_db)
+    consumer = FakeConsumer(broker, "profile-insert")
+    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+
+    loop.poll_once()
+
+    assert len(commits) == 1
+    assert loop.counts[Outcome.APPLIED] == 3
+    assert consumer.commits == [3]
+
+
+def test_an_event_twice_in_one_batch_is_applied_once(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    first = broker.topics["profile-insert"][0]
+    broker.append("profile-insert", first.value, first.key, first.headers)  # redelivered
+    loop = ConsumerLoop(FakeConsumer(broker, "profile-insert"), processor_on(member_db, broker))
+
+    loop.poll_once()
+
+    assert loop.counts[Outcome.APPLIED] == 3
+    assert loop.counts[Outcome.DUPLICATE] == 1
+
+
+def test_a_conflicting_record_in_a_batch_costs_only_itself(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    # A new event id for a member that an earlier record of the same batch creates.
+    broker.append("profile-insert", profile_insert(1), b"k", [("ce_id", b"conflict")])
+    broker.append("profile-insert", profile_insert(7), b"k", [("ce_id", b"e7")])
+    consumer = FakeConsumer(broker, "profile-insert")
+    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+
+    loop.poll_once()
+
+    assert loop.counts[Outcome.APPLIED] == 4
+    assert loop.counts[Outcome.DEAD_LETTERED] == 1
+    [letter] = broker.topics["profile-insert.DLT"]
+    assert letter.header("ce_id") == "conflict"
+    assert "conflicts with stored state" in (letter.header("dlt-error") or "")
+    assert consumer.committed == 5
+
+
+def test_an_undecodable_record_in_a_batch_is_dead_lettered_and_the_rest_applied(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    broker.append("profile-insert", b"{not json", b"k", [("ce_id", b"bad")])
+    broker.append("profile-insert", profile_insert(7), b"k", [("ce_id", b"e7")])
+    consumer = FakeConsumer(broker, "profile-insert")
+    commits = count_commits(member_db)
+    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+
+    loop.poll_once()
+
+    assert len(commits) == 1  # still one transaction: the bad record never reached it
+    assert loop.counts[Outcome.APPLIED] == 4
+    assert [m.header("ce_id") for m in broker.topics["profile-insert.DLT"]] == ["bad"]
+    assert consumer.committed == 5
+
+
+def test_a_batch_on_a_failing_database_goes_back_whole(
+    broker: FakeBroker, down_db: Database
+) -> None:
+    consumer = FakeConsumer(broker, "profile-insert", committed=0)
+    loop = ConsumerLoop(consumer, processor_on(down_db, broker))
+
+    loop.poll_once()
+
+    assert consumer.position == 0  # sent back to the batch's first record
+    assert consumer.paused
+    assert consumer.commits == []

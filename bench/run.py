@@ -1,0 +1,427 @@
+"""`signup-pipeline bench` (or `python -m bench`): every stage's speed beside the raw
+limits of the same machine, measured in the same run.
+
+    signup-pipeline bench [--quick] [--output bench-results.json] [--postgres-url URL]
+
+PostgreSQL: throwaway databases are created (and dropped) on the server at
+--postgres-url (default: the local one). Kafka: a fresh bundled broker per phase, or the
+cluster in KAFKA_BOOTSTRAP_SERVERS. Writes every figure to a JSON file and prints a
+Markdown table of each figure beside its ceiling and its target. It never fails on a
+missed target: it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from auth_service.models import OutboxEvent as AuthOutbox
+from bench import ceilings, stages
+from shared.broker import LocalBroker
+from shared.db import utcnow
+from shared.devstack import SERVICES, Stack
+from shared.outbox import cloudevent_headers, encode_event
+from shared.pipeline import PROFILE_INSERT
+
+DEFAULT_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much work each phase does."""
+
+    kafka_messages: int
+    postgres_rows: int
+    argon2_seconds: float
+    signup_clients: int
+    signup_seconds: float
+    propagation_signups: int
+    propagation_rate: float
+    drain_events: int
+    relay_rows: int
+
+
+FULL = Scale(50_000, 100_000, 3.0, 8, 20.0, 500, 20.0, 50_000, 20_000)
+QUICK = Scale(10_000, 10_000, 1.0, 4, 3.0, 40, 20.0, 4_000, 3_000)
+
+
+class Progress:
+    """One status line, rewritten in place on a terminal, every few seconds otherwise."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._started = time.perf_counter()
+        self._last = 0.0
+
+    def __call__(self, message: str) -> None:
+        now = time.perf_counter()
+        line = f"[{now - self._started:6.1f} s] {message}"
+        if self._tty:
+            print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
+        elif now - self._last > 5:
+            print(line, file=sys.stderr, flush=True)
+            self._last = now
+
+    def phase(self, name: str) -> None:
+        """Start a new phase on a line of its own."""
+        if self._tty:
+            print(file=sys.stderr)
+        self._last = 0.0
+        self(name)
+
+
+class Postgres:
+    """Throwaway databases on one PostgreSQL server, dropped at the end."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self._engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self._created: list[str] = []
+
+    def database(self, label: str) -> str:
+        name = f"sp_bench_{label}_{uuid.uuid4().hex[:8]}"
+        with self._engine.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        self._created.append(name)
+        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self._engine.connect() as connection:
+            for name in self._created:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._engine.dispose()
+
+
+@contextlib.contextmanager
+def broker(external: str | None, workdir: Path) -> Iterator[list[str]]:
+    """A fresh bundled broker for one phase, or the given cluster."""
+    if external:
+        yield [s.strip() for s in external.split(",") if s.strip()]
+        return
+    with LocalBroker(log_path=workdir / f"broker-{uuid.uuid4().hex[:6]}.log") as local:
+        yield [local.bootstrap_servers]
+
+
+def create_topic(servers: list[str], name: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=servers, bootstrap_timeout_ms=10_000)
+    try:
+        admin.create_topics([NewTopic(name, partitions, -1)])
+    finally:
+        admin.close()
+
+
+def skip_group_to_end(servers: list[str], group: str, topic: str) -> None:
+    """On a cluster that already holds records, start `group` at the end of `topic`, so
+    that a drain reads only the events it produced (real Kafka; the bundled broker is
+    fresh for every phase instead, its end offsets being unreliable)."""
+    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_end()
+        consumer.commit({tp: consumer.position(tp) for tp in partitions})
+    finally:
+        consumer.close()
+
+
+def sample_records(count: int) -> list[ceilings.Record]:
+    """`profile-insert` records exactly as the auth relay sends them."""
+    records = []
+    for n in range(count):
+        payload = stages.profile_insert_payload(n)
+        row = AuthOutbox(
+            event_id=str(uuid.uuid4()),
+            topic=PROFILE_INSERT.name,
+            key=payload["uuid"],
+            payload=encode_event(payload),
+            source="auth-service",
+            traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+            created_at=utcnow(),
+        )
+        records.append((row.key.encode(), row.payload.encode(), cloudevent_headers(row)))
+    return records
+
+
+def measure_ceilings(
+    scale: Scale, postgres: Postgres, external: str | None, workdir: Path, progress: Progress
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    progress.phase("ceilings: kafka-python produce and consume")
+    with broker(external, workdir) as servers:
+        topic = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
+        create_topic(servers, topic, PROFILE_INSERT.partitions)
+        figures["kafka_produce"] = ceilings.kafka_produce(
+            servers, topic, sample_records(scale.kafka_messages)
+        )
+        figures["kafka_consume"] = ceilings.kafka_consume(
+            servers, topic, scale.kafka_messages, f"bench-{uuid.uuid4().hex[:8]}"
+        )
+    progress.phase("ceilings: PostgreSQL rows per second")
+    figures["postgres_rows"] = ceilings.postgres_rows(postgres.admin_url, scale.postgres_rows)
+    progress.phase("ceilings: argon2id hashes per second")
+    cores = os.cpu_count() or 1
+    figures["argon2_one_core"] = ceilings.argon2_hashes(1, scale.argon2_seconds)
+    figures["argon2_all_cores"] = ceilings.argon2_hashes(cores, scale.argon2_seconds)
+    return figures
+
+
+def measure_pipeline(
+    scale: Scale, postgres: Postgres, external: str | None, workdir: Path, progress: Progress
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    progress.phase("relay: outbox rows committed -> acknowledged")
+    with broker(external, workdir) as servers:
+        figures["relay"] = stages.relay_throughput(
+            postgres.database("relay"), servers, scale.relay_rows, progress
+        )
+    progress.phase("starting the pipeline (5 processes) on PostgreSQL")
+    stack = Stack(
+        workdir / "stack",
+        database_urls={service: postgres.database(service) for service in SERVICES},
+        bootstrap_servers=external,
+        api_workers=os.cpu_count() or 1,
+    ).start()
+    try:
+        progress.phase("signup API under load")
+        figures["signup"] = stages.signup_load(
+            stack, scale.signup_clients, scale.signup_seconds, progress
+        )
+        time.sleep(2)  # let the pipeline absorb the burst before timing single signups
+        progress.phase("propagation: signup -> profile -> partner summary")
+        figures["propagation"] = stages.propagation(
+            stack, scale.propagation_signups, scale.propagation_rate, progress
+        )
+        figures["rss_mb"] = {}
+        for process in stack.processes.values():
+            figures["rss_mb"].update(stages.peak_rss_mb(process))
+    finally:
+        stack.stop()
+    for workers in (1, 2):
+        progress.phase(f"backlog drain: {scale.drain_events} events, {workers} member worker(s)")
+        with broker(external, workdir) as servers:
+            drain_stack = Stack(
+                workdir / f"drain-{workers}",
+                database_urls={"member": postgres.database(f"drain{workers}")},
+                bootstrap_servers=",".join(servers),
+            )
+            drain_stack.migrate()
+            if external:
+                skip_group_to_end(servers, PROFILE_INSERT.consumer_group, PROFILE_INSERT.name)
+            stages.produce_profile_inserts(servers, scale.drain_events, progress)
+            try:
+                result, processes = stages.drain(drain_stack, workers, scale.drain_events, progress)
+                for process in processes:
+                    figures["rss_mb"].update(stages.peak_rss_mb(process))
+            finally:
+                drain_stack.stop()
+            figures[f"drain_{workers}"] = result
+    return figures
+
+
+def ratio(value: float | None, ceiling: float | None) -> float | None:
+    if not value or not ceiling:
+        return None
+    return round(value / ceiling, 3)
+
+
+def assess(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each figure beside its ceiling and its target."""
+    hashing = figures["argon2_all_cores"]["per_second"]
+    produce = figures["kafka_produce"]["per_second"]
+    consume = figures["kafka_consume"]["per_second"]
+    rows_per_event = figures["drain_1"]["rows_per_event"]
+    database = figures["postgres_rows"]["batched"]["per_second"] / rows_per_event
+    drain_ceiling = min(consume, database)
+    signup = figures["signup"]["per_second"]
+    member = figures["propagation"]["to_member_profile_ms"]
+    summary = figures["propagation"]["to_partner_summary_ms"]
+    one = figures["drain_1"]["per_second"]
+    two = figures["drain_2"]["per_second"]
+    relay = figures["relay"]["per_second"]
+    rss = figures["rss_mb"]
+
+    def row(name: str, value: Any, ceiling: str, target: str, met: bool) -> dict[str, Any]:
+        return {"figure": name, "measured": value, "ceiling": ceiling, "target": target, "met": met}
+
+    fraction = ratio(signup, hashing) or 0
+    rows = [
+        row(
+            "signup API, requests/s",
+            f"{signup:.1f} (p50 {figures['signup']['latency_ms']['p50']} ms, "
+            f"p99 {figures['signup']['latency_ms']['p99']} ms)",
+            f"argon2id {hashing:.1f}/s on {figures['argon2_all_cores']['processes']} cores "
+            f"→ {fraction:.0%}",
+            "≥ 80% of hashing",
+            fraction >= 0.8,
+        ),
+        row(
+            "signup → member profile, p50",
+            f"{member['p50']} ms",
+            "",
+            "≤ 20 ms",
+            member["p50"] <= 20,
+        ),
+        row(
+            "signup → member profile, p99",
+            f"{member['p99']} ms",
+            "",
+            "≤ 100 ms",
+            member["p99"] <= 100,
+        ),
+        row(
+            "signup → partner summary, p50",
+            f"{summary['p50']} ms",
+            "",
+            "≤ 40 ms",
+            summary["p50"] <= 40,
+        ),
+        row(
+            "signup → partner summary, p99",
+            f"{summary['p99']} ms",
+            "",
+            "≤ 150 ms",
+            summary["p99"] <= 150,
+        ),
+    ]
+    fraction = ratio(one, drain_ceiling) or 0
+    rows.append(
+        row(
+            "backlog drain, 1 member worker, events/s",
+            f"{one:.0f}",
+            f"min(consume {consume:.0f}/s, PostgreSQL {database:.0f} events/s) → {fraction:.0%}",
+            "≥ 6,000/s and ≥ 50%",
+            one >= 6000 and fraction >= 0.5,
+        )
+    )
+    scaling = ratio(two, one) or 0
+    rows.append(
+        row(
+            "backlog drain, 2 member workers, events/s",
+            f"{two:.0f} ({scaling:.2f}× one)",
+            "",
+            "≥ 1.6× one",
+            scaling >= 1.6,
+        )
+    )
+    fraction = ratio(relay, produce) or 0
+    rows.append(
+        row(
+            "outbox relay, rows/s",
+            f"{relay:.0f}",
+            f"kafka-python produce {produce:.0f}/s → {fraction:.0%}",
+            "≥ 65% of produce",
+            fraction >= 0.65,
+        )
+    )
+    heaviest = max(rss, key=rss.get)
+    rows.append(
+        row(
+            "peak RSS, largest process",
+            f"{rss[heaviest]} MB ({heaviest})",
+            "",
+            "every process < 150 MB",
+            all(value < 150 for value in rss.values()),
+        )
+    )
+    return rows
+
+
+def markdown(figures: dict[str, Any]) -> str:
+    """The run as a Markdown table, with the machine and the ceilings underneath."""
+    lines = [
+        "| figure | measured | against | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for item in figures["assessment"]:
+        mark = "yes" if item["met"] else "**no**"
+        lines.append(
+            f"| {item['figure']} | {item['measured']} | {item['ceiling']} "
+            f"| {item['target']} | {mark} |"
+        )
+    pg = figures["postgres_rows"]
+    propagation = figures["propagation"]
+    lines += [
+        "",
+        f"Ceilings: kafka-python produce {figures['kafka_produce']['per_second']:.0f}/s, "
+        f"consume {figures['kafka_consume']['per_second']:.0f}/s "
+        f"({figures['kafka_produce']['mean_value_bytes']:.0f} B values, "
+        f"{figures['kafka_produce']['mean_headers_bytes']:.0f} B of headers); PostgreSQL "
+        f"{pg['per_commit']['per_second']:.0f} rows/s one INSERT+COMMIT per row, "
+        f"{pg['batched']['per_second']:.0f} rows/s batched by {pg['batched']['batch']}; "
+        f"argon2id {figures['argon2_one_core']['per_second']:.1f} hashes/s on one core.",
+        f"Propagation: {propagation['signups']} signups ({propagation['partners']} partners) "
+        f"at {propagation['rate_per_second']}/s, databases polled every "
+        f"{propagation['poll_interval_ms']} ms. Peak RSS (MB): "
+        + ", ".join(f"{name} {mb}" for name, mb in sorted(figures["rss_mb"].items()))
+        + ".",
+        f"Machine: {figures['machine']['cpus']} CPUs, {figures['machine']['platform']}, "
+        f"Python {figures['machine']['python']}; broker {figures['machine']['broker']}; "
+        f"{figures['mode']} run of {figures['wall_seconds']:.0f} s on {figures['date']}.",
+    ]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "broker": "KAFKA_BOOTSTRAP_SERVERS"
+        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        else "bundled Tansu (memory)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="signup-pipeline bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    parser.add_argument("--output", default="bench-results.json", help="where to write the JSON")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
+        help="a PostgreSQL server where throwaway databases may be created",
+    )
+    args = parser.parse_args(argv)
+    scale = QUICK if args.quick else FULL
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
+    progress = Progress()
+    started = time.perf_counter()
+    figures: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "date": utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "scale": scale.__dict__,
+    }
+    postgres = Postgres(args.postgres_url)
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        try:
+            figures.update(measure_ceilings(scale, postgres, external, Path(workdir), progress))
+            figures.update(measure_pipeline(scale, postgres, external, Path(workdir), progress))
+        finally:
+            postgres.drop_all()
+    figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+    figures["assessment"] = assess(figures)
+    progress.phase("done")
+    print(file=sys.stderr)
+    Path(args.output).write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n")
+    print(markdown(figures))
+    print(f"\nevery figure: {args.output}", file=sys.stderr)
+    return 0

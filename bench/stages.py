@@ -1,0 +1,398 @@
+"""The pipeline's own figures: signup API, propagation, backlog drain, relay, memory.
+
+Every stage runs the real code: the contract's processes as OS processes (Stack), real
+PostgreSQL (or SQLite) and a real Kafka-compatible broker. Each figure is later set beside
+the ceiling it depends on (bench.ceilings), measured on the same machine in the same run.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, create_engine, func, select, text
+
+from auth_service.models import Base as AuthBase
+from auth_service.models import OutboxEvent as AuthOutbox
+from member_service.models import ProcessedEvent
+from shared.db import Database
+from shared.devstack import ManagedProcess, Stack
+from shared.kafka import make_producer
+from shared.migrations import upgrade
+from shared.outbox import OutboxRelay, add_event
+from shared.pipeline import PROFILE_INSERT
+
+Progress = Callable[[str], None]
+
+# One signup in PARTNER_EVERY is a PARTNER (the rest USERs), each with three styles.
+PARTNER_EVERY = 5
+STYLES = [2, 5, 9]
+
+
+def signup_body(n: int) -> dict[str, Any]:
+    """A valid signup; every `PARTNER_EVERY`th is a PARTNER."""
+    return {
+        "email": f"bench-{uuid.uuid4().hex}@example.com",
+        "password": "correct horse battery staple",
+        "name": "Kim Minji",
+        "phone": "+82-10-1234-5678",
+        "birth": "1994-05-17",
+        "gender": "FEMALE",
+        "role": "PARTNER" if n % PARTNER_EVERY == 0 else "USER",
+        "nickname": f"bench-{n}",
+        "favoriteStyles": STYLES,
+    }
+
+
+def profile_insert_payload(n: int) -> dict[str, Any]:
+    """The `profile-insert` event the auth service writes for `signup_body(n)`."""
+    body = signup_body(n)
+    return {
+        "uuid": str(uuid.uuid4()),
+        "role": body["role"],
+        "nickname": body["nickname"],
+        "favoriteStyles": body["favoriteStyles"],
+    }
+
+
+def rows_per_event() -> float:
+    """Rows a member worker writes per event of the mix: the profile, its styles and the
+    inbox row, plus an outbox row for a partner."""
+    return 1 + len(STYLES) + 1 + 1 / PARTNER_EVERY
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max in milliseconds."""
+    ms = sorted(s * 1000 for s in seconds)
+    if not ms:
+        return {}
+
+    def at(q: float) -> float:
+        return round(ms[min(len(ms) - 1, int(q * len(ms)))], 2)
+
+    return {
+        "count": len(ms),
+        "p50": round(statistics.median(ms), 2),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "max": round(ms[-1], 2),
+    }
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, as a load generator's client holds."""
+
+    def __init__(self, base_url: str) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self._connection = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """(status, parsed body)."""
+        self._connection.request(
+            "POST", path, json.dumps(body), {"Content-Type": "application/json"}
+        )
+        response = self._connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def signup_load(stack: Stack, clients: int, seconds: float, progress: Progress) -> dict[str, Any]:
+    """`clients` concurrent clients signing up back to back for `seconds`, the whole
+    pipeline running behind the API: requests per second and latency."""
+    latencies: list[float] = []
+    failures: list[int] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    def client_loop() -> None:
+        client = Client(stack.url("auth"))
+        try:
+            while time.perf_counter() < deadline:
+                with lock:
+                    n = next(counter)
+                started = time.perf_counter()
+                status, _ = client.post("/auth/signup", signup_body(n))
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if status == 201:
+                        latencies.append(elapsed)
+                    else:
+                        failures.append(status)
+        finally:
+            client.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        progress(f"signup load: {len(latencies)} accepted")
+        time.sleep(1)
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"signups failed with statuses {sorted(set(failures))}")
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "accepted": len(latencies),
+        "per_second": round(len(latencies) / elapsed, 2),
+        "latency_ms": percentiles(latencies),
+    }
+
+
+class Watcher:
+    """Notes when each awaited uuid first becomes visible in a table (i.e. committed),
+    polling the database every `interval` seconds on its own thread."""
+
+    def __init__(self, url: str, query: str, interval: float = 0.002) -> None:
+        self._engine = create_engine(url)
+        self._query = text(query).bindparams(bindparam("ids", expanding=True))
+        self._interval = interval
+        self._awaited: set[str] = set()
+        self.seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def await_(self, member_id: str) -> None:
+        with self._lock:
+            self._awaited.add(member_id)
+
+    def _run(self) -> None:
+        with self._engine.connect() as connection:
+            while not self._stop.is_set():
+                with self._lock:
+                    awaited = list(self._awaited)
+                if awaited:
+                    found = connection.execute(self._query, {"ids": awaited}).scalars().all()
+                    connection.rollback()  # a fresh snapshot on the next poll
+                    now = time.perf_counter()
+                    with self._lock:
+                        for member_id in found:
+                            self._awaited.discard(member_id)
+                            self.seen[member_id] = now
+                time.sleep(self._interval)
+
+    def start(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._awaited)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._engine.dispose()
+
+
+def propagation(stack: Stack, count: int, rate: float, progress: Progress) -> dict[str, Any]:
+    """`count` signups sent at `rate` per second (open loop, one at a time), each timed
+    from its 201 to its member profile, and for partners to its partner summary,
+    becoming visible (committed) in the member and batch databases."""
+    members = Watcher(
+        stack.database_urls["member"],
+        "SELECT uuid FROM users WHERE uuid IN :ids UNION ALL "
+        "SELECT uuid FROM partners WHERE uuid IN :ids",
+    ).start()
+    summaries = Watcher(
+        stack.database_urls["batch"],
+        "SELECT partner_id FROM partner_summaries WHERE partner_id IN :ids",
+    ).start()
+    answered: dict[str, float] = {}
+    partners: set[str] = set()
+    client = Client(stack.url("auth"))
+    started = time.perf_counter()
+    try:
+        for n in range(count):
+            time.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            body = signup_body(n)
+            status, answer = client.post("/auth/signup", body)
+            at = time.perf_counter()
+            if status != 201:
+                raise RuntimeError(f"signup answered {status}: {answer}")
+            member_id = answer["uuid"]
+            answered[member_id] = at
+            members.await_(member_id)
+            if body["role"] == "PARTNER":
+                partners.add(member_id)
+                summaries.await_(member_id)
+            if n % 25 == 0:
+                progress(f"propagation: {n}/{count} signups sent")
+        sent_for = time.perf_counter() - started
+        deadline = time.monotonic() + 30
+        while (members.pending() or summaries.pending()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.close()
+        members.stop()
+        summaries.stop()
+    missing = (set(answered) - set(members.seen)) | (partners - set(summaries.seen))
+    if missing:
+        raise RuntimeError(f"{len(missing)} signups never propagated, e.g. {sorted(missing)[:3]}")
+    return {
+        "signups": count,
+        "partners": len(partners),
+        "rate_per_second": round(count / sent_for, 2),
+        "poll_interval_ms": 2,
+        "to_member_profile_ms": percentiles([members.seen[m] - answered[m] for m in answered]),
+        "to_partner_summary_ms": percentiles([summaries.seen[p] - answered[p] for p in partners]),
+    }
+
+
+def produce_profile_inserts(bootstrap_servers: list[str], count: int, progress: Progress) -> None:
+    """`count` profile-insert events in the topic, as the auth relay writes them (same
+    value, key and CloudEvents headers): outbox rows staged in a scratch SQLite database
+    and sent with the project's own relay."""
+    scratch = Path(f"/tmp/bench-outbox-{uuid.uuid4().hex}.db")
+    database = Database.from_url(f"sqlite:///{scratch}", AuthBase.metadata)
+    try:
+        AuthBase.metadata.create_all(database.engine, tables=[AuthBase.metadata.tables["outbox"]])
+        stage_outbox_rows(database, count)
+        relay = OutboxRelay(
+            database, AuthOutbox, lambda: make_producer(bootstrap_servers), batch_size=2000
+        )
+        sent = 0
+        while sent < count:
+            sent += relay.publish_pending()
+            progress(f"drain: {sent}/{count} events produced")
+        relay.stop()
+    finally:
+        database.engine.dispose()
+        scratch.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+
+
+def stage_outbox_rows(database: Database, count: int) -> None:
+    """`count` committed profile-insert outbox rows, in transactions of 5,000."""
+    for start in range(0, count, 5000):
+        with database.unit_of_work() as uow:
+            for n in range(start, min(count, start + 5000)):
+                payload = profile_insert_payload(n)
+                add_event(
+                    uow,
+                    AuthOutbox,
+                    topic=PROFILE_INSERT.name,
+                    key=payload["uuid"],
+                    payload=payload,
+                    source="auth-service",
+                    traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+                )
+            uow.commit()
+
+
+def count_rows(engine: Engine, model: Any) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(model)).scalar() or 0)
+
+
+def drain(
+    stack: Stack, workers: int, count: int, progress: Progress
+) -> tuple[dict[str, Any], list[ManagedProcess]]:
+    """Start `workers` member workers on a topic already holding `count` events and time
+    them from the first applied event to the last (group join excluded)."""
+    engine = create_engine(stack.database_urls["member"])
+    processes = [
+        stack.spawn("member-worker", instance=f"member-worker-{n}") for n in range(workers)
+    ]
+    first_at = last_at = 0.0
+    first_count = done = 0
+    deadline = time.monotonic() + 60 + count / 500
+    try:
+        while done < count:
+            stack.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"drain stalled at {done}/{count}")
+            done = count_rows(engine, ProcessedEvent)
+            now = time.perf_counter()
+            if done and not first_at:
+                first_at, first_count = now, done
+            last_at = now
+            progress(f"drain, {workers} worker(s): {done}/{count} applied")
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    seconds = last_at - first_at
+    return {
+        "workers": workers,
+        "events": count,
+        "seconds": round(seconds, 2),
+        "per_second": round((count - first_count) / seconds, 1) if seconds else None,
+        "partners": count // PARTNER_EVERY,
+        "rows_per_event": rows_per_event(),
+    }, processes
+
+
+def relay_throughput(
+    database_url: str, bootstrap_servers: list[str], rows: int, progress: Progress
+) -> dict[str, Any]:
+    """Outbox rows per second from committed to acknowledged by the broker: `rows`
+    committed rows in an auth database, published by one relay (the project's code)."""
+    upgrade("auth", database_url)
+    database = Database.from_url(database_url, AuthBase.metadata)
+    try:
+        stage_outbox_rows(database, rows)
+        relay = OutboxRelay(database, AuthOutbox, lambda: make_producer(bootstrap_servers))
+        relay.publish_pending()  # connects the producer and warms up; not timed
+        published = 0
+        started = time.perf_counter()
+        while True:
+            sent = relay.publish_pending()
+            if not sent:
+                break
+            published += sent
+            progress(f"relay: {published}/{rows} published")
+        seconds = time.perf_counter() - started
+        relay.stop()
+        left = count_rows(database.engine, AuthOutbox.__table__) - rows
+        return {
+            "rows": published,
+            "batch_size": 500,
+            "seconds": round(seconds, 2),
+            "per_second": round(published / seconds, 1),
+            "unpublished_left": left,
+        }
+    finally:
+        database.engine.dispose()
+
+
+def peak_rss_mb(process: ManagedProcess) -> dict[str, float]:
+    """Peak resident memory (VmHWM) of a process and of each of its children (gunicorn
+    workers), in MB, read from /proc while they run."""
+    peaks: dict[str, float] = {}
+    pid = process.pid
+    if pid is None:
+        return peaks
+    pids = [pid] + _children(pid)
+    for n, child in enumerate(pids):
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                label = process.name if n == 0 else f"{process.name} worker {n}"
+                peaks[label] = round(int(line.split()[1]) / 1024, 1)
+    return peaks
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
