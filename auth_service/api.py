@@ -11,6 +11,7 @@ from marshmallow import ValidationError
 from auth_service.handlers import (
     Authenticator,
     EmailTaken,
+    HashingThreads,
     InvalidCredentials,
     SignUp,
     TokenIssuer,
@@ -32,8 +33,8 @@ def create_app(
     after_commit: Callable[[], None] | None = None,
 ) -> Flask:
     """The auth API on `database`; `after_commit` wakes the outbox relay."""
-    hasher = hasher or password_hasher()
-    authenticator = Authenticator(hasher)
+    hashing = HashingThreads(hasher or password_hasher())
+    authenticator = Authenticator(hashing)
     app = base_app("auth_service", database)
     auth = Blueprint("auth", __name__, url_prefix="/auth")
 
@@ -45,7 +46,7 @@ def create_app(
             raise validation_error(exc.messages) from None
         command = SignUp(
             email=data["email"],
-            password_hash=hasher.hash(data["password"]),
+            password_hash=hashing.hash(data["password"]),
             name=data["name"],
             phone=data["phone"],
             birth=data["birth"],

@@ -58,7 +58,7 @@ class Scale:
 
 
 FULL = Scale(50_000, 100_000, 3.0, 8, 20.0, 500, 20.0, 50_000, 20_000)
-QUICK = Scale(10_000, 10_000, 1.0, 4, 3.0, 40, 20.0, 4_000, 3_000)
+QUICK = Scale(10_000, 10_000, 1.0, 8, 3.0, 40, 20.0, 4_000, 3_000)
 
 
 class Progress:
@@ -370,6 +370,21 @@ def markdown(figures: dict[str, Any]) -> str:
         f"{propagation['poll_interval_ms']} ms. Peak RSS (MB): "
         + ", ".join(f"{name} {mb}" for name, mb in sorted(figures["rss_mb"].items()))
         + ".",
+        "CPU: the machine was "
+        + "; ".join(
+            f"{figures[phase]['cpu']['machine_busy']:.0%} busy during {label}"
+            for phase, label in (
+                ("signup", "the signup load"),
+                ("drain_1", "the 1-worker drain"),
+                ("drain_2", "the 2-worker drain"),
+            )
+        )
+        + "; cores used during the signup load: "
+        + ", ".join(
+            f"{name} {cores:.2f}"
+            for name, cores in sorted(figures["signup"]["cpu"]["cores_used_by_process"].items())
+        )
+        + " (the rest: PostgreSQL, the broker, the load generator).",
         f"Machine: {figures['machine']['cpus']} CPUs, {figures['machine']['platform']}, "
         f"Python {figures['machine']['python']}; broker {figures['machine']['broker']}; "
         f"{figures['mode']} run of {figures['wall_seconds']:.0f} s on {figures['date']}.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import statistics
 import threading
 import time
@@ -131,6 +132,7 @@ def signup_load(stack: Stack, clients: int, seconds: float, progress: Progress) 
         finally:
             client.close()
 
+    meter = CpuMeter(list(stack.processes.values())).start()
     started = time.perf_counter()
     threads = [threading.Thread(target=client_loop) for _ in range(clients)]
     for thread in threads:
@@ -139,9 +141,11 @@ def signup_load(stack: Stack, clients: int, seconds: float, progress: Progress) 
         progress(f"signup load: {len(latencies)} accepted")
         time.sleep(1)
     elapsed = time.perf_counter() - started
+    cpu = meter.stop()
     if failures:
         raise RuntimeError(f"signups failed with statuses {sorted(set(failures))}")
     return {
+        "cpu": cpu,
         "clients": clients,
         "seconds": round(elapsed, 2),
         "accepted": len(latencies),
@@ -309,6 +313,7 @@ def drain(
     ]
     first_at = last_at = 0.0
     first_count = done = 0
+    meter = CpuMeter(processes).start()
     deadline = time.monotonic() + 60 + count / 500
     try:
         while done < count:
@@ -319,6 +324,7 @@ def drain(
             now = time.perf_counter()
             if done and not first_at:
                 first_at, first_count = now, done
+                meter.start()
             last_at = now
             progress(f"drain, {workers} worker(s): {done}/{count} applied")
             time.sleep(0.05)
@@ -326,6 +332,7 @@ def drain(
         engine.dispose()
     seconds = last_at - first_at
     return {
+        "cpu": meter.stop(),
         "workers": workers,
         "events": count,
         "seconds": round(seconds, 2),
@@ -366,6 +373,53 @@ def relay_throughput(
         }
     finally:
         database.engine.dispose()
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """How busy the machine was, and which of the stack's processes used the CPU, between
+    `start()` and `stop()`: tells a figure limited by the cores from one limited by us."""
+
+    def __init__(self, processes: list[ManagedProcess]) -> None:
+        self._pids: dict[str, int] = {}
+        for process in processes:
+            if process.pid is not None:
+                self._pids[process.name] = process.pid
+                for n, child in enumerate(_children(process.pid), 1):
+                    self._pids[f"{process.name} worker {n}"] = child
+
+    def start(self) -> CpuMeter:
+        self._machine = machine_cpu()
+        self._processes = {name: process_cpu(pid) for name, pid in self._pids.items()}
+        self._started = time.perf_counter()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        busy, total = machine_cpu()
+        elapsed = time.perf_counter() - self._started
+        used = {
+            name: round((process_cpu(pid) - self._processes[name]) / elapsed, 3)
+            for name, pid in self._pids.items()
+        }
+        return {
+            "machine_busy": round((busy - self._machine[0]) / max(1, total - self._machine[1]), 3),
+            "cores_used_by_process": {name: value for name, value in used.items() if value},
+        }
 
 
 def peak_rss_mb(process: ManagedProcess) -> dict[str, float]:

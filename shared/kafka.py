@@ -66,7 +66,12 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "heartbeat_interval_ms": 1000,
     "max_poll_interval_ms": 300_000,
     "max_poll_records": 500,
-    "fetch_max_wait_ms": 100,
+    # How long the broker may hold a fetch when it has nothing new. Apache Kafka answers
+    # a waiting fetch as soon as data arrives, so this only bounds idle round trips; the
+    # bundled Tansu broker answers late, so it is also its delivery latency. Measured
+    # here (send -> consumed p50; idle CPU of one worker): 100 ms: 16.4 ms, 2.4%;
+    # 25 ms: 6.4 ms, 7%; 5 ms: 7.0 ms, 18.5% (and the broker 15% busy while idle).
+    "fetch_max_wait_ms": 25,
 }
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
