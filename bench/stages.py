@@ -305,38 +305,37 @@ def count_rows(engine: Engine, model: Any) -> int:
 def drain(
     stack: Stack, workers: int, count: int, progress: Progress
 ) -> tuple[dict[str, Any], list[ManagedProcess]]:
-    """Start `workers` member workers on a topic already holding `count` events and time
-    them from the first applied event to the last (group join excluded)."""
+    """Start `workers` member workers on a topic already holding `count` events; time
+    them from the moment all of them hold partitions (so the group join and the
+    rebalance a second member causes are excluded) to the last event applied."""
     engine = create_engine(stack.database_urls["member"])
     processes = [
         stack.spawn("member-worker", instance=f"member-worker-{n}") for n in range(workers)
     ]
-    first_at = last_at = 0.0
-    first_count = done = 0
-    meter = CpuMeter(processes).start()
-    deadline = time.monotonic() + 60 + count / 500
     try:
+        progress(f"drain, {workers} worker(s): joining the group")
+        stack.wait_ready(120, names=[process.name for process in processes])
+        meter = CpuMeter(processes).start()
+        started = time.perf_counter()
+        first_count = done = count_rows(engine, ProcessedEvent)
+        deadline = time.monotonic() + 60 + count / 500
         while done < count:
             stack.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"drain stalled at {done}/{count}")
-            done = count_rows(engine, ProcessedEvent)
-            now = time.perf_counter()
-            if done and not first_at:
-                first_at, first_count = now, done
-                meter.start()
-            last_at = now
-            progress(f"drain, {workers} worker(s): {done}/{count} applied")
             time.sleep(0.05)
+            done = count_rows(engine, ProcessedEvent)
+            progress(f"drain, {workers} worker(s): {done}/{count} applied")
+        seconds = time.perf_counter() - started
     finally:
         engine.dispose()
-    seconds = last_at - first_at
     return {
         "cpu": meter.stop(),
         "workers": workers,
         "events": count,
+        "applied_before_all_joined": first_count,
         "seconds": round(seconds, 2),
-        "per_second": round((count - first_count) / seconds, 1) if seconds else None,
+        "per_second": round((count - first_count) / seconds, 1),
         "partners": count // PARTNER_EVERY,
         "rows_per_event": rows_per_event(),
     }, processes
