@@ -28,14 +28,12 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from auth_service.models import OutboxEvent as AuthOutbox
 from bench import ceilings, stages
 from shared.broker import LocalBroker
 from shared.db import utcnow
-from shared.devstack import SERVICES, Stack
+from shared.devstack import SERVICES, PostgresServer, Stack
 from shared.outbox import cloudevent_headers, encode_event
 from shared.pipeline import PROFILE_INSERT
 
@@ -84,28 +82,6 @@ class Progress:
             print(file=sys.stderr)
         self._last = 0.0
         self(name)
-
-
-class Postgres:
-    """Throwaway databases on one PostgreSQL server, dropped at the end."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self._engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self._created: list[str] = []
-
-    def database(self, label: str) -> str:
-        name = f"sp_bench_{label}_{uuid.uuid4().hex[:8]}"
-        with self._engine.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        self._created.append(name)
-        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with self._engine.connect() as connection:
-            for name in self._created:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self._engine.dispose()
 
 
 @contextlib.contextmanager
@@ -159,7 +135,7 @@ def sample_records(count: int) -> list[ceilings.Record]:
 
 
 def measure_ceilings(
-    scale: Scale, postgres: Postgres, external: str | None, workdir: Path, progress: Progress
+    scale: Scale, postgres: PostgresServer, external: str | None, workdir: Path, progress: Progress
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     progress.phase("ceilings: kafka-python produce and consume")
@@ -182,18 +158,20 @@ def measure_ceilings(
 
 
 def measure_pipeline(
-    scale: Scale, postgres: Postgres, external: str | None, workdir: Path, progress: Progress
+    scale: Scale, postgres: PostgresServer, external: str | None, workdir: Path, progress: Progress
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     progress.phase("relay: outbox rows committed -> acknowledged")
     with broker(external, workdir) as servers:
         figures["relay"] = stages.relay_throughput(
-            postgres.database("relay"), servers, scale.relay_rows, progress
+            postgres.create_database("sp_bench_relay"), servers, scale.relay_rows, progress
         )
     progress.phase("starting the pipeline (5 processes) on PostgreSQL")
     stack = Stack(
         workdir / "stack",
-        database_urls={service: postgres.database(service) for service in SERVICES},
+        database_urls={
+            service: postgres.create_database(f"sp_bench_{service}") for service in SERVICES
+        },
         bootstrap_servers=external,
         api_workers=os.cpu_count() or 1,
     ).start()
@@ -217,7 +195,7 @@ def measure_pipeline(
         with broker(external, workdir) as servers:
             drain_stack = Stack(
                 workdir / f"drain-{workers}",
-                database_urls={"member": postgres.database(f"drain{workers}")},
+                database_urls={"member": postgres.create_database(f"sp_bench_drain{workers}")},
                 bootstrap_servers=",".join(servers),
             )
             drain_stack.migrate()
@@ -425,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "scale": scale.__dict__,
     }
-    postgres = Postgres(args.postgres_url)
+    postgres = PostgresServer(args.postgres_url)
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         try:
             figures.update(measure_ceilings(scale, postgres, external, Path(workdir), progress))
