@@ -26,18 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, TopicPartition
 
 from auth_service.models import OutboxEvent as AuthOutbox
 from bench import ceilings, stages
 from shared.broker import LocalBroker
 from shared.db import utcnow
-from shared.devstack import SERVICES, PostgresServer, Stack
+from shared.devstack import LOCAL_POSTGRES_URL, SERVICES, PostgresServer, Stack
+from shared.kafka import create_topics
 from shared.outbox import cloudevent_headers, encode_event
 from shared.pipeline import PROFILE_INSERT
-
-DEFAULT_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass(frozen=True)
@@ -94,14 +92,6 @@ def broker(external: str | None, workdir: Path) -> Iterator[list[str]]:
         yield [local.bootstrap_servers]
 
 
-def create_topic(servers: list[str], name: str, partitions: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=servers, bootstrap_timeout_ms=10_000)
-    try:
-        admin.create_topics([NewTopic(name, partitions, -1)])
-    finally:
-        admin.close()
-
-
 def skip_group_to_end(servers: list[str], group: str, topic: str) -> None:
     """On a cluster that already holds records, start `group` at the end of `topic`, so
     that a drain reads only the events it produced (real Kafka; the bundled broker is
@@ -141,7 +131,7 @@ def measure_ceilings(
     progress.phase("ceilings: kafka-python produce and consume")
     with broker(external, workdir) as servers:
         topic = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
-        create_topic(servers, topic, PROFILE_INSERT.partitions)
+        create_topics(servers, [topic], partitions={topic: PROFILE_INSERT.partitions})
         figures["kafka_produce"] = ceilings.kafka_produce(
             servers, topic, sample_records(scale.kafka_messages)
         )
@@ -389,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="bench-results.json", help="where to write the JSON")
     parser.add_argument(
         "--postgres-url",
-        default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
+        default=os.environ.get("BENCH_POSTGRES_URL", LOCAL_POSTGRES_URL),
         help="a PostgreSQL server where throwaway databases may be created",
     )
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import statistics
+import tempfile
 import threading
 import time
 import uuid
@@ -259,8 +260,8 @@ def produce_profile_inserts(bootstrap_servers: list[str], count: int, progress: 
     """`count` profile-insert events in the topic, as the auth relay writes them (same
     value, key and CloudEvents headers): outbox rows staged in a scratch SQLite database
     and sent with the project's own relay."""
-    scratch = Path(f"/tmp/bench-outbox-{uuid.uuid4().hex}.db")
-    database = Database.from_url(f"sqlite:///{scratch}", AuthBase.metadata)
+    scratch_dir = tempfile.TemporaryDirectory(prefix="bench-outbox-")
+    database = Database.from_url(f"sqlite:///{scratch_dir.name}/outbox.db", AuthBase.metadata)
     try:
         AuthBase.metadata.create_all(database.engine, tables=[AuthBase.metadata.tables["outbox"]])
         stage_outbox_rows(database, count)
@@ -274,9 +275,7 @@ def produce_profile_inserts(bootstrap_servers: list[str], count: int, progress: 
         relay.stop()
     finally:
         database.engine.dispose()
-        scratch.unlink(missing_ok=True)
-        for suffix in ("-wal", "-shm"):
-            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+        scratch_dir.cleanup()
 
 
 def stage_outbox_rows(database: Database, count: int) -> None:

@@ -296,6 +296,9 @@ def write_line(stream: IO[str]) -> Callable[[str], None]:
 __all__ = ["Stack", "StackError", "http_status", "write_line"]
 
 
+LOCAL_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
 class PostgresServer:
     """Creates throwaway databases on a PostgreSQL server and drops them all at the end
     (for the tests and the benchmark)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -133,11 +133,15 @@ def missing_topics(bootstrap_servers: Sequence[str], timeout_ms: int = 10_000) -
 
 
 def create_topics(
-    bootstrap_servers: Sequence[str], names: Iterable[str], timeout_ms: int = 10_000
+    bootstrap_servers: Sequence[str],
+    names: Iterable[str],
+    timeout_ms: int = 10_000,
+    partitions: Mapping[str, int] | None = None,
 ) -> None:
-    """Create `names` with the pipeline's partition counts and the broker's default
-    replication factor (-1), so a real cluster's replication settings apply."""
-    partitions = pipeline_topics()
+    """Create `names` with the pipeline's partition counts (or those in `partitions`) and
+    the broker's default replication factor (-1), so a real cluster's replication
+    settings apply. A topic that exists already is left as it is."""
+    partitions = partitions or pipeline_topics()
     admin = KafkaAdminClient(
         bootstrap_servers=list(bootstrap_servers),
         request_timeout_ms=timeout_ms,

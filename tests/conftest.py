@@ -16,12 +16,10 @@ from sqlalchemy import MetaData
 
 from shared.broker import LocalBroker
 from shared.db import Database
-from shared.devstack import PostgresServer
+from shared.devstack import LOCAL_POSTGRES_URL, PostgresServer
 from tests.schema import create_tables
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", LOCAL_POSTGRES_URL)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from sqlalchemy import MetaData
 
 from member_service.models import Base, ProcessedEvent
 from shared.db import Database
+from shared.devstack import PostgresServer
 from shared.inbox import claim_events
-from tests.conftest import PostgresServer
 from tests.schema import create_tables
 
 pytestmark = pytest.mark.integration
