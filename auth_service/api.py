@@ -19,10 +19,42 @@ from auth_service.handlers import (
     password_hasher,
     sign_up,
 )
-from auth_service.schemas import LoginSchema, SignupSchema
+from auth_service.schemas import LoginSchema, SignedUpSchema, SignupSchema, TokenSchema
+from shared.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
 from shared.db import Database
 from shared.tracecontext import child_traceparent
 from shared.web import ApiError, base_app, json_object_body, validation_error
+
+ROUTES = (
+    Route(
+        "POST",
+        "/auth/signup",
+        operation_id="signUp",
+        summary="Create an account; its profile follows through the pipeline.",
+        status=201,
+        answer=SignedUpSchema,
+        body=SignupSchema,
+        errors=(
+            *JSON_BODY_ERRORS,
+            ErrorAnswer(409, "email_taken", "An account with this email exists."),
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "POST",
+        "/auth/login",
+        operation_id="logIn",
+        summary="Exchange email and password for an access token.",
+        status=200,
+        answer=TokenSchema,
+        body=LoginSchema,
+        errors=(
+            *JSON_BODY_ERRORS,
+            ErrorAnswer(401, "invalid_credentials", "Email or password is wrong."),
+            UNAVAILABLE,
+        ),
+    ),
+)
 
 
 def create_app(
@@ -82,4 +114,5 @@ def create_app(
         )
 
     app.register_blueprint(auth)
+    install_openapi(app, "auth API", "Sign up and log in.", ROUTES)
     return app

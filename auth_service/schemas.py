@@ -1,4 +1,5 @@
-"""Request bodies of the auth API, validated with every rule of the contract."""
+"""Bodies of the auth API: requests, validated with every rule of the contract, and the
+success answers (which its OpenAPI document describes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from shared.apidocs import AnswerSchema
 from shared.pipeline import MAX_STYLE_ID, ROLES, StrictInteger, distinct_values
 
 GENDERS = ("MALE", "FEMALE", "OTHER")
@@ -84,24 +86,47 @@ class StrictSchema(Schema):
 class SignupSchema(StrictSchema):
     """`POST /auth/signup`."""
 
-    email = Email(required=True, validate=validate.Length(max=254))
-    password = Password(required=True, validate=validate.Length(min=8, max=128))
-    name = Text(required=True, validate=validate.Length(min=1, max=50))
+    email = Email(
+        required=True,
+        validate=validate.Length(max=254),
+        metadata={"description": "Compared case-insensitively: one account per address."},
+    )
+    password = Password(
+        required=True,
+        validate=validate.Length(min=8, max=128),
+        metadata={"description": "Any characters; never truncated, stored only as argon2id."},
+    )
+    name = Text(
+        required=True,
+        validate=validate.Length(min=1, max=50),
+        metadata={"description": "No control characters."},
+    )
     phone = Text(
         required=True,
         validate=[
             validate.Length(min=8, max=20),
             validate.Regexp(PHONE, error="Digits, an optional leading +, and - separators."),
         ],
+        metadata={"description": "Digits, an optional leading `+`, and `-` separators."},
     )
-    birth = IsoDate(required=True, format="%Y-%m-%d", validate=_in_the_past)
+    birth = IsoDate(
+        required=True,
+        format="%Y-%m-%d",
+        validate=_in_the_past,
+        metadata={"description": "`YYYY-MM-DD`, in the past."},
+    )
     gender = fields.String(required=True, validate=validate.OneOf(GENDERS))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    nickname = Text(required=True, validate=validate.Length(min=2, max=20))
+    nickname = Text(
+        required=True,
+        validate=validate.Length(min=2, max=20),
+        metadata={"description": "No control characters."},
+    )
     favoriteStyles = fields.List(
         StrictInteger(validate=validate.Range(min=1, max=MAX_STYLE_ID)),
         load_default=list,
         validate=[validate.Length(max=20), distinct_values],
+        metadata={"description": "Distinct style ids; empty when left out."},
     )
 
 
@@ -110,3 +135,23 @@ class LoginSchema(StrictSchema):
 
     email = Email(required=True, validate=validate.Length(max=254))
     password = Password(required=True, validate=validate.Length(min=1, max=128))
+
+
+class SignedUpSchema(AnswerSchema):
+    """`POST /auth/signup` answers 201 with this."""
+
+    uuid = fields.UUID(
+        required=True, metadata={"description": "The new member's id, in every event about it."}
+    )
+
+
+class TokenSchema(AnswerSchema):
+    """`POST /auth/login` answers 200 with this."""
+
+    accessToken = fields.String(
+        required=True, metadata={"description": "An HS256 JWT whose `sub` is the member uuid."}
+    )
+    tokenType = fields.String(required=True, validate=validate.OneOf(["Bearer"]))
+    expiresIn = fields.Integer(
+        required=True, metadata={"description": "Seconds until the token expires."}
+    )

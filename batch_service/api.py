@@ -5,8 +5,25 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, jsonify
 
 from batch_service.models import PartnerSummary
+from batch_service.schemas import PartnerSummarySchema
+from shared.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
 from shared.db import Database
 from shared.web import ApiError, base_app
+
+ROUTES = (
+    Route(
+        "GET",
+        "/partners/<partner_id>/summary",
+        operation_id="getPartnerSummary",
+        summary="A partner's summary counters.",
+        status=200,
+        answer=PartnerSummarySchema,
+        errors=(NOT_FOUND, UNAVAILABLE),
+        parameters={"partner_id": "The partner's member uuid."},
+        description="Created with every counter at zero when the `partner-created` event "
+        "is applied; until then this answers 404.",
+    ),
+)
 
 
 def create_app(database: Database) -> Flask:
@@ -30,4 +47,5 @@ def create_app(database: Database) -> Flask:
         )
 
     app.register_blueprint(partners)
+    install_openapi(app, "batch API", "Partner summaries.", ROUTES)
     return app

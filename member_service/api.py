@@ -6,9 +6,26 @@ from flask import Blueprint, Flask, Response, jsonify
 from sqlalchemy import select
 
 from member_service.models import FavoriteStyle, Partner, User
+from member_service.schemas import MemberSchema
+from shared.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
 from shared.db import Database
 from shared.outbox import rfc3339
 from shared.web import ApiError, base_app
+
+ROUTES = (
+    Route(
+        "GET",
+        "/members/<member_id>",
+        operation_id="getMember",
+        summary="A member's profile, once the pipeline has brought it here.",
+        status=200,
+        answer=MemberSchema,
+        errors=(NOT_FOUND, UNAVAILABLE),
+        parameters={"member_id": "The uuid that signup answered."},
+        description="A signup shows here within moments, not at once: until its "
+        "`profile-insert` event is applied this answers 404.",
+    ),
+)
 
 
 def create_app(database: Database) -> Flask:
@@ -40,4 +57,5 @@ def create_app(database: Database) -> Flask:
         )
 
     app.register_blueprint(members)
+    install_openapi(app, "member API", "Member profiles, as the pipeline built them.", ROUTES)
     return app
