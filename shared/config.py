@@ -24,6 +24,8 @@ ENVIRONMENT = (
     "WEB_THREADS",
     "WORKER_HEALTH_PORT",
     "LOG_LEVEL",
+    "LOG_FORMAT",
+    "PROMETHEUS_MULTIPROC_DIR",
     "OUTBOX_RETENTION_HOURS",
     "INBOX_RETENTION_DAYS",
     "SIGNUP_PIPELINE_FAILPOINTS",  # fault-injection tests only; see shared/failpoints.py

@@ -43,7 +43,10 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for a PostgreSQL or SQLite URL, tuned for this pipeline's write pattern."""
+    """An engine for a PostgreSQL or SQLite URL, tuned for this pipeline's write pattern.
+
+    `hide_parameters`: a database error's text would otherwise carry the statement's
+    values (an email, a password hash) into whatever logs or re-raises it."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -51,7 +54,9 @@ def make_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(url, parsed.database)
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=10, hide_parameters=True
+        )
     except (NoSuchModuleError, ImportError) as exc:
         raise ConfigError(
             f"database URL {url!r} names a driver that is not installed ({exc}); "
@@ -62,7 +67,7 @@ def make_engine(url: str) -> Engine:
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
