@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from argon2 import PasswordHasher
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify
 from marshmallow import ValidationError
 
 from auth_service.handlers import (
@@ -22,7 +22,8 @@ from auth_service.handlers import (
 from auth_service.schemas import LoginSchema, SignedUpSchema, SignupSchema, TokenSchema
 from shared.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
 from shared.db import Database
-from shared.tracecontext import child_traceparent
+from shared.logs import bind
+from shared.tracecontext import current_traceparent
 from shared.web import ApiError, base_app, json_object_body, validation_error
 
 ROUTES = (
@@ -86,13 +87,14 @@ def create_app(
             role=data["role"],
             nickname=data["nickname"],
             favorite_styles=data["favoriteStyles"],
-            traceparent=child_traceparent(request.headers.get("traceparent")),
+            traceparent=current_traceparent(),
         )
         try:
             with database.unit_of_work(after_commit) as uow:
                 member_id = sign_up(command, uow)
         except EmailTaken:
             raise ApiError(409, "email_taken", "An account with this email exists.") from None
+        bind(member_uuid=member_id)  # the access-log line of this request names the member
         return jsonify(uuid=member_id), 201
 
     @auth.post("/login")

@@ -9,7 +9,7 @@ from shared.consumer import EventContext
 from shared.db import UnitOfWork, utcnow
 from shared.outbox import add_event
 from shared.pipeline import PARTNER_CREATED
-from shared.tracecontext import child_traceparent
+from shared.tracecontext import current_traceparent
 
 SOURCE = "member-service"
 
@@ -29,5 +29,5 @@ def on_profile_insert(event: dict[str, Any], uow: UnitOfWork, context: EventCont
             key=member_id,
             payload={"partnerId": member_id},
             source=SOURCE,
-            traceparent=child_traceparent(context.traceparent),
+            traceparent=current_traceparent(),
         )

@@ -8,6 +8,7 @@ they change nothing. Nothing is acknowledged that was not applied or dead-letter
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -29,7 +30,10 @@ from shared.db import Database, UnitOfWork
 from shared.failpoints import failpoint
 from shared.inbox import InboxRecord, claim_events
 from shared.kafka import Message, Producer, message_from_record
+from shared.logs import log_context
+from shared.metrics import metrics
 from shared.pipeline import Topic
+from shared.tracecontext import SpanKind, span, trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +136,10 @@ class EventProcessor:
 
     def process(self, message: Message, attempt: int = 1) -> Outcome:
         """Apply `message` or dead-letter it; raise RetryLater if it may succeed later."""
+        with message_log_context(message):
+            return self._process(message, attempt)
+
+    def _process(self, message: Message, attempt: int) -> Outcome:
         try:
             return self._apply([(message, decode(self.topic, message))])[0]
         except PermanentError as exc:
@@ -186,6 +194,7 @@ class EventProcessor:
             for message, _ in decoded
         ]
         group = self.topic.consumer_group
+        handler_duration = metrics().handler_duration.labels(self.topic.name)
         with self._database.unit_of_work(self._after_commit) as uow:
             # dict.fromkeys: the same event twice in one batch is claimed once.
             wanted = dict.fromkeys((c.event_id, c.message.topic) for c in contexts)
@@ -197,11 +206,38 @@ class EventProcessor:
                     continue
                 unclaimed.discard(context.event_id)
                 failpoint("handle", message.value.decode("utf-8", errors="replace"))
-                self._handler(event, uow, context)
+                with self._event_scope(message, context):
+                    started = time.perf_counter()
+                    self._handler(event, uow, context)
+                    handler_duration.observe(time.perf_counter() - started)
+                    log.debug("handled %s", _where(message))
                 outcomes.append(Outcome.APPLIED)
             uow.commit()
         failpoint("after-db-commit")
         return outcomes
+
+    def _event_scope(self, message: Message, context: EventContext) -> contextlib.ExitStack:
+        """The event's span (child of the producer's traceparent) and its ids on every
+        log line."""
+        scope = contextlib.ExitStack()
+        scope.enter_context(message_log_context(message))
+        scope.enter_context(
+            span(
+                f"{message.topic} process",
+                SpanKind.CONSUMER,
+                parent=context.traceparent,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": message.topic,
+                    "messaging.consumer.group.name": self.topic.consumer_group,
+                    "messaging.message.id": context.event_id,
+                    "messaging.destination.partition.id": str(message.partition),
+                    "messaging.kafka.offset": message.offset,
+                },
+            )
+        )
+        return scope
 
     def dead_letter(self, message: Message, error: str, attempts: int) -> Outcome:
         """Copy `message` to the topic's DLT with why and where; wait for the broker's ack."""
@@ -222,8 +258,18 @@ class EventProcessor:
             ).get(timeout=30)
         except Exception as exc:  # a record that cannot even be parked must not stop the loop
             raise RetryLater(f"dead-letter send failed: {exc}", backoff_delay(attempts)) from exc
-        log.error("dead-lettered %s: %s", _where(message), one_line)
+        with message_log_context(message):
+            log.error("dead-lettered %s: %s", _where(message), one_line)
         return Outcome.DEAD_LETTERED
+
+
+def message_log_context(message: Message) -> contextlib.AbstractContextManager[None]:
+    """Tag log lines with the record's `ce_id`, key (the member uuid) and trace id."""
+    return log_context(
+        ce_id=event_id_of(message),
+        member_uuid=message.key.decode("utf-8", errors="replace") if message.key else None,
+        trace_id=trace_id_of(message.header("traceparent")),
+    )
 
 
 def _where(message: Message) -> str:
@@ -260,6 +306,17 @@ class ConsumerLoop:
         self._resume_at: dict[TopicPartition, float] = {}
         self._failing_since: dict[TopicPartition, float] = {}
         self.counts = dict.fromkeys(Outcome, 0)
+        topic = processor.topic.name
+        measured = metrics()
+        self._consumed = measured.events_consumed.labels(topic)
+        self._retried = measured.events_retried.labels(topic)
+        self._outcome_counters = {
+            Outcome.APPLIED: measured.events_applied.labels(topic),
+            Outcome.DUPLICATE: measured.events_duplicate.labels(topic),
+            Outcome.DEAD_LETTERED: measured.events_dead_lettered.labels(topic),
+        }
+        self._lag_reported: set[TopicPartition] = set()
+        self._lag_due = 0.0
 
     def run(self) -> None:
         """Consume until `stop` is set, then commit what was applied and leave the group."""
@@ -278,11 +335,39 @@ class ConsumerLoop:
             wake = min(self._resume_at.values())
             timeout_ms = max(0, min(timeout_ms, int((wake - now) * 1000) + 1))
         batch = self._consumer.poll(timeout_ms=timeout_ms)
-        if sum(len(records) for records in batch.values()) > 1:
+        received = sum(len(records) for records in batch.values())
+        if received:
+            self._consumed.inc(received)
+        if received > 1:
             self._apply_batch(batch)
         elif batch:
             self._apply_one_by_one(batch)
         self._report_stuck()
+        self._report_lag()
+
+    def _report_lag(self, every: float = 1.0) -> None:
+        """Consumer lag per assigned partition, from the high watermark of the last
+        fetch (no extra request to the broker); at most once per `every` seconds."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + every
+        gauge = metrics().consumer_lag
+        assigned = set(self._consumer.assignment())
+        for gone in self._lag_reported - assigned:
+            gauge.remove(gone.topic, str(gone.partition))
+        self._lag_reported &= assigned
+        for partition in assigned:
+            try:
+                highwater = self._consumer.highwater(partition)
+                position = self._consumer.position(partition, timeout_ms=0)
+            except KafkaError:
+                continue  # revoked meanwhile, or no position yet
+            if highwater is None or position is None:
+                continue  # nothing fetched from it yet
+            lag = max(highwater - position, 0)
+            gauge.labels(partition.topic, str(partition.partition)).set(lag)
+            self._lag_reported.add(partition)
 
     def _apply_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """The whole poll in one transaction; on a failure that is not the database's,
@@ -294,7 +379,7 @@ class ConsumerLoop:
             outcomes = self._processor.process_batch(messages, attempt)
         except RetryLater as retry:
             for partition, offset in firsts.items():
-                self._retry_later(partition, offset, attempt, retry.delay)
+                self._retry_later(partition, offset, attempt, retry.delay, len(batch[partition]))
             return
         except Exception as exc:
             log.warning(
@@ -306,7 +391,7 @@ class ConsumerLoop:
             self._attempts.pop(position, None)
             self._failing_since.pop(position[0], None)
         for outcome in outcomes:
-            self.counts[outcome] += 1
+            self._record(outcome)
         self._commit(
             {
                 partition: OffsetAndMetadata(records[-1].offset + 1, "", -1)
@@ -329,14 +414,24 @@ class ConsumerLoop:
                     break
                 self._attempts.pop(position, None)
                 self._failing_since.pop(partition, None)
-                self.counts[outcome] += 1
+                self._record(outcome)
                 done[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
         if done:
             self._commit(done)
 
+    def _record(self, outcome: Outcome) -> None:
+        self.counts[outcome] += 1
+        self._outcome_counters[outcome].inc()
+
     def _retry_later(
-        self, partition: TopicPartition, offset: int, attempt: int, delay: float
+        self,
+        partition: TopicPartition,
+        offset: int,
+        attempt: int,
+        delay: float,
+        records: int = 1,
     ) -> None:
+        self._retried.inc(records)
         self._attempts[(partition, offset)] = attempt
         self._failing_since.setdefault(partition, time.monotonic())
         self._consumer.seek(partition, offset)

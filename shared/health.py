@@ -1,6 +1,6 @@
-"""Health endpoints for worker processes, which have no web framework of their own:
-`/health/live` (the process answers) and `/health/ready` (database reachable and the
-consumer has joined its group)."""
+"""The HTTP port of a worker process, which has no web framework of its own:
+`/health/live` (the process answers), `/health/ready` (database and broker reachable,
+consumer joined to its group, no partition stuck) and `/metrics` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 from kafka import ConsumerRebalanceListener
 
 from shared.db import Database, check_connection
+from shared.kafka import broker_reachable
+from shared.metrics import exposition
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,20 @@ class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
 class HealthServer:
     """A small HTTP server on its own thread answering the two health routes."""
 
-    def __init__(self, database: Database, state: ConsumerState, host: str, port: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        state: ConsumerState,
+        host: str,
+        port: int,
+        *,
+        bootstrap_servers: list[str] | None = None,
+        collectors: tuple[Any, ...] = (),
+    ) -> None:
         self._database = database
         self._state = state
+        self._bootstrap_servers = bootstrap_servers
+        self._collectors = collectors
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -57,10 +70,13 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                status, body = health.answer(self.path)
-                payload = json.dumps(body).encode()
+                if self.path == "/metrics":
+                    status, (payload, content_type) = 200, exposition(*health._collectors)
+                else:
+                    status, body = health.answer(self.path)
+                    payload, content_type = json.dumps(body).encode(), "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -81,10 +97,17 @@ class HealthServer:
                 "error": "unavailable",
                 "message": "The consumer has not joined its group.",
             }
+        if self._state.stuck:
+            return 503, {
+                "error": "unavailable",
+                "message": f"Partitions {self._state.stuck} have been failing for too long.",
+            }
         try:
             check_connection(self._database.engine)
         except Exception:
             return 503, {"error": "unavailable", "message": "The database is unreachable."}
+        if self._bootstrap_servers and not broker_reachable(self._bootstrap_servers):
+            return 503, {"error": "unavailable", "message": "The broker is unreachable."}
         return 200, {"status": "ok"}
 
     def start(self) -> HealthServer:

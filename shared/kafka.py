@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,20 @@ def make_consumer(
     )
     consumer.subscribe(list(topics), listener=listener)
     return consumer
+
+
+def broker_reachable(bootstrap_servers: Sequence[str], timeout: float = 1.0) -> bool:
+    """Whether any bootstrap server accepts a TCP connection within `timeout` seconds
+    (what a readiness probe can afford to ask; the consumer's own client is not
+    thread-safe to borrow)."""
+    for server in bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def pipeline_topics() -> dict[str, int]:

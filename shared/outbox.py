@@ -15,6 +15,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import logging
@@ -29,6 +30,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from shared.db import BigIntegerPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.failpoints import failpoint
 from shared.kafka import Headers, KafkaError, Producer
+from shared.logs import log_context
+from shared.metrics import metrics
+from shared.tracecontext import trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -165,27 +169,30 @@ class OutboxRelay:
                     rows = session.execute(query.with_for_update(skip_locked=True)).all()
                     acked = self._send(rows)
                     self._mark_published(session, acked)
-                return len(acked)
-            with session.begin():
-                rows = session.execute(query).all()
-            acked = self._send(rows)
-            with session.begin():
-                self._mark_published(session, acked)
-            return len(acked)
+            else:
+                with session.begin():
+                    rows = session.execute(query).all()
+                acked = self._send(rows)
+                with session.begin():
+                    self._mark_published(session, acked)
+        published = metrics().events_published
+        for topic, count in collections.Counter(row.topic for row in acked).items():
+            published.labels(topic).inc(count)
+        return len(acked)
 
     def _connected_producer(self) -> Producer:
         if self._producer is None:
             self._producer = self._connect()
         return self._producer
 
-    def _send(self, rows: Any) -> list[int]:
+    def _send(self, rows: Any) -> list[Any]:
         if not rows:
             return []
         producer = self._connected_producer()
         failpoint("relay-before-send")
         pending = [
             (
-                row.id,
+                row,
                 producer.send(
                     row.topic,
                     value=row.payload.encode("utf-8"),
@@ -197,20 +204,25 @@ class OutboxRelay:
         ]
         producer.flush(timeout=self._send_timeout)
         acked = []
-        for row_id, delivery in pending:
+        for row, delivery in pending:
             try:
                 delivery.get(timeout=0)
             except KafkaError as exc:
-                log.warning("outbox row %s not acknowledged, will retry: %s", row_id, exc)
+                with log_context(
+                    ce_id=row.event_id, member_uuid=row.key, trace_id=trace_id_of(row.traceparent)
+                ):
+                    log.warning("outbox row %s not acknowledged, will retry: %s", row.id, exc)
                 continue
-            acked.append(row_id)
+            acked.append(row)
         return acked
 
-    def _mark_published(self, session: Session, row_ids: list[int]) -> None:
-        if row_ids:
+    def _mark_published(self, session: Session, rows: list[Any]) -> None:
+        if rows:
             table = self._model.__table__  # type: ignore[attr-defined]
             session.execute(
-                update(table).where(table.c.id.in_(row_ids)).values(published_at=utcnow())
+                update(table)
+                .where(table.c.id.in_([row.id for row in rows]))
+                .values(published_at=utcnow())
             )
 
     def run(self) -> None:

@@ -10,8 +10,10 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,27 +31,13 @@ from shared.health import ConsumerState, HealthServer
 from shared.housekeeping import Housekeeper
 from shared.inbox import InboxRecord
 from shared.kafka import create_topics, make_consumer, make_producer, missing_topics
+from shared.logs import configure_logging
+from shared.metrics import MULTIPROC_VARIABLE, OutboxBacklog, enable_multiprocess
 from shared.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.outbox import OutboxRecord, OutboxRelay
-from shared.pipeline import Topic
+from shared.pipeline import TOPICS, Topic
 
 log = logging.getLogger(__name__)
-
-
-def configure_logging(service: str, role: str) -> None:
-    """One line per record, tagged with the service and the process role."""
-    level = os.environ.get("LOG_LEVEL") or "INFO"
-    if level.upper() not in logging.getLevelNamesMapping():
-        raise ConfigError(f"LOG_LEVEL={level!r} is not a level: use DEBUG, INFO, WARNING or ERROR")
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)s {service}-{role} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # kafka-python logs every failed connection attempt; the pipeline reports what matters.
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    if role != "migrate":
-        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def fail(message: str) -> NoReturn:
@@ -160,7 +148,14 @@ def run_worker(
         cleanup.callback(database.engine.dispose)
         state = ConsumerState()
         if args.health_port is not None:
-            health = HealthServer(database, state, args.health_host, args.health_port).start()
+            health = HealthServer(
+                database,
+                state,
+                args.health_host,
+                args.health_port,
+                bootstrap_servers=servers,
+                collectors=outbox_collectors(settings.service, database, spec.outbox),
+            ).start()
             cleanup.callback(health.stop)
             log.info("health on http://%s:%d/health/ready", args.health_host, health.port)
         dead_letters = make_producer(servers)
@@ -212,6 +207,12 @@ def run_api(
     if outbox is not None:
         check_broker(settings)
     servers = settings.bootstrap_servers
+    # Before any metric exists, and inherited by the forked workers: one scrape of any
+    # worker then sums the counts of all of them.
+    own_directory = not os.environ.get(MULTIPROC_VARIABLE)
+    directory = enable_multiprocess(
+        tempfile.mkdtemp(prefix=f"{settings.service}-metrics-") if own_directory else None
+    )
 
     def app_factory() -> Flask:
         # Runs in each gunicorn worker after fork: engines and producers are per process.
@@ -223,6 +224,7 @@ def run_api(
                 database, outbox, outbox_retention=settings.outbox_retention
             ).start()
         app = build(database, relay)
+        app.extensions["metrics_collectors"] = outbox_collectors(settings.service, database, outbox)
         app.extensions["outbox_relay"] = relay
         app.extensions["housekeeper"] = housekeeper if outbox is not None else None
         return app
@@ -235,14 +237,28 @@ def run_api(
 
     from shared.web import serve
 
-    serve(
-        app_factory,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        threads=args.threads,
-        on_worker_exit=on_exit,
-    )
+    try:
+        serve(
+            app_factory,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            threads=args.threads,
+            on_worker_exit=on_exit,
+        )
+    finally:
+        if own_directory:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def outbox_collectors(
+    service: str, database: Database, outbox: type[OutboxRecord] | None
+) -> tuple[Any, ...]:
+    """The scrape-time collectors of a process of `service` that owns `outbox`."""
+    if outbox is None:
+        return ()
+    topics = [topic.name for topic in TOPICS if topic.producer == f"{service}-service"]
+    return (OutboxBacklog(database, outbox, topics),)
 
 
 def service_main(

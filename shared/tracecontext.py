@@ -1,11 +1,34 @@
-"""W3C Trace Context: the `traceparent` that follows one signup through every service."""
+"""W3C Trace Context: the `traceparent` that follows one signup through every service.
+
+Spans are made with the OpenTelemetry API: a process whose operator installs the SDK
+and an exporter sends real spans (signup request → profile-insert processing →
+partner-created processing, one trace). Without an SDK the API records nothing and
+would hand back the caller's ids unchanged, so `span()` then makes the span's ids
+itself: the trace id still travels in the outbox rows and Kafka headers, and tags the
+log lines of all three services.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+from collections.abc import Iterator, Mapping
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from shared.logs import log_context
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_PROPAGATOR = TraceContextTextMapPropagator()
+# A proxy: it turns into the SDK's tracer once one is installed, whenever that happens.
+_tracer = trace.get_tracer("signup-pipeline")
+
+__all__ = ["SpanKind", "current_traceparent", "parse_traceparent", "span", "trace_id_of"]
 
 
 def parse_traceparent(value: str | None) -> str | None:
@@ -18,21 +41,59 @@ def parse_traceparent(value: str | None) -> str | None:
     return match.group(0)
 
 
-def new_traceparent() -> str:
-    """A traceparent that starts a new, sampled trace."""
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-
-
-def child_traceparent(parent: str | None) -> str:
-    """The same trace with a new span id, or a new trace when there is no valid parent."""
-    valid = parse_traceparent(parent)
-    if valid is None:
-        return new_traceparent()
-    _, trace_id, _, flags = valid.split("-")
-    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
-
-
 def trace_id_of(traceparent: str | None) -> str | None:
     """The trace id part of a traceparent."""
     valid = parse_traceparent(traceparent)
     return valid.split("-")[1] if valid else None
+
+
+def _format(ids: SpanContext) -> str:
+    return f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{int(ids.trace_flags):02x}"
+
+
+def current_traceparent() -> str | None:
+    """The traceparent of the span this code runs in, if any (what an outbox row keeps)."""
+    ids = trace.get_current_span().get_span_context()
+    return _format(ids) if ids.is_valid else None
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    kind: SpanKind,
+    parent: str | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> Iterator[trace.Span]:
+    """A span, child of the `parent` traceparent (a new trace when there is none or it is
+    invalid), current for the block; log lines inside carry its trace id."""
+    context = (
+        _PROPAGATOR.extract({"traceparent": parent}) if parse_traceparent(parent) else Context()
+    )
+    with _tracer.start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes
+    ) as current:
+        if current.is_recording():
+            with log_context(trace_id=f"{current.get_span_context().trace_id:032x}"):
+                yield current
+            return
+        inherited = current.get_span_context()
+        own = NonRecordingSpan(
+            SpanContext(
+                trace_id=inherited.trace_id if inherited.is_valid else _random_id(16),
+                span_id=_random_id(8),
+                is_remote=False,
+                trace_flags=inherited.trace_flags if inherited.is_valid else TraceFlags(1),
+            )
+        )
+        with (
+            trace.use_span(own, end_on_exit=False),
+            log_context(trace_id=f"{own.get_span_context().trace_id:032x}"),
+        ):
+            yield own
+
+
+def _random_id(size: int) -> int:
+    while True:  # an all-zero id is invalid
+        value = int.from_bytes(secrets.token_bytes(size), "big")
+        if value:
+            return value

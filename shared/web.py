@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from shared.db import Database, check_connection
+from shared.metrics import exposition, metrics
+from shared.tracecontext import SpanKind, span
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +161,78 @@ def health_blueprint(database: Database) -> Blueprint:
 
 
 def base_app(name: str, database: Database) -> Flask:
-    """A Flask app with the shared error handling, body limit and health routes."""
+    """A Flask app with the shared error handling, body limit, health routes, `/metrics`
+    (plus the collectors in `app.extensions["metrics_collectors"]`, read at scrape
+    time), a span and an access-log line per request."""
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)
+    instrument(app)
     app.register_blueprint(health_blueprint(database))
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        body, content_type = exposition(*app.extensions.get("metrics_collectors", ()))
+        return Response(body, content_type=content_type)
+
     return app
+
+
+def _route() -> str:
+    # The rule, not the path: one series per route however many uuids are asked for.
+    return request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+
+
+def instrument(app: Flask) -> None:
+    """Per request: a server span (child of the caller's `traceparent`), the trace id
+    on every log line, latency and status in the metrics, and one access-log line."""
+    access = logging.getLogger("access")
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+        scope = contextlib.ExitStack()
+        g.request_scope = scope
+        scope.enter_context(
+            span(
+                f"{request.method} {_route()}",
+                SpanKind.SERVER,
+                parent=request.headers.get("traceparent"),
+                attributes={"http.request.method": request.method, "http.route": _route()},
+            )
+        )
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        started = g.pop("started", None)
+        if started is None:  # the request failed before it began (e.g. bad body size)
+            return response
+        elapsed = time.perf_counter() - started
+        route, method = _route(), request.method
+        measured = metrics()
+        measured.http_requests.labels(route, method, str(response.status_code)).inc()
+        measured.http_duration.labels(route, method).observe(elapsed)
+        if route not in QUIET_ROUTES:
+            access.info(
+                "%s %s %d %.1f ms",
+                method,
+                route,
+                response.status_code,
+                elapsed * 1000,
+                extra={"fields": {"status": response.status_code}},
+            )
+        return response
+
+    @app.teardown_request
+    def _end(_exc: BaseException | None) -> None:
+        scope = g.pop("request_scope", None)
+        if scope is not None:
+            scope.close()
+
+
+# Probes and scrapes come every few seconds; a line each would drown the log.
+QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
 GUNICORN_ERROR_CODES = {
@@ -188,6 +257,21 @@ def _write_json_error(sock: Any, status: int, reason: str, message: str) -> None
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _logger_class() -> type:
+    """gunicorn's logger, writing through the process's own handler (JSON lines)
+    instead of its own format."""
+    from gunicorn.glogging import Logger
+
+    class ThroughRoot(Logger):  # type: ignore[misc]
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for logger in (self.error_log, self.access_log):
+                logger.handlers.clear()
+                logger.propagate = True
+
+    return ThroughRoot
 
 
 def serve(
@@ -220,6 +304,7 @@ def serve(
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", "warning")
+            self.cfg.set("logger_class", _logger_class())
             if on_worker_exit is not None:
                 self.cfg.set("worker_exit", lambda _server, _worker: self._exit())
 

@@ -70,19 +70,30 @@ class FakeProducer:
 class FakeConsumer:
     """A one-partition consumer on a FakeBroker topic, with the calls ConsumerLoop makes."""
 
-    def __init__(self, broker: FakeBroker, topic: str, committed: int = 0) -> None:
+    def __init__(
+        self, broker: FakeBroker, topic: str, committed: int = 0, max_records: int = 500
+    ) -> None:
         from kafka.structs import TopicPartition
 
         self.broker = broker
         self.partition = TopicPartition(topic, 0)
-        self.position = committed
+        self.next_offset = committed
         self.committed: int | None = committed or None
         self.commits: list[int] = []
         self.closed = False
         self.paused = False
+        self.max_records = max_records
 
     def assignment(self) -> set[Any]:
         return {self.partition}
+
+    def position(self, partition: Any, timeout_ms: int | None = None) -> int:
+        assert partition == self.partition
+        return self.next_offset
+
+    def highwater(self, partition: Any) -> int:
+        assert partition == self.partition
+        return len(self.broker.topics[self.partition.topic])
 
     def pause(self, *partitions: Any) -> None:
         assert partitions == (self.partition,)
@@ -92,18 +103,19 @@ class FakeConsumer:
         assert partitions == (self.partition,)
         self.paused = False
 
-    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[Any, list[Message]]:
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Message]]:
+        max_records = max_records or self.max_records
         if self.paused:
             return {}
         records = self.broker.topics[self.partition.topic][
-            self.position : self.position + max_records
+            self.next_offset : self.next_offset + max_records
         ]
-        self.position += len(records)
+        self.next_offset += len(records)
         return {self.partition: records} if records else {}
 
     def seek(self, partition: Any, offset: int) -> None:
         assert partition == self.partition
-        self.position = offset
+        self.next_offset = offset
 
     def commit(self, offsets: dict[Any, Any]) -> None:
         self.committed = offsets[self.partition].offset

@@ -75,7 +75,7 @@ def test_unreachable_database_is_retried_and_never_dead_lettered(
         loop.poll_once()
 
     assert consumer.commits == []
-    assert consumer.position == 0
+    assert consumer.next_offset == 0
     assert broker.topics["profile-insert.DLT"] == []
 
 
@@ -144,7 +144,7 @@ def test_failed_dead_letter_send_is_retried_not_acknowledged(
     loop.poll_once()
 
     assert consumer.commits == []
-    assert consumer.position == 3
+    assert consumer.next_offset == 3
 
 
 def test_stop_mid_batch_finishes_the_batch_in_hand_and_commits_it(
@@ -326,6 +326,6 @@ def test_a_batch_on_a_failing_database_goes_back_whole(
 
     loop.poll_once()
 
-    assert consumer.position == 0  # sent back to the batch's first record
+    assert consumer.next_offset == 0  # sent back to the batch's first record
     assert consumer.paused
     assert consumer.commits == []

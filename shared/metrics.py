@@ -1,0 +1,200 @@
+"""Prometheus metrics, served at `/metrics` by every process.
+
+What a process counts (requests, events) lives in counters and histograms built once
+per process by `metrics()`. What is a fact about a database (the outbox backlog) is
+read when scraped, by `OutboxBacklog`, so every copy of a process reports the same
+truth rather than its own share of it.
+
+An API runs as several gunicorn worker processes; its counters are kept in
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, which `run_api`
+switches on before any metric exists), and a scrape of any worker sums them all.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import func, select
+
+from shared.db import Database, utcnow
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+# HTTP: hashing puts a signup at tens to hundreds of milliseconds.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# One event's handler: tens of microseconds to a few milliseconds.
+HANDLER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+
+
+class PipelineMetrics:
+    """Every counter and histogram a process of the pipeline keeps."""
+
+    def __init__(self) -> None:
+        self.http_requests = Counter(
+            "signup_http_requests_total",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+        )
+        self.http_duration = Histogram(
+            "signup_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method.",
+            ["route", "method"],
+            buckets=HTTP_BUCKETS,
+        )
+        self.events_published = Counter(
+            "signup_events_published_total",
+            "Outbox rows the broker acknowledged, by topic.",
+            ["topic"],
+        )
+        self.events_consumed = Counter(
+            "signup_events_consumed_total",
+            "Records received from the broker, redeliveries included, by topic.",
+            ["topic"],
+        )
+        self.events_applied = Counter(
+            "signup_events_applied_total",
+            "Events applied (their transaction committed), by topic.",
+            ["topic"],
+        )
+        self.events_duplicate = Counter(
+            "signup_events_duplicate_total",
+            "Events skipped because the inbox had them already, by topic.",
+            ["topic"],
+        )
+        self.events_retried = Counter(
+            "signup_events_retried_total",
+            "Records sent back to be tried again after a failure, by topic.",
+            ["topic"],
+        )
+        self.events_dead_lettered = Counter(
+            "signup_events_dead_lettered_total",
+            "Records copied to the dead-letter topic, by original topic.",
+            ["topic"],
+        )
+        self.handler_duration = Histogram(
+            "signup_event_handler_duration_seconds",
+            "Time one event's handler took inside its transaction, by topic.",
+            ["topic"],
+            buckets=HANDLER_BUCKETS,
+        )
+        self.consumer_lag = Gauge(
+            "signup_consumer_lag",
+            "Records in a partition not yet consumed by this process (high watermark "
+            "minus position), by topic and partition.",
+            ["topic", "partition"],
+            multiprocess_mode="max",
+        )
+
+
+@functools.cache
+def metrics() -> PipelineMetrics:
+    """This process's metrics (built on first use, after `enable_multiprocess`)."""
+    return PipelineMetrics()
+
+
+def enable_multiprocess(directory: str | None = None) -> str:
+    """Keep this process's and its forked children's metrics in `directory` (made
+    empty first), so that one scrape sums every gunicorn worker. Call before `metrics()`."""
+    if metrics.cache_info().currsize:
+        raise RuntimeError("metrics already exist: enable multiprocess mode before using them")
+    directory = directory or os.environ.get(MULTIPROC_VARIABLE)
+    if not directory:
+        raise ValueError("no directory for multiprocess metrics")
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):  # a previous run's counts would be added to ours
+        stale.unlink()
+    os.environ[MULTIPROC_VARIABLE] = str(path)
+    # prometheus-client picks the value store when imported; choose again now.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return str(path)
+
+
+def multiprocess_enabled() -> bool:
+    """Whether this process keeps its metrics in PROMETHEUS_MULTIPROC_DIR."""
+    return bool(os.environ.get(MULTIPROC_VARIABLE))
+
+
+class _Collected:
+    """A registry-shaped view over several collectors, for `generate_latest`."""
+
+    def __init__(self, sources: Iterable[Any]) -> None:
+        self._sources = list(sources)
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            yield from source.collect()
+
+
+def exposition(*extra: Any) -> tuple[bytes, str]:
+    """The scrape body and its content type: this process's (or, in multiprocess mode,
+    every worker's) metrics plus `extra` collectors'."""
+    metrics()  # so a scrape before the first request shows the families, at zero
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        base: Any = registry
+    else:
+        base = REGISTRY
+    return generate_latest(_Collected([base, *extra])), CONTENT_TYPE_LATEST
+
+
+class OutboxBacklog:
+    """Collector: unpublished outbox rows and the age of the oldest, read at scrape time."""
+
+    def __init__(self, database: Database, model: Any, topics: Iterable[str]) -> None:
+        self._database = database
+        self._model = model
+        self._topics = list(topics)
+
+    def collect(self) -> Iterator[Metric]:
+        backlog = GaugeMetricFamily(
+            "signup_outbox_backlog", "Outbox rows not yet published, by topic.", labels=["topic"]
+        )
+        age = GaugeMetricFamily(
+            "signup_outbox_oldest_unpublished_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none), by topic.",
+            labels=["topic"],
+        )
+        model = self._model
+        query = (
+            select(model.topic, func.count(), func.min(model.created_at))
+            .where(model.published_at.is_(None))
+            .group_by(model.topic)
+        )
+        try:
+            with self._database.engine.connect() as connection:
+                rows = {
+                    topic: (count, oldest) for topic, count, oldest in connection.execute(query)
+                }
+        except Exception as exc:  # a scrape must answer even with the database away
+            log.warning("outbox backlog unreadable: %s", exc)
+            return
+        now = utcnow()
+        for topic in sorted(set(self._topics) | set(rows)):
+            count, oldest = rows.get(topic, (0, None))
+            backlog.add_metric([topic], count)
+            if oldest is not None and oldest.tzinfo is None:  # SQLite through plain Core
+                oldest = oldest.replace(tzinfo=now.tzinfo)
+            age.add_metric([topic], (now - oldest).total_seconds() if oldest else 0.0)
+        yield backlog
+        yield age
