@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -213,6 +215,10 @@ def instrument(app: Flask) -> None:
         measured = metrics()
         measured.http_requests.labels(route, method, str(response.status_code)).inc()
         measured.http_duration.labels(route, method).observe(elapsed)
+        current = trace.get_current_span()
+        current.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 500:
+            current.set_status(StatusCode.ERROR)
         if route not in QUIET_ROUTES:
             access.info(
                 "%s %s %d %.1f ms",

@@ -176,6 +176,8 @@ def test_with_an_sdk_one_partner_signup_is_one_trace_across_the_three_services(
     assert member.parent is not None and member.parent.span_id == request.context.span_id
     assert batch.parent is not None and batch.parent.span_id == member.context.span_id
     assert request.kind is SpanKind.SERVER and member.kind is SpanKind.CONSUMER
+    assert request.attributes is not None
+    assert request.attributes["http.response.status_code"] == 201
     assert member.attributes is not None
     assert member.attributes["messaging.destination.name"] == "profile-insert"
     [record] = pipeline.broker.topics["profile-insert"]
