@@ -160,3 +160,23 @@ def test_dockerfile_is_slim_non_root_with_a_cached_dependency_layer() -> None:
     copy_code = next(i for i, line in enumerate(lines) if line.startswith("COPY shared"))
     install_deps = next(i for i, line in enumerate(lines) if "pip install -r" in line)
     assert install_deps < copy_code
+
+
+def test_prometheus_scrapes_every_process_of_the_pipeline(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert any("deploy/prometheus.yml" in str(volume) for volume in prometheus["volumes"])
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = set()
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            targets |= set(static["targets"])
+        for dns in job.get("dns_sd_configs", []):
+            targets |= {f"{name}:{dns['port']}" for name in dns["names"]}
+    expected = set()
+    for name in LONG_RUNNING:
+        service = compose["services"][name]
+        if name.endswith("-worker"):
+            expected.add(f"{name}:{service['environment']['WORKER_HEALTH_PORT']}")
+        else:
+            expected.add(f"{name}:{service['command'][service['command'].index('--port') + 1]}")
+    assert targets == expected
