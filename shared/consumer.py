@@ -220,8 +220,9 @@ class EventProcessor:
         """The event's span (child of the producer's traceparent) and its ids on every
         log line."""
         scope = contextlib.ExitStack()
-        scope.enter_context(message_log_context(message))
-        scope.enter_context(
+        key = message.key.decode("utf-8", errors="replace") if message.key else None
+        scope.enter_context(log_context(ce_id=context.event_id, member_uuid=key))
+        scope.enter_context(  # the span adds the trace id
             span(
                 f"{message.topic} process",
                 SpanKind.CONSUMER,

@@ -11,8 +11,8 @@ log lines of all three services.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
-import secrets
 from collections.abc import Iterator, Mapping
 
 from opentelemetry import trace
@@ -66,34 +66,47 @@ def span(
 ) -> Iterator[trace.Span]:
     """A span, child of the `parent` traceparent (a new trace when there is none or it is
     invalid), current for the block; log lines inside carry its trace id."""
-    context = (
-        _PROPAGATOR.extract({"traceparent": parent}) if parse_traceparent(parent) else Context()
-    )
-    with _tracer.start_as_current_span(
-        name, context=context, kind=kind, attributes=attributes
-    ) as current:
-        if current.is_recording():
-            with log_context(trace_id=f"{current.get_span_context().trace_id:032x}"):
-                yield current
-            return
-        inherited = current.get_span_context()
+    valid = parse_traceparent(parent)
+    if not _sdk_installed():
+        # The no-op path, taken per event by the workers: skip the API's machinery
+        # (measured: 16 µs a span through it, against about 180 µs for a whole event).
+        _, trace_id, _, flags = valid.split("-") if valid else ("", "", "", "01")
         own = NonRecordingSpan(
             SpanContext(
-                trace_id=inherited.trace_id if inherited.is_valid else _random_id(16),
-                span_id=_random_id(8),
+                trace_id=int(trace_id, 16) if trace_id else _random_id(128),
+                span_id=_random_id(64),
                 is_remote=False,
-                trace_flags=inherited.trace_flags if inherited.is_valid else TraceFlags(1),
+                trace_flags=TraceFlags(int(flags, 16)),
             )
         )
         with (
             trace.use_span(own, end_on_exit=False),
-            log_context(trace_id=f"{own.get_span_context().trace_id:032x}"),
+            log_context(trace_id=trace_id or f"{own.get_span_context().trace_id:032x}"),
         ):
             yield own
+        return
+    context = _PROPAGATOR.extract({"traceparent": valid}) if valid else Context()
+    with (
+        _tracer.start_as_current_span(
+            name, context=context, kind=kind, attributes=attributes
+        ) as current,
+        log_context(trace_id=f"{current.get_span_context().trace_id:032x}"),
+    ):
+        yield current
 
 
-def _random_id(size: int) -> int:
+def _sdk_installed() -> bool:
+    """Whether spans are recorded: an SDK's tracer provider is set (or a test put its
+    own tracer in place)."""
+    return not (
+        isinstance(_tracer, trace.ProxyTracer)
+        and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    )
+
+
+def _random_id(bits: int) -> int:
+    # As the SDK's RandomIdGenerator does: ids must be unique, not secret.
     while True:  # an all-zero id is invalid
-        value = int.from_bytes(secrets.token_bytes(size), "big")
+        value = random.getrandbits(bits)
         if value:
             return value
