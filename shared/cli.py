@@ -1,4 +1,4 @@
-"""`signup-pipeline`: run the whole pipeline locally."""
+"""`signup-pipeline`: run the whole pipeline locally, and look into a running one."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.broker import BrokerError
 from shared.devstack import SERVICES, Stack, StackError, write_line
 from shared.http_client import request
+
+if TYPE_CHECKING:
+    from shared.operations import Endpoints
 
 
 def example_signup() -> dict[str, Any]:
@@ -208,6 +211,61 @@ def dlt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _endpoints() -> Endpoints | None:
+    """Where the services keep their state, or None (after saying why) when misconfigured."""
+    import logging
+
+    from shared.config import ConfigError
+    from shared.operations import Endpoints
+
+    # The screen says why Kafka cannot be read; kafka-python's own retry chatter would
+    # only scroll it away.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        return Endpoints.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def status(args: argparse.Namespace) -> int:
+    """`status [--watch [SECONDS]] [--json]`: backlog, lag, dead letters, throughput."""
+    from shared.operations import show_status
+
+    endpoints = _endpoints()
+    if endpoints is None:
+        return 2
+    return show_status(endpoints, as_json=args.json, watch=args.watch)
+
+
+def trace(args: argparse.Namespace) -> int:
+    """`trace <uuid> [--json]`: each step of one signup, with its time."""
+    from shared.operations import show_trace
+
+    endpoints = _endpoints()
+    if endpoints is None:
+        return 2
+    return show_trace(endpoints, args.uuid, as_json=args.json)
+
+
+def _member_uuid(text: str) -> str:
+    """A UUID in the canonical form the services store (lower case, hyphenated)."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `signup-pipeline`."""
     parser = argparse.ArgumentParser(prog="signup-pipeline")
@@ -233,6 +291,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     dlt_replay = dlt_actions.add_parser("replay", help="republish to the original topic")
     dlt_replay.add_argument("topic", help="profile-insert or partner-created (or its .DLT)")
     dlt_replay.add_argument("--id", action="append", metavar="CE_ID", help="only these")
+    status_parser = sub.add_parser(
+        "status", help="outbox backlog, consumer lag, dead letters and throughput, per stage"
+    )
+    status_parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
+    status_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    trace_parser = sub.add_parser("trace", help="where one signup is, with each step's time")
+    trace_parser.add_argument("uuid", type=_member_uuid, help="the member uuid signup returned")
+    trace_parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser(
         "bench",
         help="measure every stage beside this machine's raw limits (see --help)",
@@ -244,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         sys.exit(bench_main(argv[1:]))
     args = parser.parse_args(argv)
-    sys.exit({"dev": dev, "demo": demo, "dlt": dlt}[args.command](args))
+    commands = {"dev": dev, "demo": demo, "dlt": dlt, "status": status, "trace": trace}
+    sys.exit(commands[args.command](args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,477 @@
+"""`signup-pipeline status` and `trace` against real databases (SQLite and PostgreSQL)
+and a real broker: the numbers they report are the rows and records that are there."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from sqlalchemy import insert
+from sqlalchemy.engine import make_url
+
+from auth_service.models import Base as AuthBase
+from auth_service.models import Member
+from auth_service.models import OutboxEvent as AuthOutbox
+from batch_service.models import Base as BatchBase
+from batch_service.models import PartnerSummary
+from member_service.models import Base as MemberBase
+from member_service.models import OutboxEvent as MemberOutbox
+from member_service.models import Partner, User
+from shared.cli import main
+from shared.db import Database, utcnow
+from shared.devstack import PostgresServer
+from shared.housekeeping import Housekeeper
+from shared.kafka import create_topics, make_consumer, pipeline_topics
+from shared.operations import Endpoints, read_status, show_status, show_trace
+from shared.pipeline import PARTNER_CREATED, PROFILE_INSERT, Topic
+from tests.kafka_tools import create_topic, unique_name
+from tests.schema import create_tables
+
+pytestmark = pytest.mark.integration
+
+BASES = {"auth": AuthBase, "member": MemberBase, "batch": BatchBase}
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+UNREACHABLE_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:1/nowhere"
+UNREACHABLE_BROKER = "127.0.0.1:1"
+
+
+@pytest.fixture
+def databases(
+    database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Database]]:
+    """The three services' databases, each its own, on the backend of `database_url`."""
+    urls = {"auth": database_url}
+    for service in ("member", "batch"):
+        if make_url(database_url).get_backend_name() == "sqlite":
+            urls[service] = f"sqlite:///{tmp_path / f'{service}.db'}"
+        else:
+            server: PostgresServer = request.getfixturevalue("postgres")
+            urls[service] = server.create_database()
+    made = {
+        service: Database.from_url(url, BASES[service].metadata) for service, url in urls.items()
+    }
+    for database in made.values():
+        create_tables(database)
+    yield made
+    for database in made.values():
+        database.engine.dispose()
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> tuple[Topic, Topic]:
+    """Private copies of the pipeline's topics and groups, so no other test's records count."""
+    copies = tuple(
+        dataclasses.replace(
+            topic,
+            name=unique_name(topic.name),
+            consumer_group=unique_name(topic.consumer_group),
+            partitions=3,
+        )
+        for topic in (PROFILE_INSERT, PARTNER_CREATED)
+    )
+    for topic in copies:
+        create_topic(kafka_bootstrap, topic.name, partitions=3)
+        create_topic(kafka_bootstrap, topic.dead_letter)
+    return copies[0], copies[1]
+
+
+def endpoints_of(databases: dict[str, Database], bootstrap: str) -> Endpoints:
+    return Endpoints(
+        database_urls={
+            service: d.engine.url.render_as_string(hide_password=False)
+            for service, d in databases.items()
+        },
+        bootstrap_servers=[bootstrap],
+    )
+
+
+def add_rows(database: Database, model: Any, rows: list[dict[str, Any]]) -> None:
+    with database.engine.begin() as connection:
+        connection.execute(insert(model), rows)
+
+
+def outbox_row(
+    topic: str, key: str, created: dt.datetime, published: dt.datetime | None, **more: Any
+) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "topic": topic,
+        "key": key,
+        "payload": "{}",
+        "source": "test",
+        "traceparent": None,
+        "created_at": created,
+        "published_at": published,
+    } | more
+
+
+def member_row(member_id: str, role: str, created: dt.datetime) -> dict[str, Any]:
+    return {
+        "uuid": member_id,
+        "email": f"{member_id}@example.com",
+        "email_key": f"{member_id}@example.com",
+        "password_hash": "x",
+        "name": "Kim",
+        "phone": "+82-10-1234-5678",
+        "birth": dt.date(1994, 5, 17),
+        "gender": "FEMALE",
+        "role": role,
+        "nickname": "nick",
+        "created_at": created,
+    }
+
+
+def profile_row(member_id: str, created: dt.datetime) -> dict[str, Any]:
+    return {"uuid": member_id, "nickname": "nick", "created_at": created}
+
+
+def summary_row(partner_id: str, created: dt.datetime) -> dict[str, Any]:
+    return {
+        "partner_id": partner_id,
+        "post_count": 0,
+        "follower_count": 0,
+        "coordinate_count": 0,
+        "review_count": 0,
+        "average_star": 0.0,
+        "created_at": created,
+    }
+
+
+def ids(count: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def produce(bootstrap: str, topic: str, per_partition: dict[int, int]) -> None:
+    """`per_partition[p]` records to partition p, each partition's in one batch: the batch
+    shape on which the bundled broker's ListOffsets answers base offset + 1."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)
+    try:
+        sent = [
+            producer.send(topic, b"{}", key=b"k", partition=partition)
+            for partition, count in per_partition.items()
+            for _ in range(count)
+        ]
+        producer.flush()
+        for delivery in sent:
+            delivery.get(timeout=10)
+    finally:
+        producer.close()
+
+
+def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit `offsets` for `group` as its consumer would, without staying in the group."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in offsets]
+        consumer.assign(partitions)
+        consumer.commit(
+            {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+        )
+    finally:
+        consumer.close(autocommit=False)
+
+
+def status_document(endpoints: Endpoints, topics: tuple[Topic, Topic]) -> dict[str, Any]:
+    out = io.StringIO()
+    assert show_status(endpoints, as_json=True, out=out, topics=topics) == 0
+    document: dict[str, Any] = json.loads(out.getvalue())
+    return document
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
+    databases: dict[str, Database], topics: tuple[Topic, Topic], kafka_bootstrap: str
+) -> None:
+    auth, member, batch = databases["auth"], databases["member"], databases["batch"]
+    now = utcnow()
+    recent, old = now - dt.timedelta(seconds=10), now - dt.timedelta(minutes=5)
+    signups = ids(4)
+    add_rows(auth, Member, [member_row(m, "USER", recent) for m in signups[:3]])
+    add_rows(auth, Member, [member_row(signups[3], "USER", old)])
+    add_rows(
+        auth,
+        AuthOutbox,
+        [
+            outbox_row("profile-insert", "a", now - dt.timedelta(seconds=30), None),
+            outbox_row("profile-insert", "b", now - dt.timedelta(seconds=3), None),
+            *[outbox_row("profile-insert", "c", old, recent) for _ in range(3)],
+            outbox_row("profile-insert", "d", old, now - dt.timedelta(minutes=10)),
+        ],
+    )
+    add_rows(member, User, [profile_row(m, recent) for m in ids(2)])
+    add_rows(member, Partner, [profile_row(ids(1)[0], recent), profile_row(ids(1)[0], old)])
+    add_rows(member, MemberOutbox, [outbox_row("partner-created", "e", old, None)])
+    add_rows(batch, PartnerSummary, [summary_row(ids(1)[0], recent)])
+    add_rows(batch, PartnerSummary, [summary_row(p, old) for p in ids(2)])
+    profile_insert, partner_created = topics
+    produce(kafka_bootstrap, profile_insert.name, {0: 7, 1: 3})
+    produce(kafka_bootstrap, partner_created.name, {2: 2})
+    produce(kafka_bootstrap, profile_insert.dead_letter, {0: 3})
+    commit(kafka_bootstrap, profile_insert.consumer_group, profile_insert.name, {0: 4})
+    commit(kafka_bootstrap, partner_created.consumer_group, partner_created.name, {2: 2})
+
+    document = status_document(endpoints_of(databases, kafka_bootstrap), topics)
+
+    assert document["unavailable"] == {}
+    backlog = document["outbox"]["auth"]
+    assert (backlog["topic"], backlog["unpublished"]) == (profile_insert.name, 2)
+    assert 30 <= backlog["oldest_unpublished_age_seconds"] < 60
+    assert document["outbox"]["member"]["unpublished"] == 1
+    assert document["throughput"] == {
+        "signups_accepted": 3,
+        "events_published": {profile_insert.name: 3, partner_created.name: 0},
+        "profiles_created": 3,
+        "summaries_created": 1,
+    }
+    member_lag = document["lag"][profile_insert.consumer_group]
+    assert member_lag["total"] == (7 - 4) + 3
+    assert [
+        (p["end_offset"], p["committed_offset"], p["lag"]) for p in member_lag["partitions"]
+    ] == [
+        (7, 4, 3),
+        (3, None, 3),
+        (0, None, 0),
+    ]
+    assert document["lag"][partner_created.consumer_group]["total"] == 0
+    assert document["dead_letters"] == {
+        profile_insert.dead_letter: 3,
+        partner_created.dead_letter: 0,
+    }
+
+
+def test_status_command_reads_the_databases_and_broker_the_services_are_given(
+    databases: dict[str, Database],
+    kafka_bootstrap: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    create_topics([kafka_bootstrap], pipeline_topics())  # as the workers do at start
+    add_rows(databases["auth"], Member, [member_row(m, "USER", utcnow()) for m in ids(2)])
+    for service, database in databases.items():
+        url = database.engine.url.render_as_string(hide_password=False)
+        monkeypatch.setenv(f"{service.upper()}_DATABASE_URL", url)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["status", "--json"])
+
+    assert exit_.value.code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["unavailable"] == {}
+    assert document["throughput"]["signups_accepted"] == 2
+    assert document["outbox"]["auth"]["unpublished"] == 0
+    assert set(document["lag"]) == {"member-service", "batch-service"}
+    assert all(isinstance(group["total"], int) for group in document["lag"].values())
+    assert set(document["dead_letters"]) == {"profile-insert.DLT", "partner-created.DLT"}
+    assert document["took_ms"] < 2000
+
+
+def test_a_part_that_cannot_be_read_is_unavailable_and_the_rest_still_shows(
+    databases: dict[str, Database], topics: tuple[Topic, Topic]
+) -> None:
+    add_rows(databases["auth"], Member, [member_row(m, "USER", utcnow()) for m in ids(2)])
+    endpoints = endpoints_of(databases, UNREACHABLE_BROKER)
+    endpoints = dataclasses.replace(
+        endpoints, database_urls={**endpoints.database_urls, "member": UNREACHABLE_POSTGRES}
+    )
+
+    started = time.monotonic()
+    document = status_document(endpoints, topics)
+
+    assert time.monotonic() - started < 5
+    assert document["throughput"]["signups_accepted"] == 2
+    assert document["throughput"]["summaries_created"] == 0
+    assert document["throughput"]["profiles_created"] is None
+    assert document["outbox"]["member"] is None
+    assert set(document["unavailable"]) == {"member database", "kafka"}
+    assert "Connection refused" in document["unavailable"]["member database"]
+    assert "Connection refused" in document["unavailable"]["kafka"]
+    assert set(document["lag"].values()) == {None}
+
+
+def test_a_topic_the_broker_lacks_is_unavailable_not_zero(
+    databases: dict[str, Database], topics: tuple[Topic, Topic], kafka_bootstrap: str
+) -> None:
+    missing = dataclasses.replace(topics[1], name=unique_name("never-created"))
+
+    document = status_document(endpoints_of(databases, kafka_bootstrap), (topics[0], missing))
+
+    assert document["lag"][topics[0].consumer_group]["total"] == 0
+    assert document["lag"][missing.consumer_group] is None
+    assert document["dead_letters"][missing.dead_letter] is None
+    assert f"topic {missing.name}" in document["unavailable"]
+
+
+def test_reading_status_does_not_make_the_consumer_group_rebalance(
+    tmp_path: Path, topics: tuple[Topic, Topic], kafka_bootstrap: str
+) -> None:
+    topic = topics[0]
+    produce(kafka_bootstrap, topic.name, {0: 2, 1: 1})
+    changes: list[str] = []
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            changes.append(f"assigned {sorted(tp.partition for tp in assigned)}")
+
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            if revoked:
+                changes.append(f"revoked {sorted(tp.partition for tp in revoked)}")
+
+    consumer = make_consumer(
+        [kafka_bootstrap], topic.consumer_group, [topic.name], listener=Listener()
+    )
+    try:
+        deadline = time.monotonic() + 30
+        consumed = 0
+        while consumed < 3 and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            consumed += sum(len(records) for records in batch.values())
+            if batch:
+                consumer.commit()
+        assert consumed == 3
+        assigned = set(consumer.assignment())
+        endpoints = Endpoints({s: f"sqlite:///{tmp_path / s}.db" for s in BASES}, [kafka_bootstrap])
+
+        readings = [read_status(endpoints, topics=topics) for _ in range(3)]
+        for _ in range(10):  # a rebalance would show up within a few heartbeats
+            consumer.poll(timeout_ms=200)
+
+        assert changes == [f"assigned {sorted(tp.partition for tp in assigned)}"]
+        assert set(consumer.assignment()) == assigned
+        lags = [r.lag[topic.consumer_group] for r in readings]
+        assert [getattr(lag, "total", None) for lag in lags] == [0, 0, 0]
+    finally:
+        consumer.close(autocommit=False)
+
+
+# --- trace ----------------------------------------------------------------------------
+
+
+def trace_document(databases: dict[str, Database], member_id: str) -> tuple[int, dict[str, Any]]:
+    out = io.StringIO()
+    code = show_trace(endpoints_of(databases, UNREACHABLE_BROKER), member_id, as_json=True, out=out)
+    document: dict[str, Any] = json.loads(out.getvalue())
+    return code, document
+
+
+def ms(base: dt.datetime, milliseconds: float) -> dt.datetime:
+    return base + dt.timedelta(milliseconds=milliseconds)
+
+
+def test_trace_follows_a_partner_through_all_three_databases(
+    databases: dict[str, Database],
+) -> None:
+    partner_id, t0 = ids(1)[0], utcnow() - dt.timedelta(seconds=5)
+    add_rows(databases["auth"], Member, [member_row(partner_id, "PARTNER", t0)])
+    insert_event = outbox_row(
+        "profile-insert", partner_id, t0, ms(t0, 12.5), traceparent=TRACEPARENT
+    )
+    add_rows(databases["auth"], AuthOutbox, [insert_event])
+    add_rows(databases["member"], Partner, [profile_row(partner_id, ms(t0, 40))])
+    created_event = outbox_row(
+        "partner-created", partner_id, ms(t0, 40), ms(t0, 55), traceparent=TRACEPARENT
+    )
+    add_rows(databases["member"], MemberOutbox, [created_event])
+    add_rows(databases["batch"], PartnerSummary, [summary_row(partner_id, ms(t0, 81.25))])
+
+    code, document = trace_document(databases, partner_id)
+
+    assert code == 0
+    assert [(s["step"], s["state"]) for s in document["steps"]] == [
+        ("accepted", "done"),
+        ("profile-insert published", "done"),
+        ("profile created", "done"),
+        ("partner-created published", "done"),
+        ("summary created", "done"),
+    ]
+    assert [s["ms_since_previous"] for s in document["steps"]] == [None, 12.5, 27.5, 15.0, 26.25]
+    assert document["steps"][1]["ce_id"] == insert_event["event_id"]
+    assert document["steps"][3]["ce_id"] == created_event["event_id"]
+    assert document["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (document["role"], document["complete"], document["total_ms"]) == (
+        "PARTNER",
+        True,
+        81.25,
+    )
+
+
+def test_trace_of_a_user_stops_after_its_profile_and_shows_what_is_pending(
+    databases: dict[str, Database],
+) -> None:
+    user_id, waiting_id, t0 = *ids(2), utcnow() - dt.timedelta(seconds=2)
+    add_rows(databases["auth"], Member, [member_row(user_id, "USER", t0)])
+    add_rows(databases["auth"], Member, [member_row(waiting_id, "USER", t0)])
+    add_rows(
+        databases["auth"],
+        AuthOutbox,
+        [
+            outbox_row("profile-insert", user_id, t0, ms(t0, 5)),
+            outbox_row("profile-insert", waiting_id, t0, None),
+        ],
+    )
+    add_rows(databases["member"], User, [profile_row(user_id, ms(t0, 20))])
+
+    code, done = trace_document(databases, user_id)
+    _, waiting = trace_document(databases, waiting_id)
+
+    assert code == 0
+    assert [s["step"] for s in done["steps"]] == [
+        "accepted",
+        "profile-insert published",
+        "profile created",
+    ]
+    assert done["complete"] is True
+    assert [s["state"] for s in waiting["steps"]] == ["done", "pending", "pending"]
+    assert waiting["steps"][1]["note"].startswith(
+        "profile-insert not yet published (in outbox since"
+    )
+
+
+def test_trace_says_an_outbox_row_was_cleaned_up_by_housekeeping(
+    databases: dict[str, Database],
+) -> None:
+    partner_id, long_ago = ids(1)[0], utcnow() - dt.timedelta(days=3)
+    add_rows(databases["auth"], Member, [member_row(partner_id, "PARTNER", long_ago)])
+    add_rows(
+        databases["auth"],
+        AuthOutbox,
+        [outbox_row("profile-insert", partner_id, long_ago, long_ago)],
+    )
+    add_rows(databases["member"], Partner, [profile_row(partner_id, ms(long_ago, 30))])
+    add_rows(
+        databases["member"],
+        MemberOutbox,
+        [outbox_row("partner-created", partner_id, long_ago, ms(long_ago, 40))],
+    )
+    add_rows(databases["batch"], PartnerSummary, [summary_row(partner_id, ms(long_ago, 70))])
+    assert Housekeeper(databases["auth"], AuthOutbox).sweep()["outbox"] == 1
+    assert Housekeeper(databases["member"], MemberOutbox).sweep()["outbox"] == 1
+
+    code, document = trace_document(databases, partner_id)
+
+    assert code == 0
+    states = [s["state"] for s in document["steps"]]
+    assert states == ["done", "cleaned_up", "done", "cleaned_up", "done"]
+    assert "outbox row already cleaned up" in document["steps"][1]["note"]
+    assert document["steps"][2]["ms_since_previous"] == 30.0
+    assert document["complete"] is True
+
+
+def test_trace_of_an_unknown_uuid_exits_1(databases: dict[str, Database]) -> None:
+    code, document = trace_document(databases, str(uuid.uuid4()))
+
+    assert code == 1
+    assert document["found"] is False
+    assert document["unavailable"] == {}

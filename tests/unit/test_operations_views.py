@@ -1,0 +1,444 @@
+"""`signup-pipeline status` and `trace`: their arithmetic and what they print, from
+readings made up here (no database, no broker)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.cli import main
+from shared.offsets import LogRange, PartitionLag, partition_lags
+from shared.operations import (
+    AuthRecord,
+    BatchRecord,
+    Endpoints,
+    GroupLag,
+    MemberRecord,
+    OutboxBacklog,
+    OutboxRow,
+    PipelineStatus,
+    SignupTrace,
+    StageCounts,
+    Step,
+    Unavailable,
+    assemble_trace,
+    format_duration,
+    partition_lag_text,
+    render_status,
+    render_trace,
+    status_json,
+    step_intervals,
+    trace_json,
+)
+from shared.pipeline import TOPICS
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+MEMBER = "5f0c6d1e-8a51-4c1b-9d38-2f7c1b6a0e11"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def at(ms: float) -> dt.datetime:
+    """`ms` milliseconds after NOW."""
+    return NOW + dt.timedelta(milliseconds=ms)
+
+
+# --- arithmetic ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0 ms"),
+        (0.35, "350 ms"),
+        (12.34, "12.3 s"),
+        (245, "4m 5s"),
+        (7_380, "2h 3m"),
+        (3 * 86_400 + 4 * 3_600 + 59, "3d 4h"),
+    ],
+)
+def test_durations_read_short(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_lag_is_end_minus_committed_and_from_the_beginning_where_nothing_was_committed() -> None:
+    ranges = [LogRange(1, 0, 10), LogRange(0, 5, 12), LogRange(2, 0, 4)]
+
+    lags = partition_lags(ranges, {1: 7, 2: 4})
+
+    assert [(p.partition, p.lag) for p in lags] == [(0, 7), (1, 3), (2, 0)]
+    assert GroupLag("g", "t", tuple(lags)).total == 10
+
+
+def test_a_committed_offset_past_the_end_counts_as_no_lag() -> None:
+    assert PartitionLag(0, beginning=0, end=5, committed=9).lag == 0
+
+
+def test_dead_letters_are_counted_from_the_log_start_not_from_zero() -> None:
+    assert LogRange(0, beginning=40, end=43).records == 3
+
+
+def lags(*values: int) -> list[PartitionLag]:
+    return [PartitionLag(n, 0, lag, 0) for n, lag in enumerate(values)]
+
+
+def test_every_partition_is_shown_when_it_fits() -> None:
+    assert partition_lag_text(lags(0, 3, 0), 80) == "p0 0  p1 3  p2 0"
+
+
+def test_only_lagging_partitions_are_shown_when_all_do_not_fit() -> None:
+    partitions = lags(*([0] * 40 + [5, 0, 7]))
+
+    assert partition_lag_text(partitions, 30) == "p40 5  p42 7"
+    assert partition_lag_text(lags(*[0] * 40), 30) == "0 on every partition"
+
+
+def test_lagging_partitions_that_do_not_fit_are_counted() -> None:
+    text = partition_lag_text(lags(*[9] * 50), 40)
+
+    assert text.endswith("more)")
+    assert len(text) <= 40
+    shown = text.count(" 9")
+    assert f"(+{50 - shown} more)" in text
+
+
+# --- the status screen and JSON ---------------------------------------------------------
+
+
+def a_status(**changes: Any) -> PipelineStatus:
+    member_lag = GroupLag("member-service", "profile-insert", tuple(lags(0, 2, 0, 1, 0, 0)))
+    batch_lag = GroupLag("batch-service", "partner-created", tuple(lags(0, 0, 0, 0, 0, 0)))
+    status = PipelineStatus(
+        at=NOW,
+        window=dt.timedelta(seconds=60),
+        topics=TOPICS,
+        sources={"auth": "sqlite:///a.db", "kafka": "k:9092"},
+        stages={
+            "auth": StageCounts(12, OutboxBacklog(3, NOW - dt.timedelta(seconds=125), 9)),
+            "member": StageCounts(9, OutboxBacklog(0, None, 4)),
+            "batch": StageCounts(4, None),
+        },
+        lag={"member-service": member_lag, "batch-service": batch_lag},
+        dead_letters={"profile-insert.DLT": 1, "partner-created.DLT": 0},
+        took=0.042,
+    )
+    return dataclasses.replace(status, **changes)
+
+
+def test_status_screen_shows_each_stage_in_flow_order() -> None:
+    lines = render_status(a_status(), width=120).splitlines()
+
+    stages = [line for line in lines if line[:1].isdigit()]
+    assert [line.split("  ")[0] for line in stages] == [
+        "1 auth: signup accepted",
+        "2 auth outbox → profile-insert",
+        "3 profile-insert → member-service",
+        "4 member: profile created",
+        "5 member outbox → partner-created",
+        "6 partner-created → batch-service",
+        "7 batch: summary created",
+    ]
+    text = "\n".join(lines)
+    assert "12 accepted" in text
+    assert "3 unpublished, oldest 2m 5s" in text
+    assert "9 published" in text
+    assert "lag 3: p0 0  p1 2  p2 0  p3 1  p4 0  p5 0" in text
+    assert "1 dead letter" in text and "0 dead letters" in text
+    assert "4 created" in text
+    assert "last 60 s" in text
+
+
+def test_an_unreadable_part_shows_its_reason_and_the_rest_still_shows() -> None:
+    down = Unavailable("member database", "connection refused")
+    broker = Unavailable("kafka", "KafkaTimeoutError: Unable to bootstrap")
+    status = a_status(
+        stages={**a_status().stages, "member": down},
+        lag=dict.fromkeys(("member-service", "batch-service"), broker),
+        dead_letters=dict.fromkeys(("profile-insert.DLT", "partner-created.DLT"), broker),
+    )
+
+    text = render_status(status, width=120)
+    document = status_json(status)
+
+    assert "unavailable: member database: connection refused" in text
+    assert text.count("KafkaTimeoutError") == 1  # said once, then "(above)"
+    assert "unavailable: kafka (above)" in text
+    assert "12 accepted" in text and "4 created" in text
+    assert "Traceback" not in text
+    assert document["unavailable"] == {
+        "member database": "connection refused",
+        "kafka": "KafkaTimeoutError: Unable to bootstrap",
+    }
+    assert document["outbox"]["member"] is None
+    assert document["lag"] == {"member-service": None, "batch-service": None}
+    assert document["dead_letters"] == {"profile-insert.DLT": None, "partner-created.DLT": None}
+    assert document["throughput"] == {
+        "signups_accepted": 12,
+        "events_published": {"profile-insert": 9, "partner-created": None},
+        "profiles_created": None,
+        "summaries_created": 4,
+    }
+
+
+def test_status_json_carries_every_figure() -> None:
+    document = json.loads(json.dumps(status_json(a_status())))
+
+    assert document["at"] == "2026-03-01T12:00:00Z"
+    assert document["outbox"]["auth"] == {
+        "topic": "profile-insert",
+        "unpublished": 3,
+        "oldest_unpublished_at": "2026-03-01T11:57:55Z",
+        "oldest_unpublished_age_seconds": 125.0,
+    }
+    assert document["lag"]["member-service"]["total"] == 3
+    assert document["lag"]["member-service"]["partitions"][1] == {
+        "partition": 1,
+        "beginning_offset": 0,
+        "end_offset": 2,
+        "committed_offset": 0,
+        "lag": 2,
+    }
+    assert document["dead_letters"] == {"profile-insert.DLT": 1, "partner-created.DLT": 0}
+    assert document["throughput"]["events_published"] == {
+        "profile-insert": 9,
+        "partner-created": 4,
+    }
+    assert document["unavailable"] == {}
+
+
+# --- trace --------------------------------------------------------------------------
+
+
+def partner_rows(**overrides: Any) -> dict[str, Any]:
+    rows: dict[str, Any] = {
+        "auth": AuthRecord(at(0), "PARTNER", OutboxRow("ce-1", at(0), at(7.5), TRACEPARENT)),
+        "member": MemberRecord("PARTNER", at(30), OutboxRow("ce-2", at(30), at(42), None)),
+        "batch": BatchRecord(at(70)),
+    }
+    rows.update(overrides)
+    return rows
+
+
+def trace_of(rows: dict[str, Any], now: dt.datetime = NOW) -> SignupTrace:
+    return assemble_trace(MEMBER, rows["auth"], rows["member"], rows["batch"], now=now)
+
+
+def test_a_partner_signup_has_five_steps_with_the_milliseconds_between_them() -> None:
+    trace = trace_of(partner_rows())
+    document = trace_json(trace)
+
+    assert [s["step"] for s in document["steps"]] == [
+        "accepted",
+        "profile-insert published",
+        "profile created",
+        "partner-created published",
+        "summary created",
+    ]
+    assert [s["ms_since_previous"] for s in document["steps"]] == [None, 7.5, 22.5, 12.0, 28.0]
+    assert [s["ce_id"] for s in document["steps"]] == [None, "ce-1", None, "ce-2", None]
+    assert document["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (document["complete"], document["total_ms"], document["role"]) == (
+        True,
+        70.0,
+        "PARTNER",
+    )
+    text = render_trace(trace)
+    assert "+22.5 ms" in text
+    assert "complete: 70.0 ms from accepted to summary created" in text
+
+
+def test_a_consumer_faster_than_the_relays_stamp_shows_a_negative_interval_explained() -> None:
+    rows = partner_rows(
+        auth=AuthRecord(at(0), "PARTNER", OutboxRow("ce-1", at(0), at(25), TRACEPARENT)),
+        member=MemberRecord("PARTNER", at(20), OutboxRow("ce-2", at(20), at(42), None)),
+    )
+
+    trace = trace_of(rows)
+    text = render_trace(trace)
+
+    assert [s["ms_since_previous"] for s in trace_json(trace)["steps"]][:3] == [None, 25.0, -5.0]
+    assert "-5.0 ms" in text
+    assert "published_at is stamped after the broker's acknowledgement" in text
+
+
+def test_a_user_signup_has_three_steps() -> None:
+    rows = partner_rows(
+        auth=AuthRecord(at(0), "USER", OutboxRow("ce-1", at(0), at(5), TRACEPARENT)),
+        member=MemberRecord("USER", at(20), None),
+        batch=BatchRecord(None),
+    )
+
+    document = trace_json(trace_of(rows))
+
+    assert [s["step"] for s in document["steps"]] == [
+        "accepted",
+        "profile-insert published",
+        "profile created",
+    ]
+    assert document["complete"] is True
+    assert document["total_ms"] == 20.0
+
+
+def test_an_unpublished_event_says_since_when_it_waits_in_the_outbox() -> None:
+    rows = partner_rows(
+        auth=AuthRecord(at(0), "PARTNER", OutboxRow("ce-1", at(0), None, TRACEPARENT)),
+        member=MemberRecord(None, None, None),
+        batch=BatchRecord(None),
+    )
+
+    trace = trace_of(rows, now=at(3_200))
+    text = render_trace(trace)
+
+    assert (
+        "profile-insert not yet published (in outbox since 2026-03-01T12:00:00Z, 3.2 s ago)" in text
+    )
+    assert "profile not yet: waits for profile-insert to be published" in text
+    assert "not complete: next step profile-insert published" in text
+    states = [s["state"] for s in trace_json(trace)["steps"]]
+    assert states == ["done", "pending", "pending", "pending", "pending"]
+
+
+def test_a_published_event_not_yet_applied_points_at_lag_and_dead_letters() -> None:
+    rows = partner_rows(member=MemberRecord(None, None, None), batch=BatchRecord(None))
+
+    text = render_trace(trace_of(rows, now=at(30_007.5)))
+
+    assert "member-service has not applied it, profile-insert published 30.0 s ago" in text
+    assert "signup-pipeline dlt list profile-insert" in text
+
+
+def test_an_outbox_row_deleted_by_housekeeping_is_reported_as_cleaned_up() -> None:
+    rows = partner_rows(
+        auth=AuthRecord(at(0), "PARTNER", None),
+        member=MemberRecord("PARTNER", at(30), None),
+    )
+
+    trace = trace_of(rows, now=at(3 * 86_400_000))
+    document = trace_json(trace)
+
+    published = [document["steps"][1], document["steps"][3]]
+    assert [s["state"] for s in published] == ["cleaned_up", "cleaned_up"]
+    assert all("outbox row already cleaned up" in s["note"] for s in published)
+    assert document["complete"] is True
+    assert document["steps"][2]["ms_since_previous"] == 30.0  # from the last known time
+    assert document["trace_id"] is None
+
+
+def test_an_unknown_uuid_is_not_found() -> None:
+    trace = trace_of(
+        {"auth": AuthRecord(None, None, None), "member": MemberRecord(None, None, None)}
+        | {"batch": BatchRecord(None)}
+    )
+
+    assert trace.found is False
+    assert render_trace(trace) == (
+        f"no signup with uuid {MEMBER} in the auth, member or batch database"
+    )
+
+
+def test_an_unreadable_database_makes_its_steps_unknown_not_pending() -> None:
+    down = Unavailable("member database", "connection refused")
+
+    document = trace_json(trace_of(partner_rows(member=down)))
+
+    states = {s["step"]: s["state"] for s in document["steps"]}
+    assert states == {
+        "accepted": "done",
+        "profile-insert published": "done",
+        "profile created": "unavailable",
+        "partner-created published": "unavailable",
+        "summary created": "done",
+    }
+    assert document["unavailable"] == {"member database": "connection refused"}
+    assert document["complete"] is False
+
+
+def test_intervals_skip_steps_without_a_time() -> None:
+    steps = [Step("a", "done", at(0)), Step("b", "cleaned_up"), Step("c", "done", at(40))]
+
+    assert step_intervals(steps) == [None, None, 40.0]
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def test_endpoints_default_to_the_services_sqlite_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    endpoints = Endpoints.from_env({"MEMBER_DATABASE_URL": "postgresql://u:secret@db/m"})
+
+    assert endpoints.database_urls["auth"] == f"sqlite:///{tmp_path / 'var' / 'auth.db'}"
+    assert endpoints.database_urls["member"] == "postgresql://u:secret@db/m"
+    assert list(endpoints.bootstrap_servers) == ["localhost:9092"]
+    assert "secret" not in json.dumps(endpoints.sources())
+
+
+def test_status_with_nothing_there_shows_why_and_creates_no_database_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for service in ("AUTH", "MEMBER", "BATCH"):
+        monkeypatch.delenv(f"{service}_DATABASE_URL", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["status", "--json"])
+
+    assert exit_.value.code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document["unavailable"]) == {
+        "auth database",
+        "member database",
+        "batch database",
+        "kafka",
+    }
+    assert document["unavailable"]["auth database"].startswith("no database file at")
+    assert "Connection refused" in document["unavailable"]["kafka"]
+    assert document["took_ms"] < 2000  # a refused connection is not waited on
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["trace", "not-a-uuid"], "is not a UUID"),
+        (["status", "--watch", "0"], "is not a positive number"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_watch_stops_on_ctrl_c_with_exit_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import operations
+
+    frames: list[int] = []
+
+    def read(*_: Any, **__: Any) -> PipelineStatus:
+        frames.append(1)
+        return a_status()
+
+    def ctrl_c(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(operations, "read_status", read)
+    out = io.StringIO()
+
+    code = operations.show_status(Endpoints({}, []), watch=1.0, out=out, as_json=True, sleep=ctrl_c)
+
+    assert code == 0
+    assert frames == [1]
+    assert json.loads(out.getvalue().splitlines()[0])["lag"]["member-service"]["total"] == 3
