@@ -31,7 +31,7 @@ class Member(Base):
     gender: Mapped[str] = mapped_column(String(10))
     role: Mapped[str] = mapped_column(String(10))
     nickname: Mapped[str] = mapped_column(String(20))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class OutboxEvent(OutboxRecord, Base):

@@ -23,7 +23,7 @@ class User(Base):
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     nickname: Mapped[str] = mapped_column(String(50))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class Partner(Base):
@@ -33,7 +33,7 @@ class Partner(Base):
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     nickname: Mapped[str] = mapped_column(String(50))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class FavoriteStyle(Base):

@@ -45,7 +45,7 @@ class OutboxRecord:
     id: Mapped[int] = mapped_column(BigIntegerPK, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     topic: Mapped[str] = mapped_column(String(249))
-    key: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(255), index=True)
     payload: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(64))
     traceparent: Mapped[str | None] = mapped_column(String(55))
