@@ -50,6 +50,8 @@ def dev(args: argparse.Namespace) -> int:
         ports={s: args.base_port + n for n, s in enumerate(SERVICES)},
         echo=emit,
         api_workers=args.workers,
+        # A terminal reads text lines better than JSON; LOG_FORMAT=json still wins.
+        extra_env={"LOG_FORMAT": os.environ.get("LOG_FORMAT") or "text"},
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -64,11 +66,18 @@ def dev(args: argparse.Namespace) -> int:
             f"  auth API    {stack.url('auth')}   POST /auth/signup, POST /auth/login\n"
             f"  member API  {stack.url('member')}   GET /members/<uuid>\n"
             f"  batch API   {stack.url('batch')}   GET /partners/<uuid>/summary\n"
-            "\ntry:\n"
+            "  each also   /health/ready, /metrics, /openapi.json\n"
+            + "".join(
+                f"  {name}  http://127.0.0.1:{port}/metrics\n"
+                for name, port in sorted(stack.health_ports.items())
+            )
+            + "\ntry:\n"
             f"  curl -s -X POST {stack.url('auth')}/auth/signup "
             f"-H 'Content-Type: application/json' -d '{body}'\n"
             f"  curl -s {stack.url('member')}/members/<uuid>\n"
             f"  curl -s {stack.url('batch')}/partners/<uuid>/summary\n"
+            f"  KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers} signup-pipeline status --watch\n"
+            f"  KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers} signup-pipeline trace <uuid>\n"
             "\nCtrl-C stops everything.\n"
         )
         while not stop.wait(0.5):

@@ -80,13 +80,15 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(tmp_pat
         text=True,
     )
     assert dev.stdout is not None
-    curl = None
+    curl = trace = None
     output = []
     deadline = time.monotonic() + 90
     for line in dev.stdout:
         output.append(line)
         if line.strip().startswith("curl -s -X POST"):
             curl = line.strip()
+        if "signup-pipeline trace" in line:
+            trace = line.strip()
         if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
             break
     assert curl is not None, "".join(output)
@@ -97,6 +99,17 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(tmp_pat
     member_id = __import__("json").loads(signed_up.stdout)["uuid"]
     _, member = wait_for_status(f"http://127.0.0.1:{base + 1}/members/{member_id}")
     wait_for_status(f"http://127.0.0.1:{base + 2}/partners/{member_id}/summary")
+    # The printed trace command, as a newcomer would paste it (from the same directory).
+    assert trace is not None, "".join(output)
+    variable, _, command = trace.partition(" ")
+    traced = subprocess.run(
+        [*CLI, *shlex.split(command.replace("<uuid>", member_id))[1:]],
+        cwd=tmp_path,
+        env={**clean_env(), variable.split("=")[0]: variable.split("=", 1)[1]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
     dev.send_signal(signal.SIGINT)
     code = dev.wait(30)
@@ -104,6 +117,10 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(tmp_pat
     dev.stdout.close()
 
     assert member["role"] == "PARTNER"
+    assert traced.returncode == 0, traced.stderr
+    assert "5 summary created" in traced.stdout and "complete:" in traced.stdout, traced.stdout
+    # dev's processes log readable text lines, not JSON.
+    assert any(" INFO " in line and not line.split(" ", 1)[-1].startswith("{") for line in output)
     assert code == 0, rest
     assert "non-zero" not in rest
     assert [pid for pid in tree if alive(pid)] == []
