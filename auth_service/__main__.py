@@ -9,6 +9,7 @@ from flask import Flask
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, OutboxEvent
+from auth_service.passwords import Argon2Parameters
 from shared.config import ConfigError, Settings
 from shared.db import Database
 from shared.outbox import OutboxRelay
@@ -41,9 +42,15 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
     import os
 
     tokens = TokenIssuer(jwt_secret(settings, dict(os.environ)))
+    parameters = Argon2Parameters.from_env(os.environ)  # refused at start if too weak
 
     def build(database: Database, relay: OutboxRelay | None) -> Flask:
-        return create_app(database, tokens, after_commit=relay.wake if relay else None)
+        return create_app(
+            database,
+            tokens,
+            hasher=parameters.hasher(),
+            after_commit=relay.wake if relay else None,
+        )
 
     run_api(settings, Base.metadata, build, args, outbox=OutboxEvent)
 

@@ -17,6 +17,7 @@ from auth_service.handlers import (
     TokenIssuer,
     find_credentials,
     password_hasher,
+    replace_password_hash,
     sign_up,
 )
 from auth_service.schemas import LoginSchema, SignedUpSchema, SignupSchema, TokenSchema
@@ -109,6 +110,11 @@ def create_app(
             member_id = authenticator.check(credentials, data["password"])
         except InvalidCredentials:
             raise ApiError(401, "invalid_credentials", "Email or password is wrong.") from None
+        assert credentials is not None  # check() passed
+        upgraded = authenticator.upgraded_hash(credentials, data["password"])
+        if upgraded is not None:  # made with older argon2 parameters: strengthen it now
+            with database.unit_of_work() as uow:
+                replace_password_hash(credentials, upgraded, uow)
         return jsonify(
             accessToken=tokens.issue(member_id),
             tokenType="Bearer",

