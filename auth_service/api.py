@@ -1,11 +1,12 @@
-"""The auth HTTP API: `POST /auth/signup`, `POST /auth/login`."""
+"""The auth HTTP API: `POST /auth/signup`, `POST /auth/login`, `GET /auth/me`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import jwt
 from argon2 import PasswordHasher
-from flask import Blueprint, Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify, request
 from marshmallow import ValidationError
 
 from auth_service.handlers import (
@@ -15,17 +16,24 @@ from auth_service.handlers import (
     InvalidCredentials,
     SignUp,
     TokenIssuer,
+    find_account,
     find_credentials,
     password_hasher,
     replace_password_hash,
     sign_up,
 )
-from auth_service.schemas import LoginSchema, SignedUpSchema, SignupSchema, TokenSchema
+from auth_service.schemas import (
+    AccountSchema,
+    LoginSchema,
+    SignedUpSchema,
+    SignupSchema,
+    TokenSchema,
+)
 from shared.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
 from shared.db import Database
 from shared.logs import bind
 from shared.tracecontext import current_traceparent
-from shared.web import ApiError, base_app, json_object_body, validation_error
+from shared.web import ApiError, base_app, error_response, json_object_body, validation_error
 
 ROUTES = (
     Route(
@@ -56,7 +64,33 @@ ROUTES = (
             UNAVAILABLE,
         ),
     ),
+    Route(
+        "GET",
+        "/auth/me",
+        operation_id="whoAmI",
+        summary="The account an access token belongs to (send `Authorization: Bearer <token>`).",
+        status=200,
+        answer=AccountSchema,
+        errors=(
+            ErrorAnswer(
+                401,
+                "invalid_token",
+                "No token, or one that is expired, tampered with, or not issued for this API.",
+            ),
+            UNAVAILABLE,
+        ),
+    ),
 )
+
+
+def _invalid_token() -> tuple[Response, int]:
+    response, status = error_response(
+        401,
+        "invalid_token",
+        "Send a valid access token: Authorization: Bearer <token from POST /auth/login>.",
+    )
+    response.headers["WWW-Authenticate"] = 'Bearer realm="signup-pipeline", error="invalid_token"'
+    return response, status
 
 
 def create_app(
@@ -119,6 +153,26 @@ def create_app(
             accessToken=tokens.issue(member_id),
             tokenType="Bearer",
             expiresIn=int(tokens.ttl.total_seconds()),
+        )
+
+    @auth.get("/me")
+    def me() -> Response | tuple[Response, int]:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise jwt.InvalidTokenError("no bearer token")
+            claims = tokens.verify(token.strip())
+        except jwt.InvalidTokenError:
+            return _invalid_token()
+        with database.unit_of_work() as uow:
+            account = find_account(str(claims["sub"]), uow)
+        if account is None:  # the account is gone; its tokens mean nothing any more
+            return _invalid_token()
+        return jsonify(
+            uuid=account.member_id,
+            email=account.email,
+            role=account.role,
+            nickname=account.nickname,
         )
 
     app.register_blueprint(auth)

@@ -24,6 +24,8 @@ from shared.pipeline import PROFILE_INSERT
 
 SOURCE = "auth-service"
 TOKEN_TTL = dt.timedelta(hours=1)
+TOKEN_ISSUER = "signup-pipeline/auth-service"
+TOKEN_AUDIENCE = "signup-pipeline"
 
 
 class EmailTaken(Exception):
@@ -136,22 +138,54 @@ def sign_up(command: SignUp, uow: UnitOfWork) -> str:
 
 
 class TokenIssuer:
-    """Signs HS256 access tokens."""
+    """Signs and checks access tokens as RFC 8725 advises: one allowed algorithm (HS256),
+    an explicit type (`at+jwt`, RFC 9068), and `iss`, `aud`, `sub`, `iat`, `exp` always
+    set and always checked."""
 
-    def __init__(self, secret: str, ttl: dt.timedelta = TOKEN_TTL) -> None:
+    ALGORITHM = "HS256"
+    TYPE = "at+jwt"
+
+    def __init__(
+        self,
+        secret: str,
+        ttl: dt.timedelta = TOKEN_TTL,
+        *,
+        issuer: str = TOKEN_ISSUER,
+        audience: str = TOKEN_AUDIENCE,
+    ) -> None:
         self._secret = secret
         self.ttl = ttl
+        self.issuer = issuer
+        self.audience = audience
 
     def issue(self, subject: str) -> str:
-        """A token for `subject` with `iat` now and `exp` one ttl later."""
+        """A token for `subject`, valid from now for one ttl."""
         now = utcnow()
-        claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + self.ttl}
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "iat": now,
+            "exp": now + self.ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(
+            claims, self._secret, algorithm=self.ALGORITHM, headers={"typ": self.TYPE}
+        )
 
     def verify(self, token: str) -> dict[str, Any]:
-        """The claims of a valid token; raises jwt.InvalidTokenError otherwise."""
+        """The claims of a valid token; raises jwt.InvalidTokenError otherwise (wrong
+        algorithm, key, type, issuer or audience; expired; a claim missing)."""
+        header = jwt.get_unverified_header(token)
+        if header.get("typ") != self.TYPE:
+            raise jwt.InvalidTokenError(f"token type is not {self.TYPE}")
         claims: dict[str, Any] = jwt.decode(
-            token, self._secret, algorithms=["HS256"], options={"require": ["exp", "iat", "sub"]}
+            token,
+            self._secret,
+            algorithms=[self.ALGORITHM],
+            audience=self.audience,
+            issuer=self.issuer,
+            options={"require": ["iss", "aud", "sub", "iat", "exp"]},
         )
         return claims
 
@@ -162,6 +196,26 @@ class Credentials:
 
     member_id: str
     password_hash: str
+
+
+@dataclass(frozen=True)
+class Account:
+    """What a member may read about their own account."""
+
+    member_id: str
+    email: str
+    role: str
+    nickname: str
+
+
+def find_account(member_id: str, uow: UnitOfWork) -> Account | None:
+    """The account `member_id`, if it exists."""
+    row = uow.session.execute(
+        select(Member.uuid, Member.email, Member.role, Member.nickname).where(
+            Member.uuid == member_id
+        )
+    ).one_or_none()
+    return Account(row.uuid, row.email, row.role, row.nickname) if row else None
 
 
 def find_credentials(email: str, uow: UnitOfWork) -> Credentials | None:

@@ -164,9 +164,22 @@ class TokenSchema(AnswerSchema):
     """`POST /auth/login` answers 200 with this."""
 
     accessToken = fields.String(
-        required=True, metadata={"description": "An HS256 JWT whose `sub` is the member uuid."}
+        required=True,
+        metadata={
+            "description": "An HS256 JWT (typ `at+jwt`) whose `sub` is the member uuid, with "
+            "`iss`, `aud`, `iat` and `exp`."
+        },
     )
     tokenType = fields.String(required=True, validate=validate.OneOf(["Bearer"]))
     expiresIn = fields.Integer(
         required=True, metadata={"description": "Seconds until the token expires."}
     )
+
+
+class AccountSchema(AnswerSchema):
+    """`GET /auth/me` answers 200 with this."""
+
+    uuid = fields.UUID(required=True)
+    email = fields.String(required=True, metadata={"description": "As given at signup."})
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    nickname = fields.String(required=True)

@@ -732,12 +732,15 @@ class TestLogin:
     ) -> None:
         body = log_in(client, account["email"], account["password"]).get_json()
 
-        assert jwt.get_unverified_header(body["accessToken"])["alg"] == "HS256"
+        header = jwt.get_unverified_header(body["accessToken"])
+        assert (header["alg"], header["typ"]) == ("HS256", "at+jwt")
         claims = jwt.decode(
             body["accessToken"],
             SECRET,
             algorithms=["HS256"],
-            options={"require": ["sub", "exp", "iat"]},
+            audience="signup-pipeline",
+            issuer="signup-pipeline/auth-service",
+            options={"require": ["iss", "aud", "sub", "exp", "iat"]},
         )
         assert claims["sub"] == account["uuid"]
         assert claims["exp"] - claims["iat"] == body["expiresIn"]
@@ -759,7 +762,7 @@ class TestLogin:
         response = log_in(client, typed, account["password"])
 
         assert response.status_code == 200
-        claims = jwt.decode(response.get_json()["accessToken"], SECRET, algorithms=["HS256"])
+        claims = TokenIssuer(SECRET).verify(response.get_json()["accessToken"])
         assert claims["sub"] == account["uuid"]
 
     def test_login_with_wrong_password_is_401(
