@@ -144,6 +144,7 @@ def create_app(
             member_id = authenticator.check(credentials, data["password"])
         except InvalidCredentials:
             raise ApiError(401, "invalid_credentials", "Email or password is wrong.") from None
+        bind(member_uuid=member_id)
         assert credentials is not None  # check() passed
         upgraded = authenticator.upgraded_hash(credentials, data["password"])
         if upgraded is not None:  # made with older argon2 parameters: strengthen it now
@@ -168,6 +169,7 @@ def create_app(
             account = find_account(str(claims["sub"]), uow)
         if account is None:  # the account is gone; its tokens mean nothing any more
             return _invalid_token()
+        bind(member_uuid=account.member_id)
         return jsonify(
             uuid=account.member_id,
             email=account.email,

@@ -8,6 +8,7 @@ from batch_service.models import PartnerSummary
 from batch_service.schemas import PartnerSummarySchema
 from shared.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
 from shared.db import Database
+from shared.logs import bind
 from shared.web import ApiError, base_app
 
 ROUTES = (
@@ -33,6 +34,7 @@ def create_app(database: Database) -> Flask:
 
     @partners.get("/<partner_id>/summary")
     def get_summary(partner_id: str) -> Response:
+        bind(member_uuid=partner_id)
         with database.unit_of_work() as uow:
             summary = uow.session.get(PartnerSummary, partner_id)
         if summary is None:

@@ -9,6 +9,7 @@ from member_service.models import FavoriteStyle, Partner, User
 from member_service.schemas import MemberSchema
 from shared.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
 from shared.db import Database
+from shared.logs import bind
 from shared.outbox import rfc3339
 from shared.web import ApiError, base_app
 
@@ -35,6 +36,7 @@ def create_app(database: Database) -> Flask:
 
     @members.get("/<member_id>")
     def get_member(member_id: str) -> Response:
+        bind(member_uuid=member_id)
         with database.unit_of_work() as uow:
             role = "USER"
             profile: User | Partner | None = uow.session.get(User, member_id)

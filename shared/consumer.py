@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,11 +158,14 @@ class EventProcessor:
             log.exception("unexpected failure on %s (attempt %d)", _where(message), attempt)
             raise RetryLater(str(exc), backoff_delay(attempt)) from exc
 
-    def process_batch(self, messages: Sequence[Message], attempt: int = 1) -> list[Outcome]:
+    def process_batch(
+        self, messages: Sequence[Message], attempt: int = 1
+    ) -> tuple[list[Outcome], list[tuple[Message, str]]]:
         """Apply `messages` in one transaction: one commit and one multi-row INSERT per
         table for the whole batch, which is what lets a worker drain a backlog fast.
 
-        Records that fail to decode are dead-lettered once the others are committed.
+        Returns the outcomes of the records that decoded (committed), and the records
+        that did not with why, for the caller to dead-letter (`dead_letter`).
         Raises RetryLater when the database is unwell (nothing was applied); raises any
         other failure (a record conflicting with stored state, a handler bug) unchanged,
         for the caller to apply the records one by one with `process`, so that only the
@@ -179,11 +182,14 @@ class EventProcessor:
         except Exception as exc:
             if is_transient(exc):
                 log.warning(
-                    "transient failure on a batch of %d, will retry: %s", len(messages), exc
+                    "transient failure on a batch of %d (%s), will retry: %s",
+                    len(messages),
+                    _span_of(messages),
+                    exc,
                 )
                 raise RetryLater(str(exc), backoff_delay(attempt)) from exc
             raise
-        return outcomes + [self.dead_letter(m, error, attempt) for m, error in rejected]
+        return outcomes, rejected
 
     def _apply(self, decoded: list[tuple[Message, dict[str, Any]]]) -> list[Outcome]:
         """Claim the events in the inbox and apply the new ones, all in one transaction."""
@@ -194,7 +200,7 @@ class EventProcessor:
             for message, _ in decoded
         ]
         group = self.topic.consumer_group
-        handler_duration = metrics().handler_duration.labels(self.topic.name)
+        durations = []
         with self._database.unit_of_work(self._after_commit) as uow:
             # dict.fromkeys: the same event twice in one batch is claimed once.
             wanted = dict.fromkeys((c.event_id, c.message.topic) for c in contexts)
@@ -209,21 +215,26 @@ class EventProcessor:
                 with self._event_scope(message, context):
                     started = time.perf_counter()
                     self._handler(event, uow, context)
-                    handler_duration.observe(time.perf_counter() - started)
+                    durations.append(time.perf_counter() - started)
                     log.debug("handled %s", _where(message))
                 outcomes.append(Outcome.APPLIED)
             uow.commit()
         failpoint("after-db-commit")
+        # Only once committed: a batch rolled back and applied again record by record
+        # must not count its handlers twice.
+        handler_duration = metrics().handler_duration.labels(self.topic.name)
+        for duration in durations:
+            handler_duration.observe(duration)
         return outcomes
 
-    def _event_scope(self, message: Message, context: EventContext) -> contextlib.ExitStack:
+    @contextlib.contextmanager
+    def _event_scope(self, message: Message, context: EventContext) -> Iterator[None]:
         """The event's span (child of the producer's traceparent) and its ids on every
         log line."""
-        scope = contextlib.ExitStack()
         key = message.key.decode("utf-8", errors="replace") if message.key else None
-        scope.enter_context(log_context(ce_id=context.event_id, member_uuid=key))
-        scope.enter_context(  # the span adds the trace id
-            span(
+        with (
+            log_context(ce_id=context.event_id, member_uuid=key),
+            span(  # adds the trace id
                 f"{message.topic} process",
                 SpanKind.CONSUMER,
                 parent=context.traceparent,
@@ -236,9 +247,9 @@ class EventProcessor:
                     "messaging.destination.partition.id": str(message.partition),
                     "messaging.kafka.offset": message.offset,
                 },
-            )
-        )
-        return scope
+            ),
+        ):
+            yield
 
     def dead_letter(self, message: Message, error: str, attempts: int) -> Outcome:
         """Copy `message` to the topic's DLT with why and where; wait for the broker's ack."""
@@ -258,6 +269,8 @@ class EventProcessor:
                 self.topic.dead_letter, value=message.value, key=message.key, headers=headers
             ).get(timeout=30)
         except Exception as exc:  # a record that cannot even be parked must not stop the loop
+            with message_log_context(message):
+                log.warning("dead-letter send for %s failed, will retry: %s", _where(message), exc)
             raise RetryLater(f"dead-letter send failed: {exc}", backoff_delay(attempts)) from exc
         with message_log_context(message):
             log.error("dead-lettered %s: %s", _where(message), one_line)
@@ -271,6 +284,17 @@ def message_log_context(message: Message) -> contextlib.AbstractContextManager[N
         member_uuid=message.key.decode("utf-8", errors="replace") if message.key else None,
         trace_id=trace_id_of(message.header("traceparent")),
     )
+
+
+def _span_of(messages: Sequence[Message]) -> str:
+    """`profile-insert[0]@5-9 [3]@2` : which records a batch held, for a log line."""
+    ranges: dict[int, list[int]] = {}
+    for message in messages:
+        ranges.setdefault(message.partition, []).append(message.offset)
+    parts = [
+        f"[{p}]@{min(o)}" + (f"-{max(o)}" if len(o) > 1 else "") for p, o in sorted(ranges.items())
+    ]
+    return f"{messages[0].topic}{' '.join(parts)}" if messages else "nothing"
 
 
 def _where(message: Message) -> str:
@@ -377,26 +401,45 @@ class ConsumerLoop:
         attempt = 1 + max(self._attempts.get(position, 0) for position in firsts.items())
         messages = [message_from_record(r) for records in batch.values() for r in records]
         try:
-            outcomes = self._processor.process_batch(messages, attempt)
+            outcomes, rejected = self._processor.process_batch(messages, attempt)
         except RetryLater as retry:
             for partition, offset in firsts.items():
                 self._retry_later(partition, offset, attempt, retry.delay, len(batch[partition]))
             return
         except Exception as exc:
             log.warning(
-                "a batch of %d failed (%s); applying it record by record", len(messages), exc
+                "a batch of %d (%s) failed (%s); applying it record by record",
+                len(messages),
+                _span_of(messages),
+                exc,
             )
             self._apply_one_by_one(batch)
             return
-        for position in firsts.items():
-            self._attempts.pop(position, None)
-            self._failing_since.pop(position[0], None)
-        for outcome in outcomes:
+        for outcome in outcomes:  # committed, whatever happens to the rejected records
             self._record(outcome)
+        # Committed up to here, per partition; a record that could not even be
+        # dead-lettered holds back its partition from itself on (the records after it
+        # come again and are duplicates then).
+        upto = {partition: records[-1].offset + 1 for partition, records in batch.items()}
+        for message, error in rejected:
+            partition = TopicPartition(message.topic, message.partition)
+            if upto[partition] <= message.offset:
+                continue  # this partition is already held back at an earlier record
+            try:
+                self._record(self._processor.dead_letter(message, error, attempt))
+            except RetryLater as retry:
+                upto[partition] = message.offset
+                behind = sum(1 for r in batch[partition] if r.offset >= message.offset)
+                self._retry_later(partition, message.offset, attempt, retry.delay, behind)
+        for position in firsts.items():
+            if upto[position[0]] > batch[position[0]][-1].offset:
+                self._attempts.pop(position, None)
+                self._failing_since.pop(position[0], None)
         self._commit(
             {
-                partition: OffsetAndMetadata(records[-1].offset + 1, "", -1)
-                for partition, records in batch.items()
+                partition: OffsetAndMetadata(offset, "", -1)
+                for partition, offset in upto.items()
+                if offset > firsts[partition]
             }
         )
 
@@ -411,7 +454,8 @@ class ConsumerLoop:
                 try:
                     outcome = self._processor.process(message_from_record(record), attempt)
                 except RetryLater as retry:
-                    self._retry_later(partition, record.offset, attempt, retry.delay)
+                    behind = sum(1 for r in records if r.offset >= record.offset)
+                    self._retry_later(partition, record.offset, attempt, retry.delay, behind)
                     break
                 self._attempts.pop(position, None)
                 self._failing_since.pop(partition, None)

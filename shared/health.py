@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,6 +19,12 @@ from shared.metrics import exposition
 
 log = logging.getLogger(__name__)
 
+# A poll waits at most 0.5 s and a batch takes well under a second: a loop that has not
+# polled for this long is busy with something it should not be.
+SLOW_POLL_SECONDS = 30.0
+# The consumer's max_poll_interval_ms: past it the group has evicted this member.
+HUNG_AFTER_SECONDS = 300.0
+
 
 class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
     """Set by the consumer's rebalance listener; read by the readiness probe."""
@@ -26,12 +33,19 @@ class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = threading.Event()
         self.assigned: list[Any] = []
         self.stuck: list[str] = []
+        self.polled_at: float | None = None
 
     def report_stuck(self, partitions: list[str]) -> None:
-        """ConsumerLoop hook: partitions whose record has been failing for too long."""
+        """ConsumerLoop hook, after every poll: partitions whose record has been failing
+        for too long (and, by being called, that the loop is still turning)."""
+        self.polled_at = time.monotonic()
         if partitions and partitions != self.stuck:
             log.error("not ready: %s failing for too long (still retrying)", partitions)
         self.stuck = partitions
+
+    def seconds_since_poll(self) -> float | None:
+        """How long the consume loop has not polled (None before its first poll)."""
+        return None if self.polled_at is None else time.monotonic() - self.polled_at
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         """kafka-python ConsumerRebalanceListener hook."""
@@ -88,7 +102,15 @@ class HealthServer:
 
     def answer(self, path: str) -> tuple[int, dict[str, Any]]:
         """Status and JSON body for `path`."""
+        idle = self._state.seconds_since_poll()
         if path == "/health/live":
+            # A loop stuck this long has been evicted from its group (max.poll.interval):
+            # only a restart brings it back.
+            if idle is not None and idle > HUNG_AFTER_SECONDS:
+                return 503, {
+                    "error": "unavailable",
+                    "message": f"The consume loop has not polled for {idle:.0f} s.",
+                }
             return 200, {"status": "ok"}
         if path != "/health/ready":
             return 404, {"error": "not_found", "message": f"No route {path}."}
@@ -96,6 +118,12 @@ class HealthServer:
             return 503, {
                 "error": "unavailable",
                 "message": "The consumer has not joined its group.",
+            }
+        if idle is None or idle > SLOW_POLL_SECONDS:
+            return 503, {
+                "error": "unavailable",
+                "message": "The consume loop has not polled recently"
+                + (f" ({idle:.0f} s)." if idle is not None else "."),
             }
         if self._state.stuck:
             return 503, {

@@ -79,13 +79,15 @@ class JsonFormatter(logging.Formatter):
             "service": self._service,
             "role": self._role,
             "logger": record.name,
-            "message": scrub(record.getMessage()),
+            "message": record.getMessage(),
         }
         document.update(_context.get())
         document.update(getattr(record, "fields", None) or {})
         if record.exc_info:
-            document["exception"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(document, ensure_ascii=False, default=str)
+            document["exception"] = self.formatException(record.exc_info)
+        # The whole line, ids and extra fields too. Neither pattern can match a quote,
+        # so a replacement stays inside its JSON string.
+        return scrub(json.dumps(document, ensure_ascii=False, default=str))
 
 
 class TextFormatter(logging.Formatter):

@@ -5,18 +5,17 @@ per process by `metrics()`. What is a fact about a database (the outbox backlog)
 read when scraped, by `OutboxBacklog`, so every copy of a process reports the same
 truth rather than its own share of it.
 
-An API runs as several gunicorn worker processes; its counters are kept in
-PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, which `run_api`
-switches on before any metric exists), and a scrape of any worker sums them all.
+An API runs as several gunicorn worker processes; its counters are kept in files in a
+directory of its own (prometheus-client's multiprocess mode, which `run_api` switches
+on before any metric exists), and a scrape of any worker sums them all.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -30,7 +29,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select
 
 from shared.db import Database, utcnow
@@ -105,28 +104,44 @@ class PipelineMetrics:
         )
 
 
-@functools.cache
+_built: list[PipelineMetrics] = []
+_building = threading.Lock()
+
+
 def metrics() -> PipelineMetrics:
-    """This process's metrics (built on first use, after `enable_multiprocess`)."""
-    return PipelineMetrics()
+    """This process's metrics, built once (after `use_multiprocess_directory`, if any);
+    safe to call from several threads at once."""
+    if not _built:
+        with _building:
+            if not _built:
+                _built.append(PipelineMetrics())
+    return _built[0]
 
 
-def enable_multiprocess(directory: str | None = None) -> str:
-    """Keep this process's and its forked children's metrics in `directory` (made
-    empty first), so that one scrape sums every gunicorn worker. Call before `metrics()`."""
-    if metrics.cache_info().currsize:
-        raise RuntimeError("metrics already exist: enable multiprocess mode before using them")
-    directory = directory or os.environ.get(MULTIPROC_VARIABLE)
-    if not directory:
-        raise ValueError("no directory for multiprocess metrics")
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):  # a previous run's counts would be added to ours
-        stale.unlink()
-    os.environ[MULTIPROC_VARIABLE] = str(path)
+def use_multiprocess_directory(directory: str) -> None:
+    """Keep this process's and its forked children's metrics in `directory`, which must
+    be this process's own (see `run_api`), so that one scrape sums every gunicorn worker.
+    Call before `metrics()`."""
+    if _built:
+        raise RuntimeError("metrics already exist: choose their store before using them")
+    os.environ[MULTIPROC_VARIABLE] = directory
     # prometheus-client picks the value store when imported; choose again now.
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
-    return str(path)
+
+
+def use_process_memory() -> None:
+    """Keep this (single-process) process's metrics in memory even if the environment
+    names a multiprocess directory, so it never reads or mixes with other processes'."""
+    if _built:
+        raise RuntimeError("metrics already exist: choose their store before using them")
+    os.environ.pop(MULTIPROC_VARIABLE, None)
+    values.ValueClass = values.MutexValue
+
+
+def forget_process(pid: int) -> None:
+    """A gunicorn worker exited: drop its live-gauge files (counters stay counted)."""
+    if multiprocess_enabled():
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def multiprocess_enabled() -> bool:

@@ -32,7 +32,14 @@ from shared.housekeeping import Housekeeper
 from shared.inbox import InboxRecord
 from shared.kafka import create_topics, make_consumer, make_producer, missing_topics
 from shared.logs import configure_logging
-from shared.metrics import MULTIPROC_VARIABLE, OutboxBacklog, enable_multiprocess
+from shared.metrics import (
+    MULTIPROC_VARIABLE,
+    OutboxBacklog,
+    forget_process,
+    metrics,
+    use_multiprocess_directory,
+    use_process_memory,
+)
 from shared.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.outbox import OutboxRecord, OutboxRelay
 from shared.pipeline import TOPICS, Topic
@@ -141,6 +148,8 @@ def run_worker(
 ) -> None:
     """Consume `spec.topic` until SIGTERM/SIGINT, relaying this service's outbox meanwhile."""
     stop = stop_on_signals()  # first: a SIGTERM during start-up is a clean stop too
+    use_process_memory()
+    metrics()  # built before the relay, health and consumer threads can race to build it
     database = open_database(settings, metadata)
     check_broker(settings)
     servers = settings.bootstrap_servers
@@ -208,11 +217,14 @@ def run_api(
         check_broker(settings)
     servers = settings.bootstrap_servers
     # Before any metric exists, and inherited by the forked workers: one scrape of any
-    # worker then sums the counts of all of them.
-    own_directory = not os.environ.get(MULTIPROC_VARIABLE)
-    directory = enable_multiprocess(
-        tempfile.mkdtemp(prefix=f"{settings.service}-metrics-") if own_directory else None
+    # worker then sums the counts of all of them. A directory of this API's own (under
+    # PROMETHEUS_MULTIPROC_DIR if set), so two APIs on one host never mix or delete each
+    # other's counts; a stale one left by a killed run is never read.
+    directory = tempfile.mkdtemp(
+        prefix=f"{settings.service}-api-metrics-", dir=os.environ.get(MULTIPROC_VARIABLE) or None
     )
+    use_multiprocess_directory(directory)
+    master = os.getpid()
 
     def app_factory() -> Flask:
         # Runs in each gunicorn worker after fork: engines and producers are per process.
@@ -223,6 +235,7 @@ def run_api(
             housekeeper = Housekeeper(
                 database, outbox, outbox_retention=settings.outbox_retention
             ).start()
+        metrics()  # built before the request threads can race to build it
         app = build(database, relay)
         app.extensions["metrics_collectors"] = outbox_collectors(settings.service, database, outbox)
         app.extensions["outbox_relay"] = relay
@@ -245,9 +258,12 @@ def run_api(
             workers=args.workers,
             threads=args.threads,
             on_worker_exit=on_exit,
+            on_child_exit=forget_process,
         )
     finally:
-        if own_directory:
+        # gunicorn ends a worker by raising SystemExit through this same call stack:
+        # only the master may remove the directory the surviving workers still use.
+        if os.getpid() == master:
             shutil.rmtree(directory, ignore_errors=True)
 
 

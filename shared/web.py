@@ -181,6 +181,14 @@ def base_app(name: str, database: Database) -> Flask:
     return app
 
 
+# Any token is a method to Flask and gunicorn; only these become their own series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method() -> str:
+    return request.method if request.method in KNOWN_METHODS else "OTHER"
+
+
 def _route() -> str:
     # The rule, not the path: one series per route however many uuids are asked for.
     return request.url_rule.rule if request.url_rule is not None else "<unmatched>"
@@ -198,10 +206,10 @@ def instrument(app: Flask) -> None:
         g.request_scope = scope
         scope.enter_context(
             span(
-                f"{request.method} {_route()}",
+                f"{_method()} {_route()}",
                 SpanKind.SERVER,
                 parent=request.headers.get("traceparent"),
-                attributes={"http.request.method": request.method, "http.route": _route()},
+                attributes={"http.request.method": _method(), "http.route": _route()},
             )
         )
 
@@ -211,7 +219,7 @@ def instrument(app: Flask) -> None:
         if started is None:  # the request failed before it began (e.g. bad body size)
             return response
         elapsed = time.perf_counter() - started
-        route, method = _route(), request.method
+        route, method = _route(), _method()
         measured = metrics()
         measured.http_requests.labels(route, method, str(response.status_code)).inc()
         measured.http_duration.labels(route, method).observe(elapsed)
@@ -288,6 +296,7 @@ def serve(
     workers: int = 2,
     threads: int = 4,
     on_worker_exit: Callable[[Flask], None] | None = None,
+    on_child_exit: Callable[[int], None] | None = None,
 ) -> None:
     """Serve the app with gunicorn; each worker builds its own app (and clients) after fork."""
     from gunicorn import util
@@ -313,6 +322,8 @@ def serve(
             self.cfg.set("logger_class", _logger_class())
             if on_worker_exit is not None:
                 self.cfg.set("worker_exit", lambda _server, _worker: self._exit())
+            if on_child_exit is not None:  # runs in the master
+                self.cfg.set("child_exit", lambda _server, worker: on_child_exit(worker.pid))
 
         def _exit(self) -> None:
             if self.application is not None and on_worker_exit is not None:

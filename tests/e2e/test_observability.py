@@ -5,6 +5,8 @@ and no log line carries a password, a hash, an email or a phone number."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -63,12 +65,6 @@ def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum over every series of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
 def worker_url(stack: Stack, name: str) -> str:
@@ -149,7 +145,8 @@ def test_member_worker_metrics_count_each_event_once(stack: Stack, run: dict[str
     assert value(samples, "signup_event_handler_duration_seconds_count", **topic) == 7
     assert value(samples, "signup_events_published_total", topic="partner-created") == 3
     assert value(samples, "signup_outbox_backlog", topic="partner-created") == 0
-    assert total(samples, "signup_consumer_lag", **topic) == 0
+    lags = [v for (n, labels), v in samples.items() if n == "signup_consumer_lag"]
+    assert len(lags) == 6 and sum(lags) == 0  # one series per assigned partition
 
 
 def test_batch_worker_and_read_api_metrics_count_what_happened(
@@ -211,3 +208,38 @@ def test_one_trace_id_follows_a_partner_signup_through_the_logs_of_all_three_ser
     assert member_lines[0]["ce_id"] != batch_lines[0]["ce_id"]  # two events, one trace
     assert {d["service"] for d in member_lines} == {"member"}
     assert {d["role"] for d in batch_lines} == {"worker"}
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_metrics_survive_a_gunicorn_worker_dying_and_a_reload(
+    stack: Stack, run: dict[str, Any]
+) -> None:
+    """Runs last: it replaces the auth API's workers."""
+    master = stack.processes["auth-api"].pid
+    assert master is not None
+    workers = children(master)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGTERM)  # gunicorn starts a replacement
+    wait_until(lambda: len(set(children(master)) - set(workers)) == 1, timeout=20)
+    os.kill(master, signal.SIGHUP)  # a graceful reload replaces every worker
+    wait_until(lambda: not set(children(master)) & set(workers), timeout=20)
+    wait_until(lambda: len(children(master)) == 2, timeout=20)
+
+    assert request("POST", f"{stack.url('auth')}/auth/signup", signup_body())[0] == 201
+    route = {"route": "/auth/signup", "method": "POST"}
+    for _ in range(6):  # every answer, from any new worker, still sums every count
+        samples = scrape(stack.url("auth"))
+        assert value(samples, "signup_http_requests_total", status="201", **route) == 8
+        assert value(samples, "signup_http_requests_total", status="409", **route) == 1

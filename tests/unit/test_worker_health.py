@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -50,8 +51,10 @@ def serve(database: Database, state: ConsumerState, servers: list[str], **kw: An
 
 
 def joined() -> ConsumerState:
+    """Joined its group, and the consume loop has just polled."""
     state = ConsumerState()
     state.on_partitions_assigned([])
+    state.report_stuck([])
     return state
 
 
@@ -66,12 +69,16 @@ def test_ready_when_database_and_broker_answer_and_the_group_is_joined(
         health.stop()
 
 
-@pytest.mark.parametrize("problem", ["not joined", "broker gone", "partition stuck"])
+@pytest.mark.parametrize(
+    "problem", ["not joined", "broker gone", "partition stuck", "loop not polling"]
+)
 def test_not_ready_says_why(database: Database, listening_broker: str, problem: str) -> None:
     state = ConsumerState() if problem == "not joined" else joined()
     servers = [f"127.0.0.1:{free_port()}"] if problem == "broker gone" else [listening_broker]
     if problem == "partition stuck":
         state.report_stuck(["profile-insert[2]"])
+    if problem == "loop not polling":
+        state.polled_at = time.monotonic() - 31
     health = serve(database, state, servers)
     try:
         status, content_type, body = get(f"http://127.0.0.1:{health.port}/health/ready")
@@ -79,7 +86,12 @@ def test_not_ready_says_why(database: Database, listening_broker: str, problem: 
         health.stop()
     assert (status, content_type) == (503, "application/json")
     message = json.loads(body)["message"]
-    expected = {"not joined": "joined", "broker gone": "broker", "partition stuck": "[2]"}
+    expected = {
+        "not joined": "joined",
+        "broker gone": "broker",
+        "partition stuck": "[2]",
+        "loop not polling": "not polled recently (31 s)",
+    }
     assert expected[problem] in message
 
 
@@ -96,3 +108,17 @@ def test_the_worker_port_serves_prometheus_metrics_with_its_outbox_backlog(
     text = body.decode()
     assert 'signup_outbox_backlog{topic="partner-created"} 0.0' in text
     assert "# TYPE signup_events_applied_total counter" in text
+
+
+def test_a_loop_hung_past_the_poll_interval_is_no_longer_live(
+    database: Database, listening_broker: str
+) -> None:
+    state = joined()
+    health = serve(database, state, [listening_broker])
+    try:
+        assert get(f"http://127.0.0.1:{health.port}/health/live")[0] == 200
+        state.polled_at = time.monotonic() - 301  # evicted by max.poll.interval by now
+        status, _, body = get(f"http://127.0.0.1:{health.port}/health/live")
+    finally:
+        health.stop()
+    assert status == 503 and "has not polled for 301 s" in json.loads(body)["message"]
