@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from shared.consumer import event_id_of
 from shared.kafka import Message, make_producer, read_topic
+from shared.operations import format_duration
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,4 @@ def replay(bootstrap_servers: Sequence[str], letters: Iterable[DeadLetter]) -> l
 
 def format_age(age: dt.timedelta) -> str:
     """`3d 4h`, `12m 5s`: short and readable."""
-    seconds = int(age.total_seconds())
-    days, seconds = divmod(seconds, 86_400)
-    hours, seconds = divmod(seconds, 3_600)
-    minutes, seconds = divmod(seconds, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {seconds}s"
+    return format_duration(age.total_seconds())
