@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 
+# On every answer: a JSON API is never a page to render, frame, sniff or cache.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
 # A stable code for every status an API can answer with.
 ERROR_CODES = {
     400: "bad_request",
@@ -214,6 +224,12 @@ def instrument(app: Flask) -> None:
         )
 
     @app.after_request
+    def _secure(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.after_request
     def _count(response: Response) -> Response:
         started = g.pop("started", None)
         if started is None:  # the request failed before it began (e.g. bad body size)
@@ -266,8 +282,9 @@ def _write_json_error(sock: Any, status: int, reason: str, message: str) -> None
     body = json.dumps(
         {"error": GUNICORN_ERROR_CODES.get(status, "bad_request"), "message": message or reason}
     ).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in SECURITY_HEADERS.items())
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     write_nonblock(sock, head.encode("latin-1") + body)

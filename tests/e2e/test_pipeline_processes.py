@@ -176,6 +176,8 @@ def test_requests_gunicorn_itself_rejects_are_answered_in_json(stack: Stack) -> 
     assert response.status == 414
     assert response.getheader("Content-Type") == "application/json"
     assert json.loads(body)["error"] == "uri_too_long"
+    assert response.getheader("X-Content-Type-Options") == "nosniff"
+    assert response.getheader("Cache-Control") == "no-store"
 
 
 def test_sigterm_stops_every_process_cleanly_and_leaves_none_behind(stack: Stack) -> None:

@@ -1,0 +1,85 @@
+"""Every answer of every API, success or error, carries the security headers and is
+JSON (or the Prometheus text of /metrics): never HTML, never a stack trace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from auth_service.api import create_app as create_auth_app
+from auth_service.handlers import TokenIssuer
+from auth_service.models import Base as AuthBase
+from batch_service.api import create_app as create_batch_app
+from batch_service.models import Base as BatchBase
+from member_service.api import create_app as create_member_app
+from member_service.models import Base as MemberBase
+from shared.db import Database
+from shared.web import SECURITY_HEADERS
+from tests.schema import create_tables
+from tests.unit.pipeline_harness import FAST_HASHER, signup_body
+
+UUID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Iterator[dict[str, Flask]]:
+    databases = []
+
+    def database(name: str, base: Any) -> Database:
+        db = Database.from_url(f"sqlite:///{tmp_path / name}.db", base.metadata)
+        create_tables(db)
+        databases.append(db)
+        return db
+
+    yield {
+        "auth": create_auth_app(
+            database("auth", AuthBase), TokenIssuer("k" * 32), hasher=FAST_HASHER
+        ),
+        "member": create_member_app(database("member", MemberBase)),
+        "batch": create_batch_app(database("batch", BatchBase)),
+    }
+    for db in databases:
+        db.engine.dispose()
+
+
+REQUESTS = [
+    ("auth", "POST", "/auth/signup", {"json": signup_body()}, 201),
+    ("auth", "POST", "/auth/signup", {"json": {"email": "x"}}, 400),
+    ("auth", "POST", "/auth/signup", {"data": "x=1", "content_type": "text/plain"}, 415),
+    (
+        "auth",
+        "POST",
+        "/auth/signup",
+        {"data": "{" * 70_000, "content_type": "application/json"},
+        413,
+    ),
+    ("auth", "POST", "/auth/login", {"json": {"email": "a@b.co", "password": "nope nope"}}, 401),
+    ("auth", "GET", "/auth/me", {}, 401),
+    ("auth", "GET", "/auth/signup", {}, 405),
+    ("auth", "GET", "/no/such/route", {}, 404),
+    ("auth", "GET", "/health/ready", {}, 200),
+    ("auth", "GET", "/metrics", {}, 200),
+    ("auth", "GET", "/openapi.json", {}, 200),
+    ("member", "GET", f"/members/{UUID}", {}, 404),
+    ("batch", "GET", f"/partners/{UUID}/summary", {}, 404),
+]
+
+
+@pytest.mark.parametrize(("app", "method", "path", "options", "status"), REQUESTS)
+def test_every_answer_carries_the_security_headers(
+    apps: dict[str, Flask], app: str, method: str, path: str, options: dict[str, Any], status: int
+) -> None:
+    response = apps[app].test_client().open(path, method=method, **options)
+    assert response.status_code == status
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get(name) == value, name
+    if path != "/metrics":
+        assert response.content_type == "application/json"
+        assert response.json is not None
+    if status >= 400:
+        assert set(response.json or {}) >= {"error", "message"}
+        assert "Traceback" not in response.get_data(as_text=True)
