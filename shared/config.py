@@ -15,6 +15,11 @@ DEV_MODE_VARIABLE = "SIGNUP_PIPELINE_DEV"
 # A test checks the code reads no other, and that docker-compose sets no other.
 ENVIRONMENT = (
     "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_CAFILE",
     "AUTH_DATABASE_URL",
     "MEMBER_DATABASE_URL",
     "BATCH_DATABASE_URL",

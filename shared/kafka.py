@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,10 +87,58 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+def client_security(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """kafka-python settings for an authenticated, encrypted broker connection, from
+    KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME,
+    KAFKA_SASL_PASSWORD and KAFKA_SSL_CAFILE; every client of the pipeline uses them.
+    Empty when none is set (PLAINTEXT)."""
+    from shared.config import ConfigError
+
+    env = os.environ if env is None else env
+    protocol = (env.get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
+    settings: dict[str, Any] = {}
+    if protocol != "PLAINTEXT":
+        settings["security_protocol"] = protocol
+    if protocol.startswith("SASL_"):
+        mechanism = (env.get("KAFKA_SASL_MECHANISM") or "SCRAM-SHA-512").upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
+            )
+        username, password = env.get("KAFKA_SASL_USERNAME"), env.get("KAFKA_SASL_PASSWORD")
+        if not username or not password:
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD"
+            )
+        settings |= {
+            "sasl_mechanism": mechanism,
+            "sasl_plain_username": username,
+            "sasl_plain_password": password,
+        }
+    cafile = env.get("KAFKA_SSL_CAFILE")
+    if cafile:
+        if not protocol.endswith("SSL"):
+            raise ConfigError("KAFKA_SSL_CAFILE is set but KAFKA_SECURITY_PROTOCOL is not SSL")
+        if not os.path.isfile(cafile):
+            raise ConfigError(f"KAFKA_SSL_CAFILE={cafile!r} is not a readable file")
+        settings["ssl_cafile"] = cafile
+    return settings
+
+
 def make_producer(bootstrap_servers: Sequence[str], **overrides: Any) -> KafkaProducer:
     """An idempotent producer that waits for every in-sync replica."""
     return KafkaProducer(
-        bootstrap_servers=list(bootstrap_servers), **(PRODUCER_DEFAULTS | overrides)
+        bootstrap_servers=list(bootstrap_servers),
+        **(PRODUCER_DEFAULTS | client_security() | overrides),
     )
 
 
@@ -104,7 +153,7 @@ def make_consumer(
     consumer = KafkaConsumer(
         bootstrap_servers=list(bootstrap_servers),
         group_id=group_id,
-        **(CONSUMER_DEFAULTS | overrides),
+        **(CONSUMER_DEFAULTS | client_security() | overrides),
     )
     consumer.subscribe(list(topics), listener=listener)
     return consumer
@@ -139,6 +188,7 @@ def missing_topics(bootstrap_servers: Sequence[str], timeout_ms: int = 10_000) -
         bootstrap_servers=list(bootstrap_servers),
         bootstrap_timeout_ms=timeout_ms,
         request_timeout_ms=timeout_ms,
+        **client_security(),
     )
     try:
         existing = consumer.topics()
@@ -161,6 +211,7 @@ def create_topics(
         bootstrap_servers=list(bootstrap_servers),
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
+        **client_security(),
     )
     try:
         for name in names:
@@ -183,6 +234,7 @@ def read_topic(
         bootstrap_servers=list(bootstrap_servers),
         enable_auto_commit=False,
         bootstrap_timeout_ms=10_000,
+        **client_security(),
     )
     try:
         deadline = time.monotonic() + timeout

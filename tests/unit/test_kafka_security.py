@@ -1,0 +1,76 @@
+"""Kafka client security settings come from the environment, are checked at start, and
+reach every client the pipeline makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kafka.errors import KafkaError
+
+from shared.config import ConfigError
+from shared.kafka import client_security, missing_topics, pipeline_topics
+
+
+def test_no_setting_means_plaintext_and_adds_nothing() -> None:
+    assert client_security({}) == {}
+
+
+def test_sasl_ssl_with_scram_and_a_ca_file(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = client_security(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "KAFKA_SASL_USERNAME": "member-service",
+            "KAFKA_SASL_PASSWORD": "s3cret-s3cret",
+            "KAFKA_SSL_CAFILE": str(ca),
+        }
+    )
+    assert settings == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "member-service",
+        "sasl_plain_password": "s3cret-s3cret",
+        "ssl_cafile": str(ca),
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL='TLS' is not one of"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_USERNAME and"),
+        (
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_SASL_MECHANISM": "GSSAPI",
+                "KAFKA_SASL_USERNAME": "u",
+                "KAFKA_SASL_PASSWORD": "p",
+            },
+            "KAFKA_SASL_MECHANISM='GSSAPI' is not one of",
+        ),
+        ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nope.pem"}, "not a readable"),
+        ({"KAFKA_SSL_CAFILE": "/etc/hostname"}, "KAFKA_SECURITY_PROTOCOL is not SSL"),
+    ],
+)
+def test_a_wrong_security_setting_is_a_clear_config_error(
+    env: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        client_security(env)
+
+
+@pytest.mark.integration
+def test_the_settings_reach_the_client_that_talks_to_the_broker(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundled broker speaks PLAINTEXT only: a client told to use SASL cannot talk to
+    it, which shows the setting was applied (and without it the same call works)."""
+    answered = missing_topics([kafka_bootstrap], timeout_ms=5000)  # talks PLAINTEXT fine
+    assert set(answered) <= set(pipeline_topics())
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "member-service")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-s3cret")
+    with pytest.raises(KafkaError):
+        missing_topics([kafka_bootstrap], timeout_ms=3000)
