@@ -145,8 +145,15 @@ def test_member_worker_metrics_count_each_event_once(stack: Stack, run: dict[str
     assert value(samples, "signup_event_handler_duration_seconds_count", **topic) == 7
     assert value(samples, "signup_events_published_total", topic="partner-created") == 3
     assert value(samples, "signup_outbox_backlog", topic="partner-created") == 0
-    lags = [v for (n, labels), v in samples.items() if n == "signup_consumer_lag"]
-    assert len(lags) == 6 and sum(lags) == 0  # one series per assigned partition
+
+    def lags() -> list[float]:
+        now = scrape(worker_url(stack, "member-worker"))
+        return [v for (n, _), v in now.items() if n == "signup_consumer_lag"]
+
+    # One series per assigned partition, refreshed once a second from the last fetch
+    # (and dropped while a rebalance leaves the worker without partitions).
+    wait_until(lambda: len(lags()) == 6, timeout=15)
+    assert sum(lags()) == 0
 
 
 def test_batch_worker_and_read_api_metrics_count_what_happened(
