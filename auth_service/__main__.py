@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
@@ -13,7 +14,8 @@ from auth_service.passwords import Argon2Parameters
 from shared.config import ConfigError, Settings
 from shared.db import Database
 from shared.outbox import OutboxRelay
-from shared.runtime import migrate, run_api, service_main
+from shared.ratelimit import rate_limiter_from_env as rate_limits_from_env
+from shared.runtime import env_int, migrate, run_api, service_main
 
 DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
 MIN_SECRET_BYTES = 32
@@ -43,14 +45,22 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
 
     tokens = TokenIssuer(jwt_secret(settings, dict(os.environ)))
     parameters = Argon2Parameters.from_env(os.environ)  # refused at start if too weak
+    rate_limits_from_env(os.environ)  # refused at start if misconfigured
+    proxies = env_int("TRUSTED_PROXY_HOPS", 0) or 0
 
     def build(database: Database, relay: OutboxRelay | None) -> Flask:
-        return create_app(
+        app = create_app(
             database,
             tokens,
             hasher=parameters.hasher(),
             after_commit=relay.wake if relay else None,
+            limiter=rate_limits_from_env(os.environ),  # per worker: its own connection
         )
+        if proxies:
+            # Behind N proxies the client is the Nth address from the right of
+            # X-Forwarded-For; without this every client looks like the proxy.
+            app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)  # type: ignore[method-assign]
+        return app
 
     run_api(settings, Base.metadata, build, args, outbox=OutboxEvent)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
@@ -28,12 +29,21 @@ from auth_service.schemas import (
     SignedUpSchema,
     SignupSchema,
     TokenSchema,
+    email_key,
 )
 from shared.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
 from shared.db import Database
 from shared.logs import bind
+from shared.ratelimit import RateLimiter
 from shared.tracecontext import current_traceparent
 from shared.web import ApiError, base_app, error_response, json_object_body, validation_error
+
+TOO_MANY_REQUESTS = ErrorAnswer(
+    429,
+    "too_many_requests",
+    "Too many attempts from this client address or for this email; the Retry-After "
+    "header says after how many seconds to try again.",
+)
 
 ROUTES = (
     Route(
@@ -47,6 +57,7 @@ ROUTES = (
         errors=(
             *JSON_BODY_ERRORS,
             ErrorAnswer(409, "email_taken", "An account with this email exists."),
+            TOO_MANY_REQUESTS,
             UNAVAILABLE,
         ),
     ),
@@ -61,6 +72,7 @@ ROUTES = (
         errors=(
             *JSON_BODY_ERRORS,
             ErrorAnswer(401, "invalid_credentials", "Email or password is wrong."),
+            TOO_MANY_REQUESTS,
             UNAVAILABLE,
         ),
     ),
@@ -83,6 +95,32 @@ ROUTES = (
 )
 
 
+WHAT_WAS_EXCEEDED = {
+    "signup-per-address": "Too many signups from this address",
+    "signup-per-email": "Too many signups for this email",
+    "login-per-address": "Too many logins from this address",
+    "login-per-email": "Too many logins for this email",
+}
+
+
+def _enforce(limiter: RateLimiter | None, action: str, body: dict[str, Any]) -> None:
+    """Count this attempt per client address and per email; 429 once either is over."""
+    if limiter is None:
+        return
+    checks = [(f"{action}-per-address", request.remote_addr or "unknown")]
+    if isinstance(body.get("email"), str):
+        checks.append((f"{action}-per-email", email_key(body["email"])))
+    for name, key in checks:
+        refusal = limiter.check(name, key)
+        if refusal is not None:
+            raise ApiError(
+                429,
+                "too_many_requests",
+                f"{WHAT_WAS_EXCEEDED[name]}; retry in {refusal.retry_after} s.",
+                headers={"Retry-After": str(refusal.retry_after)},
+            )
+
+
 def _invalid_token() -> tuple[Response, int]:
     response, status = error_response(
         401,
@@ -99,8 +137,10 @@ def create_app(
     *,
     hasher: PasswordHasher | None = None,
     after_commit: Callable[[], None] | None = None,
+    limiter: RateLimiter | None = None,
 ) -> Flask:
-    """The auth API on `database`; `after_commit` wakes the outbox relay."""
+    """The auth API on `database`; `after_commit` wakes the outbox relay; `limiter`
+    bounds signups and logins per client address and per email."""
     hashing = HashingThreads(hasher or password_hasher())
     authenticator = Authenticator(hashing)
     app = base_app("auth_service", database)
@@ -109,7 +149,9 @@ def create_app(
     @auth.post("/signup")
     def signup() -> tuple[Response, int]:
         try:
-            data = SignupSchema().load(json_object_body())
+            body = json_object_body()
+            _enforce(limiter, "signup", body)
+            data = SignupSchema().load(body)
         except ValidationError as exc:
             raise validation_error(exc.messages) from None
         command = SignUp(
@@ -135,7 +177,9 @@ def create_app(
     @auth.post("/login")
     def login() -> Response:
         try:
-            data = LoginSchema().load(json_object_body())
+            body = json_object_body()
+            _enforce(limiter, "login", body)
+            data = LoginSchema().load(body)
         except ValidationError as exc:
             raise validation_error(exc.messages) from None
         with database.unit_of_work() as uow:

@@ -52,6 +52,7 @@ def dev(args: argparse.Namespace) -> int:
         api_workers=args.workers,
         # A terminal reads text lines better than JSON; LOG_FORMAT=json still wins.
         extra_env={"LOG_FORMAT": os.environ.get("LOG_FORMAT") or "text"},
+        rate_limits=True,  # as in production; AUTH_RATE_LIMITS=off in the shell turns them off
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -135,6 +136,7 @@ class Stack:
         echo: Callable[[str], None] | None = None,
         extra_env: Mapping[str, str] | None = None,
         api_workers: int = 1,
+        rate_limits: bool = False,
     ) -> None:
         self.workdir = workdir
         self.log_dir = workdir / "logs"
@@ -148,6 +150,8 @@ class Stack:
         self.echo = echo
         self.extra_env = dict(extra_env or {})
         self.api_workers = api_workers
+        # Off unless asked for: tests and the benchmark sign up far faster than a person.
+        self.rate_limits = rate_limits
         self.processes: dict[str, ManagedProcess] = {}
         self.health_ports: dict[str, int] = {}
 
@@ -163,6 +167,7 @@ class Stack:
         for service, url in self.database_urls.items():
             env[f"{service.upper()}_DATABASE_URL"] = url
         env.setdefault(DEV_MODE_VARIABLE, "1")
+        env.setdefault("AUTH_RATE_LIMITS", "on" if self.rate_limits else "off")
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -277,7 +282,9 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
             return status
     except urllib.error.HTTPError as exc:
         return exc.code
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        # Nothing there yet, or something that does not speak HTTP (a port just freed
+        # and taken by another program): not ready, rather than a crash of the caller.
         return None
 
 

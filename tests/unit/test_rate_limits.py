@@ -1,0 +1,144 @@
+"""Signup and login are rate-limited per client address and per email: a 429 with a JSON
+error and Retry-After, in memory or, shared by several processes, in Redis."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from auth_service.api import create_app
+from auth_service.handlers import TokenIssuer
+from auth_service.models import Base
+from shared.config import ConfigError
+from shared.db import Database
+from shared.ratelimit import Limit, MemoryCounter, RateLimiter, RedisCounter, rate_limiter_from_env
+from tests.schema import create_tables
+from tests.unit.pipeline_harness import FAST_HASHER, signup_body
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
+    database = Database.from_url(f"sqlite:///{tmp_path / 'auth.db'}", Base.metadata)
+    create_tables(database)
+    yield database
+    database.engine.dispose()
+
+
+def limited_client(database: Database, limiter: RateLimiter | None) -> FlaskClient:
+    app = create_app(database, TokenIssuer("k" * 32), hasher=FAST_HASHER, limiter=limiter)
+    return app.test_client()
+
+
+def from_address(client: FlaskClient, address: str, path: str, body: dict[str, object]) -> object:
+    return client.post(path, json=body, environ_base={"REMOTE_ADDR": address})
+
+
+def test_the_attempt_over_the_limit_is_refused_until_its_window_ends() -> None:
+    clock = Clock(60 * 16_667 + 20.0)  # 20 s into a 60 s window
+    limiter = RateLimiter({"signup-per-address": Limit(3, 60)}, MemoryCounter(), clock)
+    assert [limiter.check("signup-per-address", "10.0.0.1") for _ in range(3)] == [None] * 3
+    refusal = limiter.check("signup-per-address", "10.0.0.1")
+    assert refusal is not None and (refusal.what, refusal.retry_after) == (
+        "signup-per-address",
+        40,
+    )
+    assert limiter.check("signup-per-address", "10.0.0.2") is None  # another key
+    clock.now += 40
+    assert limiter.check("signup-per-address", "10.0.0.1") is None  # a new window
+
+
+def test_signups_over_the_per_address_limit_get_429_json_with_retry_after(
+    database: Database,
+) -> None:
+    limiter = RateLimiter({"signup-per-address": Limit(2, 60)}, MemoryCounter())
+    client = limited_client(database, limiter)
+    statuses = [
+        from_address(client, "203.0.113.9", "/auth/signup", signup_body()).status_code  # type: ignore[attr-defined]
+        for _ in range(3)
+    ]
+    refused = from_address(client, "203.0.113.9", "/auth/signup", signup_body())
+    other = from_address(client, "198.51.100.7", "/auth/signup", signup_body())
+
+    assert statuses == [201, 201, 429]
+    assert refused.status_code == 429  # type: ignore[attr-defined]
+    assert refused.json["error"] == "too_many_requests"  # type: ignore[attr-defined]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60  # type: ignore[attr-defined]
+    assert other.status_code == 201  # type: ignore[attr-defined]
+
+
+def test_the_per_email_limit_holds_whichever_address_the_attempts_come_from(
+    database: Database,
+) -> None:
+    limiter = RateLimiter({"login-per-email": Limit(3, 900)}, MemoryCounter())
+    client = limited_client(database, limiter)
+    body = {"email": "Kim@Example.com", "password": "wrong password"}
+    answers = [
+        from_address(client, f"192.0.2.{n}", "/auth/login", body).status_code  # type: ignore[attr-defined]
+        for n in range(4)
+    ]
+    # The same account, written differently, is the same key.
+    again = from_address(client, "192.0.2.99", "/auth/login", {**body, "email": "kim@example.COM"})
+    assert answers == [401, 401, 401, 429]
+    assert again.status_code == 429  # type: ignore[attr-defined]
+
+
+def test_a_refused_signup_stores_nothing(database: Database) -> None:
+    limiter = RateLimiter({"signup-per-email": Limit(1, 3600)}, MemoryCounter())
+    client = limited_client(database, limiter)
+    body = signup_body()
+    assert client.post("/auth/signup", json=body).status_code == 201
+    second = client.post("/auth/signup", json={**body, "nickname": "other"})
+    assert second.status_code == 429  # refused before it could even be a 409
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"AUTH_RATE_LIMITS": "maybe"}, "must be on or off"),
+        ({"AUTH_RATE_LIMIT_SIGNUP_PER_EMAIL": "five"}, "is not a limit"),
+        ({"AUTH_RATE_LIMIT_LOGIN_PER_ADDRESS": "0/60"}, "is not a limit"),
+        ({"AUTH_RATE_LIMIT_REDIS_URL": "http://nope"}, "not a Redis URL"),
+    ],
+)
+def test_a_wrong_rate_limit_setting_is_a_clear_config_error(
+    env: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        rate_limiter_from_env(env)
+
+
+def test_rate_limits_can_be_switched_off() -> None:
+    assert rate_limiter_from_env({"AUTH_RATE_LIMITS": "off"}) is None
+    assert rate_limiter_from_env({}) is not None
+
+
+@pytest.mark.integration
+def test_limiters_sharing_redis_enforce_one_limit_together() -> None:
+    """Two API processes each have their own limiter; with Redis they count together."""
+    window = random.randint(10_000, 20_000)  # a window (and so keys) no other run uses
+    limits = {"signup-per-address": Limit(4, window)}
+    first = RateLimiter(limits, RedisCounter(REDIS_URL))
+    second = RateLimiter(limits, RedisCounter(REDIS_URL))
+    address = f"10.{random.randint(0, 255)}.0.1"
+    answers = [(first if n % 2 else second).check("signup-per-address", address) for n in range(5)]
+    assert answers[:4] == [None] * 4
+    assert answers[4] is not None and answers[4].retry_after <= window
+
+
+def test_an_unreachable_redis_lets_attempts_through() -> None:
+    limiter = RateLimiter({"login-per-email": Limit(1, 60)}, RedisCounter("redis://127.0.0.1:9/0"))
+    assert [limiter.check("login-per-email", "a@b.co") for _ in range(3)] == [None] * 3
