@@ -176,11 +176,19 @@ def health_blueprint(database: Database) -> Blueprint:
     return health
 
 
+class JsonDefaultResponse(Response):
+    """A response that is JSON unless it says otherwise: Flask's automatic answers
+    (OPTIONS, HEAD) would otherwise call themselves text/html."""
+
+    default_mimetype = "application/json"
+
+
 def base_app(name: str, database: Database) -> Flask:
     """A Flask app with the shared error handling, body limit, health routes, `/metrics`
     (plus the collectors in `app.extensions["metrics_collectors"]`, read at scrape
     time), a span and an access-log line per request."""
     app = Flask(name)
+    app.response_class = JsonDefaultResponse
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)

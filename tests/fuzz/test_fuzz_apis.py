@@ -1,0 +1,272 @@
+"""Generated requests against every route of the three APIs: never a 500, always a JSON
+error with the security headers, never a row or an event from a rejected signup, never
+a password, email or phone in an event or an error body."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from sqlalchemy import func, select
+
+from auth_service.api import create_app as create_auth_app
+from auth_service.handlers import TokenIssuer
+from auth_service.models import Base as AuthBase
+from auth_service.models import Member
+from auth_service.models import OutboxEvent as AuthOutbox
+from batch_service.api import create_app as create_batch_app
+from batch_service.models import Base as BatchBase
+from member_service.api import create_app as create_member_app
+from member_service.models import Base as MemberBase
+from shared.db import Database
+from shared.web import SECURITY_HEADERS
+from tests.fuzz.conftest import CASES
+from tests.schema import create_tables
+from tests.unit.pipeline_harness import FAST_HASHER
+
+pytestmark = pytest.mark.fuzz
+
+# Enough to find what the schemas let through, bounded so the tier stays under a minute.
+EXAMPLES = {"POST /auth/signup": 400, "POST /auth/login": 200, "GET /auth/me": 150}
+OTHER_EXAMPLES = 60
+SETTINGS = hypothesis.settings(
+    deadline=None,
+    database=None,
+    suppress_health_check=list(hypothesis.HealthCheck),
+    derandomize=True,  # the same cases on every run: a failure in CI reproduces here
+)
+
+
+@pytest.fixture(scope="module")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Database]]:
+    directory: Path = tmp_path_factory.mktemp("fuzz")
+    found = {}
+    for name, base in (("auth", AuthBase), ("member", MemberBase), ("batch", BatchBase)):
+        database = Database.from_url(f"sqlite:///{directory / name}.db", base.metadata)
+        create_tables(database)
+        found[name] = database
+    yield found
+    for database in found.values():
+        database.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def apps(databases: dict[str, Database]) -> dict[str, Flask]:
+    return {
+        "auth": create_auth_app(databases["auth"], TokenIssuer("k" * 32), hasher=FAST_HASHER),
+        "member": create_member_app(databases["member"]),
+        "batch": create_batch_app(databases["batch"]),
+    }
+
+
+def stored(database: Database) -> tuple[int, int]:
+    """(members, outbox rows) committed in the auth database."""
+    with database.sessions() as session:
+        members = session.scalar(select(func.count()).select_from(Member)) or 0
+        events = session.scalar(select(func.count()).select_from(AuthOutbox)) or 0
+    return members, events
+
+
+def assert_well_formed(
+    status: int, raw_headers: Any, body: bytes, where: str, path: str | None = None
+) -> None:
+    assert status < 500, f"{where}: {status} {body[:300]!r}"
+    headers = {  # werkzeug's headers, or schemathesis's {lower-case name: [values]}
+        name.lower(): value[0] if isinstance(value, list) else value
+        for name, value in raw_headers.items()
+    }
+    for name, value in SECURITY_HEADERS.items():
+        assert headers.get(name.lower()) == value, f"{where}: {name}"
+    if (path or where).endswith("/metrics") or where.startswith("HEAD "):
+        return  # Prometheus text; a HEAD answer has no body
+    assert headers.get("content-type", "").startswith("application/json"), where
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise AssertionError(f"{where}: not JSON: {body[:200]!r}") from None
+    if status >= 400:
+        assert isinstance(document.get("error"), str) and document.get("message"), where
+        assert "Traceback" not in body.decode("utf-8", "replace"), where
+
+
+def operations(app: Flask) -> list[Any]:
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("service", ["auth", "member", "batch"])
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_generated_requests_from_the_openapi_document_never_get_a_500(
+    apps: dict[str, Flask],
+    databases: dict[str, Database],
+    service: str,
+    mode: GenerationMode,
+) -> None:
+    """schemathesis builds requests from each API's own /openapi.json: valid ones
+    (positive) and ones that break the document on purpose (negative)."""
+    for operation in operations(apps[service]):
+        try:
+            fuzz_operation(operation, mode, databases["auth"])
+        except hypothesis.errors.Unsatisfiable:
+            # Nothing in this operation to get wrong (no body, no parameter).
+            assert mode is GenerationMode.NEGATIVE, operation.label
+    if service == "auth" and mode is GenerationMode.NEGATIVE:
+        tried = {label: n for label, n in CASES.items() if label.startswith("openapi negative")}
+        assert tried.get("openapi negative POST /auth/signup", 0) > 100, tried
+
+
+def fuzz_operation(operation: Any, mode: GenerationMode, auth_db: Database) -> None:
+    """Run one operation's generated cases."""
+    label = operation.label
+
+    @hypothesis.settings(SETTINGS, max_examples=EXAMPLES.get(label, OTHER_EXAMPLES))
+    @hypothesis.given(operation.as_strategy(generation_mode=mode))
+    def exercise(case: Any) -> None:
+        CASES[f"openapi {mode.value:8} {label}"] += 1
+        before = stored(auth_db) if label == "POST /auth/signup" else None
+        response = case.call()
+        assert_well_formed(response.status_code, response.headers, response.content, label)
+        if before is not None:
+            grew = 1 if response.status_code == 201 else 0
+            # A rejected signup leaves no account and no event behind.
+            assert stored(auth_db) == (before[0] + grew, before[1] + grew), label
+
+    exercise()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+SIGNUP_FIELDS = [
+    "email",
+    "password",
+    "name",
+    "phone",
+    "birth",
+    "gender",
+    "role",
+    "nickname",
+    "favoriteStyles",
+]
+
+
+@st.composite
+def raw_requests(draw: st.DrawFn) -> dict[str, Any]:
+    """Anything a client could send: any method, path, headers and body bytes."""
+    path = draw(
+        st.sampled_from(["/auth/signup", "/auth/login", "/auth/me", "/openapi.json"])
+        | st.text(alphabet=string.printable, max_size=60).map(lambda p: "/" + p.lstrip("/"))
+    )
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]))
+    body = draw(
+        st.one_of(
+            st.dictionaries(st.sampled_from(SIGNUP_FIELDS), JSON_VALUES, max_size=9).map(
+                json.dumps
+            ),
+            JSON_VALUES.map(json.dumps),
+            st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+        )
+    )
+    headers = draw(
+        st.dictionaries(
+            st.sampled_from(["Content-Type", "Authorization", "traceparent", "Accept", "X-Any"]),
+            st.text(alphabet=string.printable.replace("\n", "").replace("\r", ""), max_size=80),
+            max_size=4,
+        )
+    )
+    headers.setdefault("Content-Type", draw(st.sampled_from(["application/json", "text/plain"])))
+    return {
+        "path": path,
+        "method": method,
+        "data": body.encode("utf-8", "surrogatepass"),
+        "headers": headers,
+    }
+
+
+def test_any_method_path_header_and_body_gets_an_answer_but_never_a_500(
+    apps: dict[str, Flask], databases: dict[str, Database]
+) -> None:
+    client = apps["auth"].test_client()
+
+    @hypothesis.settings(SETTINGS, max_examples=1500)
+    @hypothesis.given(raw_requests())
+    def exercise(sent: dict[str, Any]) -> None:
+        CASES["raw method/path/headers/body, auth API"] += 1
+        before = stored(databases["auth"])
+        response = client.open(
+            sent["path"], method=sent["method"], data=sent["data"], headers=sent["headers"]
+        )
+        if sent["method"] in ("HEAD", "OPTIONS") and response.status_code < 300:
+            # Flask's automatic answers: no body (OPTIONS lists the methods in Allow).
+            assert response.data == b"" or sent["method"] == "HEAD"
+            assert response.content_type.startswith("application/json")
+            return
+        where = f"{sent['method']} {sent['path']!r} {sent['headers']} -> {response.status_code}"
+        assert_well_formed(
+            response.status_code, response.headers, response.data, where, sent["path"]
+        )
+        if response.status_code != 201:
+            assert stored(databases["auth"]) == before
+
+    exercise()
+
+
+@st.composite
+def signups(draw: st.DrawFn) -> dict[str, Any]:
+    """Bodies close to valid, so most get through validation and some do not."""
+    return {
+        "email": draw(st.emails()),
+        "password": draw(st.text(min_size=6, max_size=40)),
+        "name": draw(st.text(min_size=1, max_size=20)),
+        "phone": draw(st.from_regex(r"\+?[0-9]{2,4}(-[0-9]{3,4}){1,2}", fullmatch=True)),
+        "birth": draw(st.dates(max_value=__import__("datetime").date(2010, 1, 1))).isoformat(),
+        "gender": draw(st.sampled_from(["MALE", "FEMALE", "OTHER"])),
+        "role": draw(st.sampled_from(["USER", "PARTNER"])),
+        "nickname": draw(st.text(min_size=2, max_size=12)),
+        "favoriteStyles": draw(st.lists(st.integers(1, 50), max_size=5, unique=True)),
+    }
+
+
+def test_no_password_email_or_phone_reaches_an_event_or_an_error_body(
+    apps: dict[str, Flask], databases: dict[str, Database]
+) -> None:
+    client = apps["auth"].test_client()
+    accepted = []
+
+    @hypothesis.settings(SETTINGS, max_examples=400)
+    @hypothesis.given(signups())
+    def exercise(body: dict[str, Any]) -> None:
+        CASES["signups checked for personal data"] += 1
+        response = client.post("/auth/signup", json=body)
+        assert response.status_code < 500
+        secrets = [body["password"], body["email"], body["phone"]]
+        if response.status_code == 201:
+            accepted.append((response.json["uuid"], secrets))  # type: ignore[index]
+            return
+        text = response.get_data(as_text=True)
+        leaked = [s for s in secrets if len(s) >= 4 and s in text]
+        assert not leaked, f"error body repeats {leaked}: {text}"
+
+    exercise()
+    assert accepted, "no generated signup was accepted: the property was never checked"
+    with databases["auth"].sessions() as session:
+        events = {
+            key: payload
+            for key, payload in session.execute(select(AuthOutbox.key, AuthOutbox.payload))
+        }
+    for member_id, secrets in accepted:
+        payload = events[member_id]
+        assert set(json.loads(payload)) == {"uuid", "role", "nickname", "favoriteStyles"}
+        leaked = [s for s in secrets if len(s) >= 4 and s in payload]
+        assert not leaked, f"event carries {leaked}: {payload}"
