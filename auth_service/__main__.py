@@ -14,7 +14,7 @@ from auth_service.passwords import Argon2Parameters
 from shared.config import ConfigError, Settings
 from shared.db import Database
 from shared.outbox import OutboxRelay
-from shared.ratelimit import rate_limiter_from_env as rate_limits_from_env
+from shared.ratelimit import rate_limiter_from_env
 from shared.runtime import env_int, migrate, run_api, service_main
 
 DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
@@ -45,7 +45,7 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
 
     tokens = TokenIssuer(jwt_secret(settings, dict(os.environ)))
     parameters = Argon2Parameters.from_env(os.environ)  # refused at start if too weak
-    rate_limits_from_env(os.environ)  # refused at start if misconfigured
+    rate_limiter_from_env(os.environ)  # refused at start if misconfigured
     proxies = env_int("TRUSTED_PROXY_HOPS", 0) or 0
 
     def build(database: Database, relay: OutboxRelay | None) -> Flask:
@@ -54,7 +54,7 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
             tokens,
             hasher=parameters.hasher(),
             after_commit=relay.wake if relay else None,
-            limiter=rate_limits_from_env(os.environ),  # per worker: its own connection
+            limiter=rate_limiter_from_env(os.environ),  # per worker: its own connection
         )
         if proxies:
             # Behind N proxies the client is the Nth address from the right of

@@ -52,11 +52,6 @@ def bind(**fields: str | None) -> None:
     _context.set({**_context.get(), **{k: v for k, v in fields.items() if v}})
 
 
-def current_context() -> Mapping[str, str]:
-    """The ids the current line would carry."""
-    return _context.get()
-
-
 def scrub(text: str) -> str:
     """`text` with anything shaped like an email address or an argon2 hash masked."""
     return _PASSWORD_HASH.sub("<password-hash>", _EMAIL.sub("<email>", text))

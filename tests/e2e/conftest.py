@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,15 +13,18 @@ from shared.devstack import SERVICES, Stack
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def stack(
+def running_stack(
     tmp_path_factory: pytest.TempPathFactory,
-    postgres,
-    kafka_bootstrap: str,  # type: ignore[no-untyped-def]
+    postgres: Any,
+    kafka_bootstrap: str,
+    name: str,
+    **options: Any,
 ) -> Iterator[Stack]:
-    workdir: Path = tmp_path_factory.mktemp("stack")
-    urls = {service: postgres.create_database(f"sp_e2e_{service}") for service in SERVICES}
-    stack = Stack(workdir, database_urls=urls, bootstrap_servers=kafka_bootstrap)
+    """A Stack on fresh PostgreSQL databases named after `name`, started, stopped after;
+    `options` go to Stack (api_workers, extra_env, rate_limits)."""
+    workdir: Path = tmp_path_factory.mktemp(name)
+    urls = {service: postgres.create_database(f"sp_{name}_{service}") for service in SERVICES}
+    stack = Stack(workdir, database_urls=urls, bootstrap_servers=kafka_bootstrap, **options)
     try:
         stack.start()
     except Exception:
@@ -28,5 +32,17 @@ def stack(
         raise
     yield stack
     codes = stack.stop()
-    for name, process in stack.processes.items():
-        print(f"--- {name} exited {codes[name]}; last lines:\n" + "\n".join(process.tail))
+    for process_name, process in stack.processes.items():
+        print(
+            f"--- {process_name} exited {codes[process_name]}; last lines:\n"
+            + "\n".join(process.tail)
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres,
+    kafka_bootstrap: str,  # type: ignore[no-untyped-def]
+) -> Iterator[Stack]:
+    yield from running_stack(tmp_path_factory, postgres, kafka_bootstrap, "e2e")

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.devstack import SERVICES, Stack
+from shared.devstack import Stack
 from shared.http_client import request
+from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
 
 pytestmark = pytest.mark.e2e
@@ -34,22 +35,14 @@ def stack(
 ) -> Iterator[Stack]:
     """Two gunicorn workers per API (so /metrics must sum processes), JSON logs at DEBUG
     (so the workers log every event they handle)."""
-    workdir: Path = tmp_path_factory.mktemp("observed")
-    urls = {service: postgres.create_database(f"sp_obs_{service}") for service in SERVICES}
-    stack = Stack(
-        workdir,
-        database_urls=urls,
-        bootstrap_servers=kafka_bootstrap,
+    yield from running_stack(
+        tmp_path_factory,
+        postgres,
+        kafka_bootstrap,
+        "obs",
         api_workers=2,
         extra_env={"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json"},
     )
-    try:
-        stack.start()
-    except Exception:
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
 
 
 def scrape(url: str) -> Samples:

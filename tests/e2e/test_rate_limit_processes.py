@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from shared.devstack import SERVICES, Stack
+from shared.devstack import Stack
 from shared.http_client import request
+from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
 
 pytestmark = pytest.mark.e2e
@@ -21,13 +21,12 @@ def stack(
     postgres,
     kafka_bootstrap: str,  # type: ignore[no-untyped-def]
 ) -> Iterator[Stack]:
-    workdir: Path = tmp_path_factory.mktemp("limited")
-    urls = {service: postgres.create_database(f"sp_rl_{service}") for service in SERVICES}
     window = random.randint(20_000, 30_000)  # a window, so keys, that no other run shares
-    stack = Stack(
-        workdir,
-        database_urls=urls,
-        bootstrap_servers=kafka_bootstrap,
+    yield from running_stack(
+        tmp_path_factory,
+        postgres,
+        kafka_bootstrap,
+        "rl",
         api_workers=2,
         rate_limits=True,
         extra_env={
@@ -35,13 +34,6 @@ def stack(
             "AUTH_RATE_LIMIT_SIGNUP_PER_ADDRESS": f"3/{window}",
         },
     )
-    try:
-        stack.start()
-    except Exception:
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
 
 
 def test_two_gunicorn_workers_sharing_redis_accept_exactly_the_limit(stack: Stack) -> None:
