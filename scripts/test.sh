@@ -12,10 +12,16 @@ fi
 
 scripts/ensure-postgres.sh
 
-# The deployment tests validate docker-compose.yml with Debian's docker-compose.
-if ! command -v docker-compose >/dev/null; then
-  echo "installing docker-compose (Debian) for the compose file checks" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+# The deployment tests validate docker-compose.yml (and its SASL override) with Debian's
+# docker-compose, lint the broker scripts with shellcheck, and load the broker's TLS
+# files with keytool and a JSSE server.
+missing=()
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+{ command -v keytool && command -v java; } >/dev/null || missing+=(default-jdk-headless)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]} (Debian) for the deployment checks" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # The bundled broker must start here, or the run stops now, loudly.

@@ -128,20 +128,20 @@ def test_long_running_processes_have_health_checks_restart_policies_and_ordering
         assert compose["services"][infra]["healthcheck"]["test"], infra
 
 
-def test_kafka_is_apache_kafka_in_kraft_mode_and_topics_are_created_with_dead_letters(
+def test_kafka_is_apache_kafka_in_kraft_mode_and_a_job_creates_the_topics(
     compose: dict[str, Any],
 ) -> None:
     kafka = compose["services"]["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    script = " ".join(compose["services"]["kafka-topics"]["command"])
-    for topic in (
-        "profile-insert:6",
-        "partner-created:6",
-        "profile-insert.DLT",
-        "partner-created.DLT",
-    ):
-        assert topic in script
+    # The job runs deploy/kafka/create-topics.sh, whose topic list
+    # tests/unit/test_kafka_sasl_deployment.py checks against shared/pipeline.py.
+    topics = compose["services"]["kafka-topics"]
+    assert topics["entrypoint"] == ["/bin/bash", "/deploy/kafka/create-topics.sh"]
+    assert any(
+        str(volume).startswith(f"{ROOT / 'deploy' / 'kafka'}:/deploy/kafka")
+        for volume in topics["volumes"]
+    )
 
 
 def test_postgres_init_script_creates_one_database_per_service() -> None:
