@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher, Type
+from argon2 import PasswordHasher, Type, extract_parameters
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from auth_service.api import create_app
-from auth_service.handlers import TokenIssuer
+from auth_service.handlers import Authenticator, Credentials, InvalidCredentials, TokenIssuer
 from auth_service.models import Base, Member
 from auth_service.passwords import Argon2Parameters, common_passwords
 from shared.config import ConfigError
@@ -155,3 +155,37 @@ def test_argon2_parameters_come_from_the_environment() -> None:
     parameters = Argon2Parameters.from_env({"ARGON2_TIME_COST": "3", "ARGON2_MEMORY_KIB": "12288"})
     assert "$argon2id$v=19$m=12288,t=3,p=1$" in parameters.hasher().hash("anything at all")
     assert Argon2Parameters.from_env({}) == Argon2Parameters(2, 19456, 1)
+
+
+class RecordingHasher:
+    """A real argon2id hasher that remembers which hashes it was asked to verify."""
+
+    def __init__(self, hasher: PasswordHasher) -> None:
+        self._hasher = hasher
+        self.verified: list[str] = []
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, hash: str, password: str) -> bool:
+        self.verified.append(hash)
+        return self._hasher.verify(hash, password)
+
+    def check_needs_rehash(self, hash: str) -> bool:
+        return self._hasher.check_needs_rehash(hash)
+
+
+def test_an_unknown_email_costs_one_verification_at_the_cost_of_a_real_hash() -> None:
+    hasher = RecordingHasher(Argon2Parameters().hasher())
+    authenticator = Authenticator(hasher)
+    account = Credentials("member-1", hasher.hash("the real password"))
+
+    with pytest.raises(InvalidCredentials):
+        authenticator.check(None, "a guess at a password")
+    with pytest.raises(InvalidCredentials):
+        authenticator.check(account, "a guess at a password")
+
+    unknown, wrong = hasher.verified
+    assert unknown != account.password_hash
+    assert extract_parameters(unknown) == extract_parameters(wrong)
+    assert authenticator.check(account, "the real password") == "member-1"
