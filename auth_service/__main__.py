@@ -14,7 +14,7 @@ from auth_service.passwords import Argon2Parameters
 from shared.config import ConfigError, Settings
 from shared.db import Database
 from shared.outbox import OutboxRelay
-from shared.ratelimit import rate_limiter_from_env
+from shared.ratelimit import key_secret, rate_limiter_from_env
 from shared.runtime import env_int, migrate, run_api, service_main
 
 DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
@@ -43,9 +43,11 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
     """Serve the auth API and relay its outbox."""
     import os
 
-    tokens = TokenIssuer(jwt_secret(settings, dict(os.environ)))
+    secret = jwt_secret(settings, dict(os.environ))
+    tokens = TokenIssuer(secret)
     parameters = Argon2Parameters.from_env(os.environ)  # refused at start if too weak
-    rate_limiter_from_env(os.environ)  # refused at start if misconfigured
+    limit_keys = key_secret(secret)  # the same in every worker, so Redis counts are shared
+    rate_limiter_from_env(os.environ, limit_keys)  # refused at start if misconfigured
     proxies = env_int("TRUSTED_PROXY_HOPS", 0) or 0
 
     def build(database: Database, relay: OutboxRelay | None) -> Flask:
@@ -54,7 +56,7 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
             tokens,
             hasher=parameters.hasher(),
             after_commit=relay.wake if relay else None,
-            limiter=rate_limiter_from_env(os.environ),  # per worker: its own connection
+            limiter=rate_limiter_from_env(os.environ, limit_keys),  # per worker: own connection
         )
         if proxies:
             # Behind N proxies the client is the Nth address from the right of

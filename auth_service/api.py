@@ -34,7 +34,7 @@ from auth_service.schemas import (
 from shared.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
 from shared.db import Database
 from shared.logs import bind
-from shared.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter, client_key
 from shared.tracecontext import current_traceparent
 from shared.web import ApiError, base_app, error_response, json_object_body, validation_error
 
@@ -107,7 +107,7 @@ def _enforce(limiter: RateLimiter | None, action: str, body: dict[str, Any]) -> 
     """Count this attempt per client address and per email; 429 once either is over."""
     if limiter is None:
         return
-    checks = [(f"{action}-per-address", request.remote_addr or "unknown")]
+    checks = [(f"{action}-per-address", client_key(request.remote_addr))]
     if isinstance(body.get("email"), str):
         checks.append((f"{action}-per-email", email_key(body["email"])))
     for name, key in checks:

@@ -2,18 +2,24 @@
 
 Fixed windows, counted in this process's memory by default, or in Redis when a URL is
 configured, so that every API process (every gunicorn worker, every copy) enforces one
-limit together. Keys are hashed before they are stored: no email address in Redis.
-A Redis that does not answer lets requests through (and says so in the log): limits
-protect the service, they must not take it down.
+limit together. Keys are HMACs under a server secret before they are stored: what Redis
+holds cannot be matched against a list of email addresses. An IPv6 client is counted
+by its /64, which one host controls whole. A Redis that does not answer lets requests
+through (and says so in the log): limits protect the service, they must not take it
+down.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import logging
 import math
+import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,23 +60,33 @@ class Counter(Protocol):
 
 
 class MemoryCounter:
-    """Counts in this process (one limit per process: enough for one API process)."""
+    """Counts in this process (one limit per process: enough for one API process).
 
-    def __init__(self, max_keys: int = 100_000) -> None:
-        self._counts: dict[tuple[str, int, int], int] = {}
+    One table per window length, for its current window only: when the window ends the
+    table is dropped whole. A table holds at most `max_keys` keys; past that the key
+    counted longest ago is forgotten, so memory (about 9 MB per table when full) and
+    time per attempt stay bounded whatever a flood of distinct keys does. Forgetting
+    takes 50,000 other keys counted within one window.
+    """
+
+    def __init__(self, max_keys: int = 50_000) -> None:
+        self._windows: dict[int, tuple[int, OrderedDict[str, int]]] = {}
         self._lock = threading.Lock()
         self._max_keys = max_keys
 
     def hit(self, key: str, window: int, now: float) -> int:
         """See Counter."""
-        slot = (key, window, int(now // window))
+        index = int(now // window)
         with self._lock:
-            if len(self._counts) >= self._max_keys:  # forget windows that have ended
-                self._counts = {
-                    (k, w, i): c for (k, w, i), c in self._counts.items() if i == int(now // w)
-                }
-            count = self._counts.get(slot, 0) + 1
-            self._counts[slot] = count
+            current, counts = self._windows.get(window, (index, OrderedDict()))
+            if current != index:
+                counts = OrderedDict()
+            self._windows[window] = (index, counts)
+            count = counts.get(key, 0) + 1
+            counts[key] = count
+            counts.move_to_end(key)  # the first key is the one counted longest ago
+            if len(counts) > self._max_keys:
+                counts.popitem(last=False)
             return count
 
 
@@ -104,18 +120,42 @@ class Refusal:
     retry_after: int
 
 
+def client_key(address: str | None) -> str:
+    """The key a client address is counted under: an IPv4 address as it is (also when
+    written IPv4-mapped), an IPv6 address by its /64."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def key_secret(master: str) -> bytes:
+    """The secret rate-limit keys are made with, derived from the service's own secret
+    (every process of the service derives the same one)."""
+    return hmac.new(master.encode(), b"signup-pipeline rate-limit keys", hashlib.sha256).digest()
+
+
 class RateLimiter:
-    """Checks named limits for keys; `check` counts the attempt and says if it is over."""
+    """Checks named limits for keys; `check` counts the attempt and says if it is over.
+
+    Processes that share a counter must share `secret` too (a random one otherwise)."""
 
     def __init__(
         self,
         limits: Mapping[str, Limit],
         counter: Counter,
         clock: Callable[[], float] = time.time,
+        secret: bytes | None = None,
     ) -> None:
         self._limits = dict(limits)
         self._counter = counter
         self._clock = clock
+        self._secret = secret or os.urandom(32)
         self._warned_at = 0.0
 
     def check(self, name: str, key: str) -> Refusal | None:
@@ -125,7 +165,7 @@ class RateLimiter:
         if limit is None:
             return None
         now = self._clock()
-        digest = hashlib.sha256(f"{name}\0{key}".encode()).hexdigest()[:32]
+        digest = hmac.new(self._secret, f"{name}\0{key}".encode(), hashlib.sha256).hexdigest()[:32]
         try:
             count = self._counter.hit(digest, limit.window, now)
         except Exception as exc:  # the store is away: let the attempt through
@@ -152,9 +192,12 @@ LIMIT_VARIABLES = {
 }
 
 
-def rate_limiter_from_env(env: Mapping[str, str]) -> RateLimiter | None:
+def rate_limiter_from_env(
+    env: Mapping[str, str], secret: bytes | None = None
+) -> RateLimiter | None:
     """The auth API's limits: AUTH_RATE_LIMITS=off disables them; AUTH_RATE_LIMIT_<KIND>
-    (ATTEMPTS/SECONDS) overrides one; AUTH_RATE_LIMIT_REDIS_URL shares them."""
+    (ATTEMPTS/SECONDS) overrides one; AUTH_RATE_LIMIT_REDIS_URL shares them, between
+    processes that pass the same `secret` (see key_secret)."""
     switch = (env.get("AUTH_RATE_LIMITS") or "on").lower()
     if switch not in ("on", "off"):
         raise ConfigError(f"AUTH_RATE_LIMITS={switch!r} must be on or off")
@@ -171,4 +214,4 @@ def rate_limiter_from_env(env: Mapping[str, str]) -> RateLimiter | None:
             counter = RedisCounter(url)
         except ValueError as exc:
             raise ConfigError(f"AUTH_RATE_LIMIT_REDIS_URL is not a Redis URL: {exc}") from None
-    return RateLimiter(limits, counter)
+    return RateLimiter(limits, counter, secret=secret)

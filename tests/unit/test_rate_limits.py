@@ -9,13 +9,22 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
-from auth_service.models import Base
+from auth_service.models import Base, Member, OutboxEvent
 from shared.config import ConfigError
 from shared.db import Database
-from shared.ratelimit import Limit, MemoryCounter, RateLimiter, RedisCounter, rate_limiter_from_env
+from shared.ratelimit import (
+    Limit,
+    MemoryCounter,
+    RateLimiter,
+    RedisCounter,
+    client_key,
+    key_secret,
+    rate_limiter_from_env,
+)
 from tests.schema import create_tables
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
@@ -101,8 +110,66 @@ def test_a_refused_signup_stores_nothing(database: Database) -> None:
     client = limited_client(database, limiter)
     body = signup_body()
     assert client.post("/auth/signup", json=body).status_code == 201
-    second = client.post("/auth/signup", json={**body, "nickname": "other"})
+    other_email = {**signup_body(), "email": body["email"].upper()}
+    second = client.post("/auth/signup", json=other_email)
     assert second.status_code == 429  # refused before it could even be a 409
+    with database.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Member)) == 1
+        assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 1
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2::17", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        (None, "unknown"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_a_client_is_counted_by_its_ipv4_address_or_its_ipv6_64(
+    address: str | None, key: str
+) -> None:
+    assert client_key(address) == key
+
+
+def test_one_ipv6_host_cannot_escape_the_per_address_limit_by_changing_its_address(
+    database: Database,
+) -> None:
+    limiter = RateLimiter({"login-per-address": Limit(3, 60)}, MemoryCounter())
+    client = limited_client(database, limiter)
+    answers = [
+        from_address(
+            client, f"2001:db8:1:2::{n:x}", "/auth/login", {"email": f"u{n}@x.co", "password": "p"}
+        ).status_code  # type: ignore[attr-defined]
+        for n in range(1, 9)
+    ]
+    neighbour = from_address(
+        client, "2001:db8:1:3::1", "/auth/login", {"email": "v@x.co", "password": "p"}
+    )
+    assert answers == [401] * 3 + [429] * 5
+    assert neighbour.status_code == 401  # type: ignore[attr-defined]
+
+
+def test_the_memory_counter_forgets_the_least_recently_counted_key_when_full() -> None:
+    counter = MemoryCounter(max_keys=3)
+    for key in ("a", "b", "c", "a"):
+        counter.hit(key, 60, 0.0)
+    assert counter.hit("d", 60, 1.0) == 1  # full: "b", counted longest ago, goes
+    assert counter.hit("a", 60, 2.0) == 3  # kept
+    assert counter.hit("b", 60, 3.0) == 1  # forgotten, starts again ("c" goes)
+    assert counter.hit("c", 60, 4.0) == 1
+
+
+def test_the_memory_counter_drops_a_window_when_it_ends_and_keeps_others_apart() -> None:
+    counter = MemoryCounter()
+    assert [counter.hit("a", 60, 59.0), counter.hit("a", 60, 59.5)] == [1, 2]
+    assert counter.hit("a", 900, 59.5) == 1  # another window length, counted apart
+    assert counter.hit("a", 60, 60.0) == 1  # the next minute
+    assert counter.hit("a", 900, 60.0) == 2
 
 
 @pytest.mark.parametrize(
@@ -131,12 +198,38 @@ def test_limiters_sharing_redis_enforce_one_limit_together() -> None:
     """Two API processes each have their own limiter; with Redis they count together."""
     window = random.randint(10_000, 20_000)  # a window (and so keys) no other run uses
     limits = {"signup-per-address": Limit(4, window)}
-    first = RateLimiter(limits, RedisCounter(REDIS_URL))
-    second = RateLimiter(limits, RedisCounter(REDIS_URL))
+    secret = key_secret("the service's secret, the same in every process")
+    first = RateLimiter(limits, RedisCounter(REDIS_URL), secret=secret)
+    second = RateLimiter(limits, RedisCounter(REDIS_URL), secret=secret)
     address = f"10.{random.randint(0, 255)}.0.1"
     answers = [(first if n % 2 else second).check("signup-per-address", address) for n in range(5)]
     assert answers[:4] == [None] * 4
     assert answers[4] is not None and answers[4].retry_after <= window
+
+
+@pytest.mark.integration
+def test_what_redis_holds_cannot_be_matched_against_a_list_of_emails() -> None:
+    import hashlib
+
+    import redis
+
+    window = random.randint(20_001, 30_000)
+    email = f"someone{random.randint(0, 10**9)}@example.com"
+    RateLimiter(
+        {"login-per-email": Limit(5, window)}, RedisCounter(REDIS_URL), secret=key_secret("k" * 32)
+    ).check("login-per-email", email)
+    stored = [
+        key.decode()
+        for key in redis.Redis.from_url(REDIS_URL).scan_iter(f"signup-pipeline:rate:*:{window}:*")
+    ]
+    assert len(stored) == 1
+    unkeyed = hashlib.sha256(f"login-per-email\0{email}".encode()).hexdigest()[:32]
+    assert email not in stored[0] and unkeyed not in stored[0]
+    # Another secret (another deployment) counts under other keys.
+    other = RateLimiter(
+        {"login-per-email": Limit(1, window)}, RedisCounter(REDIS_URL), secret=key_secret("j" * 32)
+    )
+    assert other.check("login-per-email", email) is None
 
 
 def test_an_unreachable_redis_lets_attempts_through() -> None:
