@@ -16,7 +16,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
 from auth_service.models import Member, OutboxEvent
-from auth_service.passwords import Argon2Parameters
+from auth_service.passwords import Argon2Parameters, hash_is_weaker
 from auth_service.schemas import email_key
 from shared.db import UnitOfWork, utcnow
 from shared.outbox import add_event
@@ -77,8 +77,9 @@ class HashingThreads:
         return self._threads.submit(self._hasher.verify, hash, password).result()
 
     def check_needs_rehash(self, hash: str) -> bool:
-        """Whether `hash` was made with other parameters than the current ones."""
-        return self._hasher.check_needs_rehash(hash)
+        """Whether `hash` is weaker than the current parameters make (a stronger one is
+        kept)."""
+        return hash_is_weaker(hash, self._hasher)
 
 
 @dataclass(frozen=True)

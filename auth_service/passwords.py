@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from argon2 import PasswordHasher, Type
+from argon2 import PasswordHasher, Type, extract_parameters
+from argon2.exceptions import HashingError, InvalidHashError
+from argon2.low_level import ARGON2_VERSION
 
 from shared.config import ConfigError
 
@@ -72,6 +74,7 @@ class Argon2Parameters:
             parallelism=_whole(env, "ARGON2_PARALLELISM", default.parallelism),
         )
         parameters.check()
+        parameters.check_hashing()
         return parameters
 
     def check(self) -> None:
@@ -86,6 +89,19 @@ class Argon2Parameters:
                 "e.g. 19456 KiB with 2 iterations)"
             )
 
+    def check_hashing(self) -> None:
+        """ConfigError unless argon2 can hash with these parameters (it needs 8 KiB of
+        memory per lane, for one); called at start, not at the first signup."""
+        if self.memory_kib < 8 * self.parallelism:
+            raise ConfigError(
+                f"ARGON2_MEMORY_KIB={self.memory_kib} is less than 8 KiB per lane "
+                f"(ARGON2_PARALLELISM={self.parallelism})"
+            )
+        try:
+            self.hasher().hash("a trial password")
+        except HashingError as exc:
+            raise ConfigError(f"argon2 cannot hash with these ARGON2_* settings: {exc}") from None
+
     def hasher(self) -> PasswordHasher:
         """A PasswordHasher making argon2id hashes with these parameters."""
         return PasswordHasher(
@@ -94,6 +110,24 @@ class Argon2Parameters:
             parallelism=self.parallelism,
             type=Type.ID,
         )
+
+
+def hash_is_weaker(stored: str, hasher: PasswordHasher) -> bool:
+    """Whether `stored` is weaker than what `hasher` makes: another argon2 variant or an
+    older version, fewer iterations, less memory, a shorter salt or hash. A stronger hash
+    is kept: lowering the ARGON2_* settings must not weaken stored passwords at login."""
+    try:
+        made = extract_parameters(stored)
+    except InvalidHashError:
+        return True
+    return (
+        made.type is not Type.ID
+        or made.version < ARGON2_VERSION
+        or made.time_cost < hasher.time_cost
+        or made.memory_cost < hasher.memory_cost
+        or made.salt_len < hasher.salt_len
+        or made.hash_len < hasher.hash_len
+    )
 
 
 def _whole(env: Mapping[str, str], variable: str, default: int) -> int:

@@ -113,6 +113,11 @@ def client_security(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             raise ConfigError(
                 f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
             )
+        if mechanism == "PLAIN" and protocol == "SASL_PLAINTEXT":
+            raise ConfigError(
+                "KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT would "
+                "send the password in clear: use SASL_SSL, or SCRAM-SHA-512"
+            )
         username, password = env.get("KAFKA_SASL_USERNAME"), env.get("KAFKA_SASL_PASSWORD")
         if not username or not password:
             raise ConfigError(

@@ -50,6 +50,15 @@ def test_sasl_ssl_with_scram_and_a_ca_file(tmp_path: Path) -> None:
             },
             "KAFKA_SASL_MECHANISM='GSSAPI' is not one of",
         ),
+        (
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "KAFKA_SASL_MECHANISM": "PLAIN",
+                "KAFKA_SASL_USERNAME": "u",
+                "KAFKA_SASL_PASSWORD": "p",
+            },
+            "would send the password in clear",
+        ),
         ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nope.pem"}, "not a readable"),
         ({"KAFKA_SSL_CAFILE": "/etc/hostname"}, "KAFKA_SECURITY_PROTOCOL is not SSL"),
     ],

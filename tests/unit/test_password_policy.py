@@ -15,7 +15,7 @@ from sqlalchemy import select
 from auth_service.api import create_app
 from auth_service.handlers import Authenticator, Credentials, InvalidCredentials, TokenIssuer
 from auth_service.models import Base, Member
-from auth_service.passwords import Argon2Parameters, common_passwords
+from auth_service.passwords import Argon2Parameters, common_passwords, hash_is_weaker
 from shared.config import ConfigError
 from shared.db import Database
 from tests.schema import create_tables
@@ -135,6 +135,34 @@ def test_a_hash_made_with_older_parameters_is_upgraded_on_the_next_successful_lo
     assert stored_hash(database, body["email"]) == new  # upgraded once, not every login
 
 
+def test_a_stronger_hash_is_kept_when_the_settings_are_lowered(database: Database) -> None:
+    body = signup_body()
+    assert client_for(database, STRONGER).post("/auth/signup", json=body).status_code == 201
+    strong = stored_hash(database, body["email"])
+    credentials = {"email": body["email"], "password": body["password"]}
+
+    assert client_for(database, WEAK).post("/auth/login", json=credentials).status_code == 200
+    assert stored_hash(database, body["email"]) == strong  # not replaced by a weaker one
+
+
+@pytest.mark.parametrize(
+    ("stored", "weaker"),
+    [
+        (PasswordHasher(time_cost=1, memory_cost=2048, parallelism=1, type=Type.ID), False),
+        (PasswordHasher(time_cost=2, memory_cost=4096, parallelism=2, type=Type.ID), False),
+        (PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID), True),
+        (PasswordHasher(time_cost=1, memory_cost=2048, parallelism=1, type=Type.I), True),
+        (PasswordHasher(time_cost=1, memory_cost=2048, hash_len=16, type=Type.ID), True),
+        (PasswordHasher(time_cost=1, memory_cost=2048, salt_len=8, type=Type.ID), True),
+    ],
+)
+def test_a_hash_is_replaced_only_when_weaker_than_the_settings(
+    stored: PasswordHasher, weaker: bool
+) -> None:
+    assert hash_is_weaker(stored.hash("some password"), STRONGER) is weaker
+    assert hash_is_weaker("not an argon2 hash", STRONGER)
+
+
 @pytest.mark.parametrize(
     ("env", "problem"),
     [
@@ -142,6 +170,8 @@ def test_a_hash_made_with_older_parameters_is_upgraded_on_the_next_successful_lo
         ({"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "19456"}, "47104 KiB"),
         ({"ARGON2_TIME_COST": "0"}, "at least 1"),
         ({"ARGON2_PARALLELISM": "two"}, "not a whole number"),
+        ({"ARGON2_PARALLELISM": "4000"}, "8 KiB per lane"),
+        ({"ARGON2_PARALLELISM": "20000000", "ARGON2_MEMORY_KIB": "160000000"}, "cannot hash"),
     ],
 )
 def test_argon2_parameters_below_owasps_minimum_are_refused_at_start(
