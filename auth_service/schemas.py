@@ -134,12 +134,19 @@ class SignupSchema(StrictSchema):
         metadata={"description": "Distinct style ids; empty when left out."},
     )
 
-    @validates_schema
+    # Runs even when other fields have errors (marshmallow skips schema validators then by
+    # default), so that the password's problems are reported with every other field's.
+    # `data` holds only the fields that passed their own validation.
+    @validates_schema(skip_on_field_errors=False)
     def _password_policy(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        if "password" not in data:
+        password = data.get("password")
+        if not isinstance(password, str):
             return  # already reported (missing, wrong type or length)
+        email, nickname = data.get("email"), data.get("nickname")
         problems = password_problems(
-            data["password"], email=data.get("email"), nickname=data.get("nickname")
+            password,
+            email=email if isinstance(email, str) else None,
+            nickname=nickname if isinstance(nickname, str) else None,
         )
         if problems:
             raise ValidationError(problems, "password")

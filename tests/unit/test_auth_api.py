@@ -8,6 +8,7 @@ run once on SQLite and once on real PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 import uuid
@@ -497,6 +498,31 @@ def test_signup_with_several_bad_fields_reports_them_all_at_once(client: FlaskCl
     assert all(fields[name] for name in fields)
 
 
+def test_signup_with_common_password_and_bad_phone_reports_both_at_once(
+    client: FlaskClient, database: Database
+) -> None:
+    response = sign_up(client, valid_signup(password="password123", phone="not a phone"))
+
+    fields = assert_field_errors(response, "password", "phone")
+    assert set(fields) == {"password", "phone"}
+    assert any("common" in problem for problem in fields["password"]), fields["password"]
+    assert count(database, Member) == 0
+
+
+def test_password_policy_compares_only_with_the_fields_that_are_valid(
+    client: FlaskClient,
+) -> None:
+    # The nickname is too long, so it is not compared (its own error says why); the
+    # password equal to the email's local part is still refused, with the role's error.
+    body = valid_signup(email="walrus.keeper@example.com", role="ADMIN")
+    body.update(password="walrus.keeper", nickname="n" * 21)
+
+    fields = assert_field_errors(sign_up(client, body), "password", "nickname", "role")
+
+    assert set(fields) == {"password", "nickname", "role"}
+    assert fields["password"] == ["The password must not be the part of your email before the @."]
+
+
 def test_signup_with_unknown_field_is_rejected_with_field_error(
     client: FlaskClient, database: Database
 ) -> None:
@@ -645,6 +671,35 @@ def test_body_of_exactly_64_kib_is_not_refused_for_its_size(client: FlaskClient)
     response = client.post("/auth/signup", data=raw, content_type="application/json")
 
     assert_field_errors(response, "name")
+
+
+def post_chunked(client: FlaskClient, path: str, raw: bytes) -> TestResponse:
+    """A body sent chunked, its size not announced, as gunicorn hands it over (it sets
+    `wsgi.input_terminated`: the server ends the stream)."""
+    return client.post(
+        path,
+        input_stream=io.BytesIO(raw),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_chunked_body_over_64_kib_is_413_even_when_it_starts_with_valid_json(
+    client: FlaskClient, database: Database
+) -> None:
+    valid = json.dumps(valid_signup()).encode()
+    # Cut at 64 KiB, this would be a whole valid signup followed by spaces.
+    response = post_chunked(client, "/auth/signup", valid + b" " * (64 * 1024))
+
+    assert_json_error(response, 413, "payload_too_large")
+    assert count(database, Member) == 0
+
+
+def test_chunked_body_of_exactly_64_kib_is_read_whole(client: FlaskClient) -> None:
+    valid = json.dumps(valid_signup()).encode()
+    response = post_chunked(client, "/auth/signup", valid + b" " * (64 * 1024 - len(valid)))
+
+    assert response.status_code == 201
 
 
 def test_unknown_path_is_json_404(client: FlaskClient) -> None:
