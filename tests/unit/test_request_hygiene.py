@@ -18,11 +18,20 @@ from batch_service.models import Base as BatchBase
 from member_service.api import create_app as create_member_app
 from member_service.models import Base as MemberBase
 from shared.db import Database
+from shared.ratelimit import Limit, MemoryCounter, RateLimiter
 from shared.web import SECURITY_HEADERS
 from tests.schema import create_tables
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
 UUID = "00000000-0000-4000-8000-000000000000"
+
+
+SECRET_IN_THE_ERROR = "a detail of the failure that must not reach the client"
+
+
+def failing_route() -> None:
+    """A route that fails the way a bug would: an exception nothing handles."""
+    raise RuntimeError(SECRET_IN_THE_ERROR)
 
 
 @pytest.fixture
@@ -35,13 +44,36 @@ def apps(tmp_path: Path) -> Iterator[dict[str, Flask]]:
         databases.append(db)
         return db
 
-    yield {
-        "auth": create_auth_app(
-            database("auth", AuthBase), TokenIssuer("k" * 32), hasher=FAST_HASHER
-        ),
+    def unreachable(name: str, base: Any) -> Database:
+        directory = tmp_path / f"{name}-a-directory-not-a-database"  # SQLite cannot open it
+        directory.mkdir()
+        db = Database.from_url(f"sqlite:///{directory}", base.metadata)
+        databases.append(db)
+        return db
+
+    tokens = TokenIssuer("k" * 32)
+    built = {
+        "auth": create_auth_app(database("auth", AuthBase), tokens, hasher=FAST_HASHER),
         "member": create_member_app(database("member", MemberBase)),
         "batch": create_batch_app(database("batch", BatchBase)),
+        "auth, limited": create_auth_app(
+            database("auth-limited", AuthBase),
+            tokens,
+            hasher=FAST_HASHER,
+            limiter=RateLimiter({"signup-per-address": Limit(1, 3600)}, MemoryCounter()),
+        ),
+        "auth, no database": create_auth_app(
+            unreachable("auth", AuthBase), tokens, hasher=FAST_HASHER
+        ),
+        "member, no database": create_member_app(unreachable("member", MemberBase)),
+        "batch, no database": create_batch_app(unreachable("batch", BatchBase)),
     }
+    for name in ("auth", "member", "batch"):
+        built[name].add_url_rule("/test/fails", view_func=failing_route)
+    # The one signup the limit allows from this address; the table's signup is the second.
+    first = built["auth, limited"].test_client().post("/auth/signup", json=signup_body())
+    assert first.status_code == 201, first.get_data(as_text=True)
+    yield built
     for db in databases:
         db.engine.dispose()
 
@@ -66,6 +98,22 @@ REQUESTS = [
     ("auth", "GET", "/openapi.json", {}, 200),
     ("member", "GET", f"/members/{UUID}", {}, 404),
     ("batch", "GET", f"/partners/{UUID}/summary", {}, 404),
+    ("auth, limited", "POST", "/auth/signup", {"json": signup_body()}, 429),
+    ("auth", "GET", "/test/fails", {}, 500),
+    ("member", "GET", "/test/fails", {}, 500),
+    ("batch", "GET", "/test/fails", {}, 500),
+    ("auth, no database", "GET", "/health/ready", {}, 503),
+    (
+        "auth, no database",
+        "POST",
+        "/auth/login",
+        {"json": {"email": "a@b.co", "password": "x"}},
+        503,
+    ),
+    ("member, no database", "GET", "/health/ready", {}, 503),
+    ("member, no database", "GET", f"/members/{UUID}", {}, 503),
+    ("batch, no database", "GET", "/health/ready", {}, 503),
+    ("batch, no database", "GET", f"/partners/{UUID}/summary", {}, 503),
 ]
 
 
@@ -83,3 +131,6 @@ def test_every_answer_carries_the_security_headers(
     if status >= 400:
         assert set(response.json or {}) >= {"error", "message"}
         assert "Traceback" not in response.get_data(as_text=True)
+        assert SECRET_IN_THE_ERROR not in response.get_data(as_text=True)
+    if status == 429:
+        assert response.headers.get("Retry-After", "").isdigit()
