@@ -16,7 +16,7 @@ from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import HashingError, InvalidHashError
 from argon2.low_level import ARGON2_VERSION
 
-from shared.config import ConfigError
+from shared.config import ConfigError, env_int
 
 MIN_LENGTH = 8
 MAX_LENGTH = 128
@@ -69,9 +69,9 @@ class Argon2Parameters:
         minimum."""
         default = cls()
         parameters = cls(
-            time_cost=_whole(env, "ARGON2_TIME_COST", default.time_cost),
-            memory_kib=_whole(env, "ARGON2_MEMORY_KIB", default.memory_kib),
-            parallelism=_whole(env, "ARGON2_PARALLELISM", default.parallelism),
+            time_cost=env_int("ARGON2_TIME_COST", default.time_cost, env),
+            memory_kib=env_int("ARGON2_MEMORY_KIB", default.memory_kib, env),
+            parallelism=env_int("ARGON2_PARALLELISM", default.parallelism, env),
         )
         parameters.check()
         parameters.check_hashing()
@@ -128,13 +128,3 @@ def hash_is_weaker(stored: str, hasher: PasswordHasher) -> bool:
         or made.salt_len < hasher.salt_len
         or made.hash_len < hasher.hash_len
     )
-
-
-def _whole(env: Mapping[str, str], variable: str, default: int) -> int:
-    value = env.get(variable)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{variable}={value!r} is not a whole number") from None

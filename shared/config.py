@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 DEV_MODE_VARIABLE = "SIGNUP_PIPELINE_DEV"
@@ -101,3 +102,23 @@ def default_sqlite_url(service: str) -> str:
     """The embedded default: one SQLite file per service under ./var/."""
     path = Path.cwd() / "var" / f"{service}.db"
     return f"sqlite:///{path}"
+
+
+@overload
+def env_int(variable: str, default: int, env: Mapping[str, str] | None = None) -> int: ...
+
+
+@overload
+def env_int(variable: str, default: None, env: Mapping[str, str] | None = None) -> int | None: ...
+
+
+def env_int(variable: str, default: int | None, env: Mapping[str, str] | None = None) -> int | None:
+    """An integer setting from `env` (the environment by default); a clear error if it is
+    not one."""
+    value = (os.environ if env is None else env).get(variable)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{variable}={value!r} is not a whole number") from None

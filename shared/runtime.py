@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 from sqlalchemy import MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.config import ConfigError, Settings
+from shared.config import ConfigError, Settings, env_int
 from shared.consumer import ConsumerLoop, EventProcessor, Handler
 from shared.db import Database
 from shared.health import ConsumerState, HealthServer
@@ -313,17 +313,6 @@ def service_main(
         commands[args.command](settings, args)
     except ConfigError as exc:
         fail(str(exc))
-
-
-def env_int(variable: str, default: int | None) -> int | None:
-    """An integer setting from the environment; a clear error if it is not one."""
-    value = os.environ.get(variable)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{variable}={value!r} is not a whole number") from None
 
 
 def migrate(settings: Settings, _args: argparse.Namespace | None = None) -> None:

@@ -18,7 +18,7 @@ from auth_service.models import Base, Member
 from auth_service.passwords import Argon2Parameters, common_passwords, hash_is_weaker
 from shared.config import ConfigError
 from shared.db import Database
-from tests.schema import create_tables
+from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import signup_body
 
 WEAK = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1, type=Type.ID)
@@ -27,10 +27,8 @@ STRONGER = PasswordHasher(time_cost=1, memory_cost=2048, parallelism=1, type=Typ
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    database = Database.from_url(f"sqlite:///{tmp_path / 'auth.db'}", Base.metadata)
-    create_tables(database)
-    yield database
-    database.engine.dispose()
+    with sqlite_database(tmp_path / "auth.db", Base.metadata) as database:
+        yield database
 
 
 def client_for(database: Database, hasher: PasswordHasher = WEAK) -> FlaskClient:

@@ -25,7 +25,7 @@ from shared.ratelimit import (
     key_secret,
     rate_limiter_from_env,
 )
-from tests.schema import create_tables
+from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -41,10 +41,8 @@ class Clock:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    database = Database.from_url(f"sqlite:///{tmp_path / 'auth.db'}", Base.metadata)
-    create_tables(database)
-    yield database
-    database.engine.dispose()
+    with sqlite_database(tmp_path / "auth.db", Base.metadata) as database:
+        yield database
 
 
 def limited_client(database: Database, limiter: RateLimiter | None) -> FlaskClient:

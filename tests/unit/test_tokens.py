@@ -20,7 +20,7 @@ from auth_service.api import create_app
 from auth_service.handlers import TOKEN_AUDIENCE, TOKEN_ISSUER, TokenIssuer
 from auth_service.models import Base, Member
 from shared.db import Database
-from tests.schema import create_tables
+from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
 SECRET = "s" * 32
@@ -30,10 +30,8 @@ HOUR = dt.timedelta(hours=1)
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    database = Database.from_url(f"sqlite:///{tmp_path / 'auth.db'}", Base.metadata)
-    create_tables(database)
-    yield database
-    database.engine.dispose()
+    with sqlite_database(tmp_path / "auth.db", Base.metadata) as database:
+        yield database
 
 
 @pytest.fixture
