@@ -48,7 +48,9 @@ class Hasher(Protocol):
 
     def verify(self, hash: str, password: str) -> bool: ...
 
-    def check_needs_rehash(self, hash: str) -> bool: ...
+    def is_weaker(self, hash: str) -> bool:
+        """Whether `hash` is weaker than what the current settings make."""
+        ...
 
 
 class HashingThreads:
@@ -76,9 +78,8 @@ class HashingThreads:
         """True, or raises VerificationError / InvalidHashError."""
         return self._threads.submit(self._hasher.verify, hash, password).result()
 
-    def check_needs_rehash(self, hash: str) -> bool:
-        """Whether `hash` is weaker than the current parameters make (a stronger one is
-        kept)."""
+    def is_weaker(self, hash: str) -> bool:
+        """See Hasher (a stronger hash is kept, never replaced by a weaker one)."""
         return hash_is_weaker(hash, self._hasher)
 
 
@@ -250,9 +251,9 @@ class Authenticator:
         return credentials.member_id
 
     def upgraded_hash(self, credentials: Credentials, password: str) -> str | None:
-        """A new hash of `password` (just verified) when the stored one was made with
-        older parameters, else None."""
-        if not self._hasher.check_needs_rehash(credentials.password_hash):
+        """A new hash of `password` (just verified) when the stored one is weaker than
+        the current settings make, else None."""
+        if not self._hasher.is_weaker(credentials.password_hash):
             return None
         return self._hasher.hash(password)
 

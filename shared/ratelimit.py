@@ -192,12 +192,11 @@ LIMIT_VARIABLES = {
 }
 
 
-def rate_limiter_from_env(
-    env: Mapping[str, str], secret: bytes | None = None
-) -> RateLimiter | None:
+def rate_limiter_from_env(env: Mapping[str, str], secret: bytes) -> RateLimiter | None:
     """The auth API's limits: AUTH_RATE_LIMITS=off disables them; AUTH_RATE_LIMIT_<KIND>
     (ATTEMPTS/SECONDS) overrides one; AUTH_RATE_LIMIT_REDIS_URL shares them, between
-    processes that pass the same `secret` (see key_secret)."""
+    processes that pass the same `secret` (see key_secret): required, because a
+    per-process secret would split a shared count without a word."""
     switch = (env.get("AUTH_RATE_LIMITS") or "on").lower()
     if switch not in ("on", "off"):
         raise ConfigError(f"AUTH_RATE_LIMITS={switch!r} must be on or off")

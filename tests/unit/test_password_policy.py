@@ -199,8 +199,8 @@ class RecordingHasher:
         self.verified.append(hash)
         return self._hasher.verify(hash, password)
 
-    def check_needs_rehash(self, hash: str) -> bool:
-        return self._hasher.check_needs_rehash(hash)
+    def is_weaker(self, hash: str) -> bool:
+        return hash_is_weaker(hash, self._hasher)
 
 
 def test_an_unknown_email_costs_one_verification_at_the_cost_of_a_real_hash() -> None:

@@ -29,6 +29,7 @@ from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+SECRET = key_secret("the service's secret")
 
 
 class Clock:
@@ -183,12 +184,12 @@ def test_a_wrong_rate_limit_setting_is_a_clear_config_error(
     env: dict[str, str], problem: str
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
-        rate_limiter_from_env(env)
+        rate_limiter_from_env(env, SECRET)
 
 
 def test_rate_limits_can_be_switched_off() -> None:
-    assert rate_limiter_from_env({"AUTH_RATE_LIMITS": "off"}) is None
-    assert rate_limiter_from_env({}) is not None
+    assert rate_limiter_from_env({"AUTH_RATE_LIMITS": "off"}, SECRET) is None
+    assert rate_limiter_from_env({}, SECRET) is not None
 
 
 @pytest.mark.integration
