@@ -20,6 +20,8 @@ COPY shared ./shared
 COPY auth_service ./auth_service
 COPY member_service ./member_service
 COPY batch_service ./batch_service
+# The operator commands (status, trace, dlt); the developer tools and the bench stay out.
+COPY operations ./operations
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
 USER app

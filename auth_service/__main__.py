@@ -11,11 +11,11 @@ from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, OutboxEvent
 from auth_service.passwords import Argon2Parameters
+from auth_service.ratelimit import key_secret, rate_limiter_from_env
 from shared.config import ConfigError, Settings, env_int
-from shared.db import Database
-from shared.outbox import OutboxRelay
-from shared.ratelimit import key_secret, rate_limiter_from_env
+from shared.messaging.outbox import OutboxRelay
 from shared.runtime import migrate, run_api, service_main
+from shared.storage.db import Database
 
 DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
 MIN_SECRET_BYTES = 32

@@ -23,6 +23,7 @@ from auth_service.handlers import (
     replace_password_hash,
     sign_up,
 )
+from auth_service.ratelimit import RateLimiter, client_key
 from auth_service.schemas import (
     AccountSchema,
     LoginSchema,
@@ -31,12 +32,11 @@ from auth_service.schemas import (
     TokenSchema,
     email_key,
 )
-from shared.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
-from shared.db import Database
-from shared.logs import bind
-from shared.ratelimit import RateLimiter, client_key
-from shared.tracecontext import current_traceparent
-from shared.web import ApiError, base_app, error_response, json_object_body, validation_error
+from shared.http.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
+from shared.http.web import ApiError, base_app, error_response, json_object_body, validation_error
+from shared.storage.db import Database
+from shared.telemetry.logs import bind
+from shared.telemetry.tracecontext import current_traceparent
 
 TOO_MANY_REQUESTS = ErrorAnswer(
     429,

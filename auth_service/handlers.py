@@ -18,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from auth_service.models import Member, OutboxEvent
 from auth_service.passwords import Argon2Parameters, hash_is_weaker
 from auth_service.schemas import email_key
-from shared.db import UnitOfWork, utcnow
-from shared.outbox import add_event
-from shared.pipeline import PROFILE_INSERT
+from shared.messaging.outbox import add_event
+from shared.messaging.pipeline import PROFILE_INSERT
+from shared.storage.db import UnitOfWork, utcnow
 
 SOURCE = "auth-service"
 TOKEN_TTL = dt.timedelta(hours=1)

@@ -7,8 +7,8 @@ import datetime as dt
 from sqlalchemy import Date, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime
-from shared.outbox import OutboxRecord
+from shared.messaging.outbox import OutboxRecord
+from shared.storage.db import UTCDateTime
 
 
 class Base(DeclarativeBase):

@@ -11,8 +11,8 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from auth_service.passwords import MAX_LENGTH, MIN_LENGTH, password_problems
-from shared.apidocs import AnswerSchema
-from shared.pipeline import MAX_STYLE_ID, ROLES, StrictInteger, distinct_values
+from shared.http.apidocs import AnswerSchema
+from shared.messaging.pipeline import MAX_STYLE_ID, ROLES, StrictInteger, distinct_values
 
 GENDERS = ("MALE", "FEMALE", "OTHER")
 # \Z, not $: `$` also matches before a trailing newline.

@@ -6,10 +6,10 @@ from flask import Blueprint, Flask, Response, jsonify
 
 from batch_service.models import PartnerSummary
 from batch_service.schemas import PartnerSummarySchema
-from shared.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
-from shared.db import Database
-from shared.logs import bind
-from shared.web import ApiError, base_app
+from shared.http.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
+from shared.http.web import ApiError, base_app
+from shared.storage.db import Database
+from shared.telemetry.logs import bind
 
 ROUTES = (
     Route(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from batch_service.handlers import on_partner_created
 from batch_service.models import ProcessedEvent
-from shared.pipeline import PARTNER_CREATED
+from shared.messaging.pipeline import PARTNER_CREATED
 from shared.runtime import WorkerSpec
 
 PARTNER_CREATED_WORKER = WorkerSpec(

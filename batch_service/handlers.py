@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from batch_service.models import PartnerSummary
-from shared.consumer import EventContext
-from shared.db import UnitOfWork, utcnow
+from shared.messaging.consumer import EventContext
+from shared.storage.db import UnitOfWork, utcnow
 
 
 def on_partner_created(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:

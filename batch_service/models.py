@@ -7,8 +7,8 @@ import datetime as dt
 from sqlalchemy import Float, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime
-from shared.inbox import InboxRecord
+from shared.messaging.inbox import InboxRecord
+from shared.storage.db import UTCDateTime
 
 
 class Base(DeclarativeBase):

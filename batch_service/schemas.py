@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import fields
 
-from shared.apidocs import AnswerSchema
+from shared.http.apidocs import AnswerSchema
 
 
 class PartnerSummarySchema(AnswerSchema):

@@ -20,7 +20,7 @@ import psycopg2.extras
 from sqlalchemy import create_engine, make_url, text
 
 from auth_service.handlers import password_hasher
-from shared.kafka import make_consumer, make_producer
+from shared.messaging.kafka import make_consumer, make_producer
 
 Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
 
@@ -30,7 +30,7 @@ def kafka_produce(
 ) -> dict[str, Any]:
     """Records per second one producer gets acknowledged, with the pipeline's settings.
 
-    The producer is `shared.kafka.make_producer` (acks=all, idempotent, linger 2 ms), so
+    The producer is `shared.messaging.kafka.make_producer` (acks=all, idempotent, linger 2 ms), so
     the figure is what the outbox relay could reach with nothing else to do. The clock
     runs from the first send to the end of `flush()`, i.e. until the broker acknowledged
     everything; every delivery is then checked, and any failure raises.
@@ -65,7 +65,7 @@ def kafka_consume(
 ) -> dict[str, Any]:
     """Records per second one consumer receives, with the pipeline's settings.
 
-    The consumer is `shared.kafka.make_consumer` (max 500 records a poll, 100 ms fetch
+    The consumer is `shared.messaging.kafka.make_consumer` (max 500 records a poll, 100 ms fetch
     wait) in a new group `group`, reading `topic` from the start; it only counts records.
     The group join and first fetch are excluded: the clock starts when the first
     non-empty poll returns, so `messages` counts only the records after that poll

@@ -30,12 +30,13 @@ from kafka import KafkaConsumer, TopicPartition
 
 from auth_service.models import OutboxEvent as AuthOutbox
 from bench import ceilings, stages
-from shared.broker import LocalBroker
-from shared.db import utcnow
-from shared.devstack import LOCAL_POSTGRES_URL, SERVICES, PostgresServer, Stack
-from shared.kafka import create_topics
-from shared.outbox import cloudevent_headers, encode_event
-from shared.pipeline import PROFILE_INSERT
+from devtools.broker import LocalBroker
+from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
+from devtools.stack import SERVICES, Stack
+from shared.messaging.kafka import create_topics
+from shared.messaging.outbox import cloudevent_headers, encode_event
+from shared.messaging.pipeline import PROFILE_INSERT
+from shared.storage.db import utcnow
 
 
 @dataclass(frozen=True)

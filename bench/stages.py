@@ -23,13 +23,13 @@ from sqlalchemy import Engine, bindparam, create_engine, func, select, text
 
 from auth_service.models import Base as AuthBase
 from auth_service.models import OutboxEvent as AuthOutbox
+from devtools.stack import ManagedProcess, Stack
 from member_service.models import ProcessedEvent
-from shared.db import Database
-from shared.devstack import ManagedProcess, Stack
-from shared.kafka import make_producer
-from shared.migrations import upgrade
-from shared.outbox import OutboxRelay, add_event
-from shared.pipeline import PROFILE_INSERT
+from shared.messaging.kafka import make_producer
+from shared.messaging.outbox import OutboxRelay, add_event
+from shared.messaging.pipeline import PROFILE_INSERT
+from shared.storage.db import Database
+from shared.storage.migrations import upgrade
 
 Progress = Callable[[str], None]
 

@@ -7,11 +7,11 @@ from sqlalchemy import select
 
 from member_service.models import FavoriteStyle, Partner, User
 from member_service.schemas import MemberSchema
-from shared.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
-from shared.db import Database
-from shared.logs import bind
-from shared.outbox import rfc3339
-from shared.web import ApiError, base_app
+from shared.http.apidocs import NOT_FOUND, UNAVAILABLE, Route, install_openapi
+from shared.http.web import ApiError, base_app
+from shared.messaging.outbox import rfc3339
+from shared.storage.db import Database
+from shared.telemetry.logs import bind
 
 ROUTES = (
     Route(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from member_service.handlers import on_profile_insert
 from member_service.models import OutboxEvent, ProcessedEvent
-from shared.pipeline import PROFILE_INSERT
+from shared.messaging.pipeline import PROFILE_INSERT
 from shared.runtime import WorkerSpec
 
 PROFILE_INSERT_WORKER = WorkerSpec(

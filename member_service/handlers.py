@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from member_service.models import FavoriteStyle, OutboxEvent, Partner, User
-from shared.consumer import EventContext
-from shared.db import UnitOfWork, utcnow
-from shared.outbox import add_event
-from shared.pipeline import PARTNER_CREATED
-from shared.tracecontext import current_traceparent
+from shared.messaging.consumer import EventContext
+from shared.messaging.outbox import add_event
+from shared.messaging.pipeline import PARTNER_CREATED
+from shared.storage.db import UnitOfWork, utcnow
+from shared.telemetry.tracecontext import current_traceparent
 
 SOURCE = "member-service"
 

@@ -7,9 +7,9 @@ import datetime as dt
 from sqlalchemy import BigInteger, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import BigIntegerPK, UTCDateTime
-from shared.inbox import InboxRecord
-from shared.outbox import OutboxRecord
+from shared.messaging.inbox import InboxRecord
+from shared.messaging.outbox import OutboxRecord
+from shared.storage.db import BigIntegerPK, UTCDateTime
 
 
 class Base(DeclarativeBase):

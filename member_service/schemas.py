@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from shared.apidocs import AnswerSchema
-from shared.pipeline import ROLES
+from shared.http.apidocs import AnswerSchema
+from shared.messaging.pipeline import ROLES
 
 
 class MemberSchema(AnswerSchema):

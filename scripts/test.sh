@@ -11,6 +11,7 @@ fi
 .venv/bin/pip install -q -e '.[dev]'
 
 scripts/ensure-postgres.sh
+scripts/ensure-redis.sh
 
 # The deployment tests validate docker-compose.yml (and its SASL override) with Debian's
 # docker-compose, lint the broker scripts with shellcheck, and load the broker's TLS
@@ -26,7 +27,7 @@ fi
 
 # The bundled broker must start here, or the run stops now, loudly.
 .venv/bin/python - <<'PY'
-from shared.broker import LocalBroker
+from devtools.broker import LocalBroker
 with LocalBroker() as broker:
     print(f"broker: Tansu answers on {broker.bootstrap_servers}")
 PY

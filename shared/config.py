@@ -44,7 +44,7 @@ ENVIRONMENT = (
     "PROMETHEUS_MULTIPROC_DIR",
     "OUTBOX_RETENTION_HOURS",
     "INBOX_RETENTION_DAYS",
-    "SIGNUP_PIPELINE_FAILPOINTS",  # fault-injection tests only; see shared/failpoints.py
+    "SIGNUP_PIPELINE_FAILPOINTS",  # fault-injection tests only; see shared/messaging/failpoints.py
 )
 
 

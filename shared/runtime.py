@@ -25,24 +25,24 @@ from sqlalchemy import MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import ConfigError, Settings, env_int
-from shared.consumer import ConsumerLoop, EventProcessor, Handler
-from shared.db import Database
-from shared.health import ConsumerState, HealthServer
-from shared.housekeeping import Housekeeper
-from shared.inbox import InboxRecord
-from shared.kafka import create_topics, make_consumer, make_producer, missing_topics
-from shared.logs import configure_logging
-from shared.metrics import (
+from shared.http.health import ConsumerState, HealthServer
+from shared.messaging.consumer import ConsumerLoop, EventProcessor, Handler
+from shared.messaging.housekeeping import Housekeeper
+from shared.messaging.inbox import InboxRecord
+from shared.messaging.kafka import create_topics, make_consumer, make_producer, missing_topics
+from shared.messaging.outbox import OutboxRecord, OutboxRelay
+from shared.messaging.pipeline import TOPICS, Topic
+from shared.storage.db import Database, failure_reason, redact_url
+from shared.storage.migrations import current_revision, head_revision, is_older_revision, upgrade
+from shared.telemetry.logs import configure_logging
+from shared.telemetry.metrics import (
     MULTIPROC_VARIABLE,
-    OutboxBacklog,
+    OutboxBacklogCollector,
     forget_process,
     metrics,
     use_multiprocess_directory,
     use_process_memory,
 )
-from shared.migrations import current_revision, head_revision, is_older_revision, upgrade
-from shared.outbox import OutboxRecord, OutboxRelay
-from shared.pipeline import TOPICS, Topic
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def open_database(settings: Settings, metadata: MetaData) -> Database:
             current = current_revision(connection)
     except SQLAlchemyError as exc:
         raise ConfigError(
-            f"cannot reach the {settings.service} database ({_redact(settings.database_url)}): "
-            f"{_first_line(exc)}; check {settings.service.upper()}_DATABASE_URL"
+            f"cannot reach the {settings.service} database ({redact_url(settings.database_url)}): "
+            f"{failure_reason(exc)}; check {settings.service.upper()}_DATABASE_URL"
         ) from None
     head = head_revision(settings.service)
     if current != head:
@@ -104,20 +104,6 @@ def check_broker(settings: Settings) -> None:
             "(see docker-compose.yml's kafka-topics job), or set SIGNUP_PIPELINE_DEV=1 "
             "to have them created with the broker's defaults"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
 
 
 def stop_on_signals() -> threading.Event:
@@ -248,7 +234,7 @@ def run_api(
             if component is not None:
                 component.stop()
 
-    from shared.web import serve
+    from shared.http.web import serve
 
     try:
         serve(
@@ -274,7 +260,7 @@ def outbox_collectors(
     if outbox is None:
         return ()
     topics = [topic.name for topic in TOPICS if topic.producer == f"{service}-service"]
-    return (OutboxBacklog(database, outbox, topics),)
+    return (OutboxBacklogCollector(database, outbox, topics),)
 
 
 def service_main(
@@ -322,6 +308,6 @@ def migrate(settings: Settings, _args: argparse.Namespace | None = None) -> None
     except SQLAlchemyError as exc:
         raise ConfigError(
             f"cannot migrate the {settings.service} database "
-            f"({_redact(settings.database_url)}): {_first_line(exc)}"
+            f"({redact_url(settings.database_url)}): {failure_reason(exc)}"
         ) from None
     log.info("%s database is at revision %s", settings.service, head_revision(settings.service))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData
 
-from shared.broker import LocalBroker
-from shared.db import Database
-from shared.devstack import LOCAL_POSTGRES_URL, PostgresServer
+from devtools.broker import LocalBroker
+from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
+from shared.storage.db import Database
 from tests.schema import create_tables
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", LOCAL_POSTGRES_URL)

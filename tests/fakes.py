@@ -8,7 +8,7 @@ from typing import Any
 
 from kafka.errors import KafkaTimeoutError
 
-from shared.kafka import Headers, Message
+from shared.messaging.kafka import Headers, Message
 
 
 @dataclass
@@ -47,7 +47,7 @@ class FakeBroker:
 
 
 class FakeProducer:
-    """Implements shared.kafka.Producer on a FakeBroker."""
+    """Implements shared.messaging.kafka.Producer on a FakeBroker."""
 
     def __init__(self, broker: FakeBroker) -> None:
         self.broker = broker

@@ -7,8 +7,8 @@ import uuid
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from shared.kafka import Message
-from shared.kafka import read_topic as kafka_read_topic
+from shared.messaging.kafka import Message
+from shared.messaging.kafka import read_topic as kafka_read_topic
 
 
 def unique_name(prefix: str) -> str:
@@ -25,7 +25,7 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
 
 
 def read_topic(bootstrap: str, topic: str, expect: int = 0, timeout: float = 20.0) -> list[Message]:
-    """Every record of `topic` (see shared.kafka.read_topic)."""
+    """Every record of `topic` (see shared.messaging.kafka.read_topic)."""
     return kafka_read_topic([bootstrap], topic, expect, timeout)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import MetaData
 
-from shared.db import Database
+from shared.storage.db import Database
 
 
 def create_tables(database: Database) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # docker-compose's one-shot kafka-topics job (apache/kafka image): creates the pipeline's
-# topics with the partition counts of shared/pipeline.py and their dead-letter topics.
+# topics with the partition counts of shared/messaging/pipeline.py and their dead-letter topics.
 #
 # With docker-compose.sasl.yml (KAFKA_ADMIN_PASSWORD set) it logs in as the admin user
 # and grants the application's user (KAFKA_APP_USERNAME) what its processes do, no more:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.devstack import SERVICES, Stack
+from devtools.stack import SERVICES, Stack
 
 pytestmark = pytest.mark.e2e
 

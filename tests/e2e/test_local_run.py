@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import free_port
-from shared.devstack import http_status
-from shared.http_client import wait_for_status
+from devtools.broker import free_port
+from devtools.http_client import wait_for_status
+from devtools.stack import http_status
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-c", "from shared.cli import main; main()"]
+CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
 
 
 def three_free_ports() -> int:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.devstack import Stack
-from shared.http_client import request
+from devtools.http_client import request
+from devtools.stack import Stack
 from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from shared.devstack import Stack
-from shared.http_client import request, wait_for_status
+from devtools.http_client import request, wait_for_status
+from devtools.stack import Stack
 from tests.unit.pipeline_harness import signup_body
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-c", "from shared.cli import main; main()"]
+CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
 MOMENT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z"
 PARTNER_STEPS = [
     "accepted",

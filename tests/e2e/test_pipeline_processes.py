@@ -13,9 +13,9 @@ import pytest
 from kafka import KafkaProducer
 from sqlalchemy import create_engine, func, select, text
 
+from devtools.http_client import request, wait_for_status
+from devtools.stack import Stack
 from member_service.models import FavoriteStyle, Partner, User
-from shared.devstack import Stack
-from shared.http_client import request, wait_for_status
 from tests.kafka_tools import read_topic
 from tests.unit.pipeline_harness import signup_body
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.devstack import Stack
-from shared.http_client import request
+from devtools.http_client import request
+from devtools.stack import Stack
 from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
 

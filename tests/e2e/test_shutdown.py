@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import LocalBroker
-from shared.devstack import Stack
-from shared.http_client import request
+from devtools.broker import LocalBroker
+from devtools.http_client import request
+from devtools.stack import Stack
 from tests.unit.pipeline_harness import signup_body
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from shared.broker import LocalBroker
-from shared.devstack import SERVICES, Stack
+from devtools.broker import LocalBroker
+from devtools.stack import SERVICES, Stack
 from tests.faults.harness import Registry, TcpProxy
 
 pytestmark = pytest.mark.faults

@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from shared.broker import free_port
-from shared.devstack import Stack
-from shared.http_client import request
-from shared.kafka import read_topic
+from devtools.broker import free_port
+from devtools.http_client import request
+from devtools.stack import Stack
+from shared.messaging.kafka import read_topic
 from tests.unit.pipeline_harness import signup_body
 
 

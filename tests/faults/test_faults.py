@@ -15,8 +15,8 @@ from collections import Counter
 import pytest
 from kafka import KafkaProducer
 
-from shared.http_client import request, wait_for_status
-from shared.kafka import read_topic
+from devtools.http_client import request, wait_for_status
+from shared.messaging.kafka import read_topic
 from tests.faults.conftest import FaultStack
 from tests.faults.harness import Signup, dead_letters, wait_reconciled
 from tests.unit.pipeline_harness import signup_body
@@ -168,7 +168,7 @@ def test_twenty_concurrent_signups_with_one_email_make_one_account_and_one_event
 def run_cli(faults: FaultStack, *args: str) -> str:
     env = {"KAFKA_BOOTSTRAP_SERVERS": faults.stack.bootstrap_servers or ""}
     result = subprocess.run(
-        [sys.executable, "-c", "from shared.cli import main; main()", *args],
+        [sys.executable, "-c", "from operations.cli import main; main()", *args],
         env={**faults.stack.env(), **env},
         capture_output=True,
         text=True,

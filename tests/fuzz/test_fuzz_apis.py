@@ -27,8 +27,8 @@ from batch_service.api import create_app as create_batch_app
 from batch_service.models import Base as BatchBase
 from member_service.api import create_app as create_member_app
 from member_service.models import Base as MemberBase
-from shared.db import Database
-from shared.web import SECURITY_HEADERS
+from shared.http.web import SECURITY_HEADERS
+from shared.storage.db import Database
 from tests.fuzz.conftest import CASES
 from tests.schema import create_tables
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body

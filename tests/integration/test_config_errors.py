@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import LocalBroker, free_port
+from devtools.broker import LocalBroker, free_port
 
 pytestmark = pytest.mark.integration
 

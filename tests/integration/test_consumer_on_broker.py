@@ -15,9 +15,9 @@ from sqlalchemy import MetaData, func, select
 
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base, FavoriteStyle, User
-from shared.consumer import ConsumerLoop, EventProcessor, Outcome
-from shared.db import Database
-from shared.kafka import make_consumer, make_producer
+from shared.messaging.consumer import ConsumerLoop, EventProcessor, Outcome
+from shared.messaging.kafka import make_consumer, make_producer
+from shared.storage.db import Database
 from tests.kafka_tools import committed_offsets, create_topic, read_topic, unique_name
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import MetaData, func, select, update
 
 from member_service.models import Base, OutboxEvent, ProcessedEvent
-from shared.db import Database, utcnow
-from shared.housekeeping import Housekeeper
-from shared.outbox import add_event
+from shared.messaging.housekeeping import Housekeeper
+from shared.messaging.outbox import add_event
+from shared.storage.db import Database, utcnow
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import MetaData
 
+from devtools.postgres import PostgresServer
 from member_service.models import Base, ProcessedEvent
-from shared.db import Database
-from shared.devstack import PostgresServer
-from shared.inbox import claim_events
+from shared.messaging.inbox import claim_events
+from shared.storage.db import Database
 from tests.schema import create_tables
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from sqlalchemy import inspect
 from auth_service.models import Base as AuthBase
 from batch_service.models import Base as BatchBase
 from member_service.models import Base as MemberBase
-from shared.db import make_engine
-from shared.migrations import alembic_config, current_revision, head_revision, upgrade
+from shared.storage.db import make_engine
+from shared.storage.migrations import alembic_config, current_revision, head_revision, upgrade
 
 pytestmark = pytest.mark.integration
 

@@ -24,16 +24,18 @@ from auth_service.models import Member
 from auth_service.models import OutboxEvent as AuthOutbox
 from batch_service.models import Base as BatchBase
 from batch_service.models import PartnerSummary
+from devtools.postgres import PostgresServer
 from member_service.models import Base as MemberBase
 from member_service.models import OutboxEvent as MemberOutbox
 from member_service.models import Partner, User
-from shared.cli import main
-from shared.db import Database, utcnow
-from shared.devstack import PostgresServer
-from shared.housekeeping import Housekeeper
-from shared.kafka import create_topics, make_consumer, pipeline_topics
-from shared.operations import Endpoints, read_status, show_status, show_trace
-from shared.pipeline import PARTNER_CREATED, PROFILE_INSERT, Topic
+from operations.cli import main
+from operations.sources import Endpoints
+from operations.status import read_status, show_status
+from operations.trace import show_trace
+from shared.messaging.housekeeping import Housekeeper
+from shared.messaging.kafka import create_topics, make_consumer, pipeline_topics
+from shared.messaging.pipeline import PARTNER_CREATED, PROFILE_INSERT, Topic
+from shared.storage.db import Database, utcnow
 from tests.kafka_tools import create_topic, unique_name
 from tests.schema import create_tables
 

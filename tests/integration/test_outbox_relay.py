@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import MetaData, func, select
 
 from auth_service.models import Base, OutboxEvent
-from shared.db import Database
-from shared.kafka import make_producer
-from shared.outbox import OutboxRelay, add_event
+from shared.messaging.kafka import make_producer
+from shared.messaging.outbox import OutboxRelay, add_event
+from shared.storage.db import Database
 from tests.kafka_tools import create_topic, read_topic, unique_name
 from tests.schema import create_tables
 

@@ -12,7 +12,7 @@ from sqlalchemy import MetaData, func, select
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, Member, OutboxEvent
-from shared.db import Database
+from shared.storage.db import Database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
 pytestmark = pytest.mark.integration

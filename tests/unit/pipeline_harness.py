@@ -17,10 +17,10 @@ from batch_service.models import Base as BatchBase
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from member_service.models import OutboxEvent as MemberOutbox
-from shared.consumer import EventProcessor, Outcome
-from shared.db import Database
-from shared.outbox import OutboxRelay
+from shared.messaging.consumer import EventProcessor, Outcome
+from shared.messaging.outbox import OutboxRelay
 from shared.runtime import WorkerSpec
+from shared.storage.db import Database
 from tests.fakes import FakeBroker
 from tests.schema import create_tables
 

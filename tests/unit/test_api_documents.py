@@ -28,7 +28,7 @@ from batch_service.models import PartnerSummary
 from member_service.api import create_app as create_member_app
 from member_service.models import Base as MemberBase
 from member_service.models import FavoriteStyle, User
-from shared.db import Database, utcnow
+from shared.storage.db import Database, utcnow
 from tests.schema import create_tables
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 

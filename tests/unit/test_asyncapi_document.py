@@ -15,10 +15,10 @@ from jsonschema import Draft7Validator, FormatChecker, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from shared.asyncapi import asyncapi_document, main, render_yaml
-from shared.consumer import Outcome
-from shared.kafka import Message
-from shared.pipeline import TOPICS
+from devtools.asyncapi import asyncapi_document, main, render_yaml
+from shared.messaging.consumer import Outcome
+from shared.messaging.kafka import Message
+from shared.messaging.pipeline import TOPICS
 from tests.unit.pipeline_harness import InMemoryPipeline, signup_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def resolve(document: dict[str, Any], ref: str) -> Any:
 
 def test_committed_document_is_what_the_code_generates() -> None:
     assert COMMITTED.read_text(encoding="utf-8") == render_yaml(asyncapi_document()), (
-        "docs/asyncapi.yaml is stale: run `python -m shared.asyncapi > docs/asyncapi.yaml`"
+        "docs/asyncapi.yaml is stale: run `python -m devtools.asyncapi > docs/asyncapi.yaml`"
     )
 
 

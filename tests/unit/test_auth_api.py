@@ -27,7 +27,7 @@ from werkzeug.test import TestResponse
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, Member, OutboxEvent
-from shared.db import Database
+from shared.storage.db import Database
 from tests.schema import create_tables
 from tests.unit.pipeline_harness import signup_body
 

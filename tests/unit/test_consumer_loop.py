@@ -13,9 +13,15 @@ import pytest
 
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
-from shared.consumer import ConsumerLoop, EventContext, EventProcessor, Outcome, RetryLater
-from shared.db import Database, UnitOfWork
-from shared.kafka import Message
+from shared.messaging.consumer import (
+    ConsumerLoop,
+    EventContext,
+    EventProcessor,
+    Outcome,
+    RetryLater,
+)
+from shared.messaging.kafka import Message
+from shared.storage.db import Database, UnitOfWork
 from tests.fakes import FakeBroker, FakeConsumer
 from tests.schema import create_tables
 

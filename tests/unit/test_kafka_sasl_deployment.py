@@ -31,8 +31,8 @@ import yaml
 from kafka.net.transport import KafkaSSLTransport
 
 from shared.config import ENVIRONMENT
-from shared.kafka import client_security, pipeline_topics
-from shared.pipeline import TOPICS
+from shared.messaging.kafka import client_security, pipeline_topics
+from shared.messaging.pipeline import TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "deploy" / "kafka"

@@ -9,7 +9,7 @@ import pytest
 from kafka.errors import KafkaError
 
 from shared.config import ConfigError
-from shared.kafka import client_security, missing_topics, pipeline_topics
+from shared.messaging.kafka import client_security, missing_topics, pipeline_topics
 
 
 def test_no_setting_means_plaintext_and_adds_nothing() -> None:

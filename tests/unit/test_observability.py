@@ -17,16 +17,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-import shared.tracecontext
+import shared.telemetry.tracecontext
 from auth_service.models import OutboxEvent as AuthOutbox
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from shared.config import ConfigError
-from shared.consumer import ConsumerLoop, EventProcessor
-from shared.db import Database
-from shared.logs import JsonFormatter, TextFormatter, configure_logging, log_context, scrub
-from shared.metrics import OutboxBacklog, exposition
-from shared.tracecontext import current_traceparent, parse_traceparent, span, trace_id_of
+from shared.messaging.consumer import ConsumerLoop, EventProcessor
+from shared.storage.db import Database
+from shared.telemetry.logs import (
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    log_context,
+    scrub,
+)
+from shared.telemetry.metrics import OutboxBacklogCollector, exposition
+from shared.telemetry.tracecontext import current_traceparent, parse_traceparent, span, trace_id_of
 from tests.fakes import FakeBroker, FakeConsumer
 from tests.schema import create_tables
 from tests.unit.pipeline_harness import InMemoryPipeline, signup_body
@@ -147,7 +153,7 @@ def exported(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(shared.tracecontext, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(shared.telemetry.tracecontext, "_tracer", provider.get_tracer("test"))
     return exporter
 
 
@@ -293,7 +299,7 @@ def test_consumer_lag_is_the_records_behind_the_high_watermark(tmp_path: Path) -
 def test_the_outbox_backlog_and_its_oldest_row_are_read_when_scraped(
     pipeline: InMemoryPipeline,
 ) -> None:
-    backlog = OutboxBacklog(pipeline.auth_db, AuthOutbox, ["profile-insert"])
+    backlog = OutboxBacklogCollector(pipeline.auth_db, AuthOutbox, ["profile-insert"])
     empty = scrape(exposition(backlog)[0])
     assert sample(empty, "signup_outbox_backlog", topic="profile-insert") == 0
     assert (
@@ -390,7 +396,7 @@ def test_an_sdk_that_records_nothing_still_gives_each_span_its_own_ids(
 ) -> None:
     from opentelemetry.trace import NoOpTracer
 
-    monkeypatch.setattr(shared.tracecontext, "_tracer", NoOpTracer())  # OTEL_SDK_DISABLED
+    monkeypatch.setattr(shared.telemetry.tracecontext, "_tracer", NoOpTracer())  # OTEL_SDK_DISABLED
     with span("work", SpanKind.CONSUMER, parent=CALLER):
         child = current_traceparent()
     with span("work", SpanKind.SERVER):

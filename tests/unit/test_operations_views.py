@@ -12,31 +12,31 @@ from typing import Any
 
 import pytest
 
-from shared.cli import main
-from shared.offsets import LogRange, PartitionLag, partition_lags
-from shared.operations import (
+from operations.cli import main
+from operations.formatting import format_duration, partition_lag_text
+from operations.offsets import LogRange, PartitionLag, partition_lags
+from operations.sources import Endpoints, Unavailable
+from operations.status import (
+    GroupLag,
+    OutboxBacklog,
+    PipelineStatus,
+    StageCounts,
+    render_status,
+    status_json,
+)
+from operations.trace import (
     AuthRecord,
     BatchRecord,
-    Endpoints,
-    GroupLag,
     MemberRecord,
-    OutboxBacklog,
     OutboxRow,
-    PipelineStatus,
     SignupTrace,
-    StageCounts,
     Step,
-    Unavailable,
     assemble_trace,
-    format_duration,
-    partition_lag_text,
-    render_status,
     render_trace,
-    status_json,
     step_intervals,
     trace_json,
 )
-from shared.pipeline import TOPICS
+from shared.messaging.pipeline import TOPICS
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 MEMBER = "5f0c6d1e-8a51-4c1b-9d38-2f7c1b6a0e11"
@@ -423,7 +423,7 @@ def test_bad_arguments_are_one_line_and_exit_2(
 
 
 def test_watch_stops_on_ctrl_c_with_exit_0(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared import operations
+    from operations import status as operations
 
     frames: list[int] = []
 

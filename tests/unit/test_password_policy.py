@@ -17,7 +17,7 @@ from auth_service.handlers import Authenticator, Credentials, InvalidCredentials
 from auth_service.models import Base, Member
 from auth_service.passwords import Argon2Parameters, common_passwords, hash_is_weaker
 from shared.config import ConfigError
-from shared.db import Database
+from shared.storage.db import Database
 from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import signup_body
 

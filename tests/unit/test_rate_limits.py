@@ -14,9 +14,7 @@ from sqlalchemy import func, select
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, Member, OutboxEvent
-from shared.config import ConfigError
-from shared.db import Database
-from shared.ratelimit import (
+from auth_service.ratelimit import (
     Limit,
     MemoryCounter,
     RateLimiter,
@@ -25,6 +23,8 @@ from shared.ratelimit import (
     key_secret,
     rate_limiter_from_env,
 )
+from shared.config import ConfigError
+from shared.storage.db import Database
 from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 

@@ -13,13 +13,13 @@ from flask import Flask
 from auth_service.api import create_app as create_auth_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base as AuthBase
+from auth_service.ratelimit import Limit, MemoryCounter, RateLimiter
 from batch_service.api import create_app as create_batch_app
 from batch_service.models import Base as BatchBase
 from member_service.api import create_app as create_member_app
 from member_service.models import Base as MemberBase
-from shared.db import Database
-from shared.ratelimit import Limit, MemoryCounter, RateLimiter
-from shared.web import SECURITY_HEADERS
+from shared.http.web import SECURITY_HEADERS
+from shared.storage.db import Database
 from tests.schema import create_tables
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 

@@ -19,7 +19,7 @@ from sqlalchemy import delete
 from auth_service.api import create_app
 from auth_service.handlers import TOKEN_AUDIENCE, TOKEN_ISSUER, TokenIssuer
 from auth_service.models import Base, Member
-from shared.db import Database
+from shared.storage.db import Database
 from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 

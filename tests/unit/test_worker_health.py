@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from devtools.broker import free_port
 from member_service.models import Base as MemberBase
 from member_service.models import OutboxEvent
-from shared.broker import free_port
-from shared.db import Database
-from shared.health import ConsumerState, HealthServer
-from shared.metrics import OutboxBacklog
+from shared.http.health import ConsumerState, HealthServer
+from shared.storage.db import Database
+from shared.telemetry.metrics import OutboxBacklogCollector
 from tests.schema import create_tables
 
 
@@ -98,7 +98,7 @@ def test_not_ready_says_why(database: Database, listening_broker: str, problem: 
 def test_the_worker_port_serves_prometheus_metrics_with_its_outbox_backlog(
     database: Database, listening_broker: str
 ) -> None:
-    backlog = OutboxBacklog(database, OutboxEvent, ["partner-created"])
+    backlog = OutboxBacklogCollector(database, OutboxEvent, ["partner-created"])
     health = serve(database, joined(), [listening_broker], collectors=(backlog,))
     try:
         status, content_type, body = get(f"http://127.0.0.1:{health.port}/metrics")

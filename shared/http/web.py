@@ -16,9 +16,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.db import Database, check_connection
-from shared.metrics import exposition, metrics
-from shared.tracecontext import SpanKind, span
+from shared.storage.db import Database, check_connection
+from shared.telemetry.metrics import exposition, metrics
+from shared.telemetry.tracecontext import SpanKind, span
 
 log = logging.getLogger(__name__)
 

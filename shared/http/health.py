@@ -13,9 +13,9 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener
 
-from shared.db import Database, check_connection
-from shared.kafka import broker_reachable
-from shared.metrics import exposition
+from shared.messaging.kafka import broker_reachable
+from shared.storage.db import Database, check_connection
+from shared.telemetry.metrics import exposition
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from shared.consumer import event_id_of
-from shared.kafka import Message, make_producer, read_topic
-from shared.operations import format_duration
+from operations.formatting import format_duration
+from shared.messaging.consumer import event_id_of
+from shared.messaging.kafka import Message, make_producer, read_topic
 
 
 @dataclass(frozen=True)

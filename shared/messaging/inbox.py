@@ -16,7 +16,7 @@ from sqlalchemy import String
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from shared.db import UTCDateTime, utcnow
+from shared.storage.db import UTCDateTime, utcnow
 
 
 class InboxRecord:

@@ -21,8 +21,8 @@ from apispec.ext.marshmallow.openapi import OpenAPIConverter
 from flask import Flask, Response
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from shared.pipeline import _uuid_text, distinct_values
-from shared.web import MAX_BODY_BYTES
+from shared.http.web import MAX_BODY_BYTES
+from shared.messaging.pipeline import _uuid_text, distinct_values
 
 OPENAPI_VERSION = "3.0.3"
 # A Flask rule's `<name>` or `<converter:name>`; OpenAPI writes `{name}`.

@@ -27,12 +27,12 @@ from typing import Any
 from sqlalchemy import String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from shared.db import BigIntegerPK, Database, UnitOfWork, UTCDateTime, utcnow
-from shared.failpoints import failpoint
-from shared.kafka import Headers, KafkaError, Producer
-from shared.logs import log_context
-from shared.metrics import metrics
-from shared.tracecontext import trace_id_of
+from shared.messaging.failpoints import failpoint
+from shared.messaging.kafka import Headers, KafkaError, Producer
+from shared.storage.db import BigIntegerPK, Database, UnitOfWork, UTCDateTime, utcnow
+from shared.telemetry.logs import log_context
+from shared.telemetry.metrics import metrics
+from shared.telemetry.tracecontext import trace_id_of
 
 log = logging.getLogger(__name__)
 

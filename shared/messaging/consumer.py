@@ -26,14 +26,14 @@ from marshmallow import Schema, ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from shared.db import Database, UnitOfWork
-from shared.failpoints import failpoint
-from shared.inbox import InboxRecord, claim_events
-from shared.kafka import Message, Producer, message_from_record
-from shared.logs import log_context
-from shared.metrics import metrics
-from shared.pipeline import Topic
-from shared.tracecontext import SpanKind, span, trace_id_of
+from shared.messaging.failpoints import failpoint
+from shared.messaging.inbox import InboxRecord, claim_events
+from shared.messaging.kafka import Message, Producer, message_from_record
+from shared.messaging.pipeline import Topic
+from shared.storage.db import Database, UnitOfWork
+from shared.telemetry.logs import log_context
+from shared.telemetry.metrics import metrics
+from shared.telemetry.tracecontext import SpanKind, span, trace_id_of
 
 log = logging.getLogger(__name__)
 

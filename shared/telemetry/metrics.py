@@ -2,7 +2,7 @@
 
 What a process counts (requests, events) lives in counters and histograms built once
 per process by `metrics()`. What is a fact about a database (the outbox backlog) is
-read when scraped, by `OutboxBacklog`, so every copy of a process reports the same
+read when scraped, by `OutboxBacklogCollector`, so every copy of a process reports the same
 truth rather than its own share of it.
 
 An API runs as several gunicorn worker processes; its counters are kept in files in a
@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select
 
-from shared.db import Database, utcnow
+from shared.storage.db import Database, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def exposition(*extra: Any) -> tuple[bytes, str]:
     return generate_latest(_Collected([base, *extra])), CONTENT_TYPE_LATEST
 
 
-class OutboxBacklog:
+class OutboxBacklogCollector:
     """Collector: unpublished outbox rows and the age of the oldest, read at scrape time."""
 
     def __init__(self, database: Database, model: Any, topics: Iterable[str]) -> None:

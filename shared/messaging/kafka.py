@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from shared.pipeline import TOPICS
+from shared.messaging.pipeline import TOPICS
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, text
 
-from shared.db import make_engine
+from shared.storage.db import make_engine
 
 # Any constant works; it only has to be the same for every copy of one service.
 _MIGRATION_LOCK = 7_150_001

@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import delete, select, tuple_
 
-from shared.db import Database, utcnow
-from shared.inbox import InboxRecord
-from shared.outbox import OutboxRecord
+from shared.messaging.inbox import InboxRecord
+from shared.messaging.outbox import OutboxRecord
+from shared.storage.db import Database, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -163,3 +163,18 @@ class UnitOfWork:
         self.session.commit()
         if self._after_commit is not None:
             self._after_commit()
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<not a database URL>"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why: the driver's own message rather than SQLAlchemy's wrapping."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return first or type(exc).__name__

@@ -30,10 +30,10 @@ from types import TracebackType
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-from shared.kafka import client_security
+from shared.messaging.kafka import client_security
 
 # Tansu holds a fetch for its whole max wait even at the end of the log (see
-# shared.kafka.CONSUMER_DEFAULTS), and did not answer fetches that may not wait at all.
+# shared.messaging.kafka.CONSUMER_DEFAULTS), and did not answer fetches that may not wait at all.
 _FETCH_WAIT_MS = 10
 
 

@@ -1,0 +1,396 @@
+"""`signup-pipeline status`: the whole pipeline now, per stage: outbox backlog, consumer
+lag, dead letters and last-minute throughput.
+
+The services each read only their own database; this reads all three, and the broker,
+found the way the services find them (the same variables and defaults, through
+`Settings.from_env`). It only looks: plain SELECTs (read-only transactions on
+PostgreSQL, no write lock on SQLite), no consumer group joined (see operations/offsets.py).
+A part that cannot be read is reported unavailable, with the reason, and the rest is
+still shown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from sqlalchemy import Connection, func, select
+
+from auth_service.models import Member
+from auth_service.models import OutboxEvent as AuthOutbox
+from batch_service.models import PartnerSummary
+from member_service.models import OutboxEvent as MemberOutbox
+from member_service.models import Partner, User
+from operations.formatting import (
+    format_duration,
+    moment_text,
+    partition_lag_text,
+    plural,
+    why_unavailable,
+)
+from operations.offsets import OffsetReader, PartitionLag
+from operations.sources import (
+    DEFAULT_TIMEOUT,
+    WINDOW,
+    Endpoints,
+    T,
+    Unavailable,
+    attempt_read,
+    in_parallel,
+    read_database,
+)
+from shared.messaging.outbox import OutboxRecord, rfc3339
+from shared.messaging.pipeline import TOPICS, Topic
+from shared.storage.db import failure_reason, utcnow
+
+# --- status ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One service's part of the flow, as its database shows it."""
+
+    service: str
+    created: tuple[Any, ...]  # tables whose new rows are this stage's throughput
+    step: str  # what one such row means, for the screen
+    verb: str
+    outbox: type[OutboxRecord] | None
+
+
+STAGES = (
+    Stage("auth", (Member,), "signup accepted", "accepted", AuthOutbox),
+    Stage("member", (User, Partner), "profile created", "created", MemberOutbox),
+    Stage("batch", (PartnerSummary,), "summary created", "created", None),
+)
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    """A service's outbox: what waits to be published, and what was published lately."""
+
+    unpublished: int
+    oldest_unpublished_at: dt.datetime | None
+    published_recently: int
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    """What one service's database says: rows created lately, and its outbox."""
+
+    created_recently: int
+    outbox: OutboxBacklog | None
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """How far a consumer group is behind on its topic."""
+
+    group: str
+    topic: str
+    partitions: tuple[PartitionLag, ...]
+
+    @property
+    def total(self) -> int:
+        """The sum over partitions of end offset minus committed offset."""
+        return sum(p.lag for p in self.partitions)
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """One reading of the whole pipeline. `topics`: profile-insert and partner-created
+    (tests pass private copies), which the auth and member outboxes publish."""
+
+    at: dt.datetime
+    window: dt.timedelta
+    topics: tuple[Topic, Topic]
+    sources: dict[str, str]
+    stages: dict[str, StageCounts | Unavailable]
+    lag: dict[str, GroupLag | Unavailable]  # by consumer group
+    dead_letters: dict[str, int | Unavailable]  # by dead-letter topic
+    took: float = 0.0  # seconds the reading took
+
+
+def _count_since(connection: Connection, table: Any, since: dt.datetime) -> int:
+    query = select(func.count()).select_from(table).where(table.created_at >= since)
+    return int(connection.scalar(query) or 0)
+
+
+def _outbox_backlog(connection: Connection, outbox: Any, since: dt.datetime) -> OutboxBacklog:
+    pending = connection.execute(
+        select(func.count(), func.min(outbox.created_at)).where(outbox.published_at.is_(None))
+    ).one()
+    published = connection.scalar(
+        select(func.count()).select_from(outbox).where(outbox.published_at >= since)
+    )
+    return OutboxBacklog(int(pending[0] or 0), pending[1], int(published or 0))
+
+
+def _stage_counts(stage: Stage, since: dt.datetime) -> Callable[[Connection], StageCounts]:
+    def read(connection: Connection) -> StageCounts:
+        created = sum(_count_since(connection, table, since) for table in stage.created)
+        outbox = _outbox_backlog(connection, stage.outbox, since) if stage.outbox else None
+        return StageCounts(created, outbox)
+
+    return read
+
+
+def _read_kafka(
+    servers: Sequence[str], topics: Sequence[Topic], timeout: float
+) -> tuple[dict[str, GroupLag | Unavailable], dict[str, int | Unavailable]]:
+    lag: dict[str, GroupLag | Unavailable] = {}
+    dead: dict[str, int | Unavailable] = {}
+    try:
+        with OffsetReader(servers, timeout) as reader:
+            names = [t.name for t in topics] + [t.dead_letter for t in topics]
+            ranges = reader.log_ranges(names)
+            for topic in topics:
+                if topic.name in ranges:
+                    partitions = reader.lag(topic.consumer_group, ranges[topic.name], topic.name)
+                    lag[topic.consumer_group] = GroupLag(
+                        topic.consumer_group, topic.name, tuple(partitions)
+                    )
+                else:
+                    lag[topic.consumer_group] = _missing_topic(topic.name)
+                if topic.dead_letter in ranges:
+                    dead[topic.dead_letter] = sum(r.records for r in ranges[topic.dead_letter])
+                else:
+                    dead[topic.dead_letter] = _missing_topic(topic.dead_letter)
+    except Exception as exc:  # the broker as a whole: every Kafka figure is unknown
+        down = Unavailable("kafka", failure_reason(exc) or type(exc).__name__)
+        return {t.consumer_group: down for t in topics}, {t.dead_letter: down for t in topics}
+    return lag, dead
+
+
+def _missing_topic(name: str) -> Unavailable:
+    return Unavailable(f"topic {name}", "the broker has no such topic (yet)")
+
+
+def read_status(
+    endpoints: Endpoints,
+    *,
+    topics: tuple[Topic, Topic] = TOPICS,
+    window: dt.timedelta = WINDOW,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> PipelineStatus:
+    """Read the three databases and the broker, side by side, each within `timeout`."""
+    started = time.perf_counter()
+    now = utcnow()
+    since = now - window
+    reads: dict[str, Callable[[], Any]] = {
+        stage.service: _bind_stage(endpoints, stage, since, timeout) for stage in STAGES
+    }
+    reads["kafka"] = lambda: _read_kafka(endpoints.bootstrap_servers, topics, timeout)
+    results = in_parallel(reads)
+    lag, dead_letters = results.pop("kafka")
+    return PipelineStatus(
+        at=now,
+        window=window,
+        topics=topics,
+        sources=endpoints.sources(),
+        stages=results,
+        lag=lag,
+        dead_letters=dead_letters,
+        took=time.perf_counter() - started,
+    )
+
+
+def _bind_stage(
+    endpoints: Endpoints, stage: Stage, since: dt.datetime, timeout: float
+) -> Callable[[], StageCounts | Unavailable]:
+    url = endpoints.database_urls[stage.service]
+    return lambda: attempt_read(
+        f"{stage.service} database",
+        lambda: read_database(url, timeout, _stage_counts(stage, since)),
+    )
+
+
+def status_json(status: PipelineStatus) -> dict[str, Any]:
+    """The machine-readable status: null where a figure could not be read, and why
+    under `unavailable` (keyed by the source that failed)."""
+    unavailable: dict[str, str] = {}
+
+    def known(part: T | Unavailable) -> T | None:
+        if isinstance(part, Unavailable):
+            unavailable[part.source] = part.reason
+            return None
+        return part
+
+    stages = {service: known(part) for service, part in status.stages.items()}
+    outbox: dict[str, Any] = {}
+    published: dict[str, int | None] = {}
+    for stage, topic in zip(STAGES[:2], status.topics, strict=True):
+        counts = stages[stage.service]
+        backlog = counts.outbox if counts else None
+        published[topic.name] = backlog.published_recently if backlog else None
+        outbox[stage.service] = (
+            {
+                "topic": topic.name,
+                "unpublished": backlog.unpublished,
+                "oldest_unpublished_at": moment_text(backlog.oldest_unpublished_at),
+                "oldest_unpublished_age_seconds": (
+                    round((status.at - backlog.oldest_unpublished_at).total_seconds(), 3)
+                    if backlog.oldest_unpublished_at
+                    else None
+                ),
+            }
+            if backlog
+            else None
+        )
+    lag: dict[str, Any] = {}
+    for group, part in status.lag.items():
+        value = known(part)
+        lag[group] = (
+            {
+                "topic": value.topic,
+                "total": value.total,
+                "partitions": [
+                    {
+                        "partition": p.partition,
+                        "beginning_offset": p.beginning,
+                        "end_offset": p.end,
+                        "committed_offset": p.committed,
+                        "lag": p.lag,
+                    }
+                    for p in value.partitions
+                ],
+            }
+            if value
+            else None
+        )
+    dead_letters = {topic: known(part) for topic, part in status.dead_letters.items()}
+
+    def created(service: str) -> int | None:
+        counts = stages.get(service)
+        return counts.created_recently if counts else None
+
+    return {
+        "at": rfc3339(status.at),
+        "window_seconds": status.window.total_seconds(),
+        "sources": status.sources,
+        "outbox": outbox,
+        "lag": lag,
+        "dead_letters": dead_letters,
+        "throughput": {
+            "signups_accepted": created("auth"),
+            "events_published": published,
+            "profiles_created": created("member"),
+            "summaries_created": created("batch"),
+        },
+        "unavailable": unavailable,
+        "took_ms": round(status.took * 1000, 1),
+    }
+
+
+def render_status(status: PipelineStatus, width: int = 100) -> str:
+    """The status screen: one line per stage, in the order a signup goes through them."""
+    label_w, now_w = 35, 36
+    window = f"{status.window.total_seconds():g} s"
+    rows: list[tuple[str, str, str]] = []
+    shown: set[Unavailable] = set()
+
+    def stage_rows(stage: Stage, number: int, topic: Topic | None) -> None:
+        part = status.stages[stage.service]
+        label = f"{number} {stage.service}: {stage.step}"
+        outbox_label = f"{number + 1} {stage.service} outbox → {topic.name if topic else ''}"
+        if isinstance(part, Unavailable):
+            rows.append((label, why_unavailable(part, shown), ""))
+            if topic is not None:
+                rows.append((outbox_label, why_unavailable(part, shown), ""))
+            return
+        rows.append((label, "", f"{part.created_recently} {stage.verb}"))
+        if topic is not None and part.outbox is not None:
+            backlog = part.outbox
+            now_text = f"{backlog.unpublished} unpublished"
+            if backlog.oldest_unpublished_at is not None:
+                age = (status.at - backlog.oldest_unpublished_at).total_seconds()
+                now_text += f", oldest {format_duration(max(age, 0))}"
+            rows.append((outbox_label, now_text, f"{backlog.published_recently} published"))
+
+    def topic_rows(topic: Topic, number: int) -> None:
+        group = status.lag[topic.consumer_group]
+        label = f"{number} {topic.name} → {topic.consumer_group}"
+        if isinstance(group, Unavailable):
+            rows.append((label, why_unavailable(group, shown), ""))
+        else:
+            room = width - label_w - len(f"lag {group.total}: ")
+            rows.append(
+                (label, f"lag {group.total}: {partition_lag_text(group.partitions, room)}", "")
+            )
+        dead = status.dead_letters[topic.dead_letter]
+        text = (
+            why_unavailable(dead, shown)
+            if isinstance(dead, Unavailable)
+            else plural(dead, "dead letter")
+        )
+        rows.append((f"  {topic.dead_letter}", text, ""))
+
+    profile_insert, partner_created = status.topics
+    stage_rows(STAGES[0], 1, profile_insert)
+    topic_rows(profile_insert, 3)
+    stage_rows(STAGES[1], 4, partner_created)
+    topic_rows(partner_created, 6)
+    stage_rows(STAGES[2], 7, None)
+
+    lines = [
+        f"signup-pipeline status at {rfc3339(status.at)} (read in {format_duration(status.took)})",
+        "",
+        f"{'stage':<{label_w}}{'now':<{now_w}}last {window}",
+    ]
+    for label, now_text, recent in rows:
+        if recent:
+            lines.append(f"{label:<{label_w}}{now_text:<{now_w}}{recent}".rstrip())
+        else:
+            lines.append(f"{label:<{label_w}}{now_text}".rstrip())
+    lines += ["", "read from: " + ", ".join(f"{k} {v}" for k, v in status.sources.items())]
+    return "\n".join(lines)
+
+
+def show_status(
+    endpoints: Endpoints,
+    *,
+    as_json: bool = False,
+    watch: float | None = None,
+    out: TextIO | None = None,
+    topics: tuple[Topic, Topic] = TOPICS,
+    timeout: float = DEFAULT_TIMEOUT,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Print the status once, or every `watch` seconds (in place on a terminal) until
+    Ctrl-C; with `as_json`, one JSON document (per line when watching). Always 0."""
+    out = out or sys.stdout
+    interactive = watch is not None and not as_json and out.isatty()
+    first = True
+    try:
+        while True:
+            status = read_status(endpoints, topics=topics, timeout=timeout)
+            if as_json:
+                document = status_json(status)
+                out.write(json.dumps(document, indent=None if watch else 2) + "\n")
+            elif interactive:
+                width = shutil.get_terminal_size().columns
+                screen = render_status(status, width)
+                footer = f"every {format_duration(watch or 0)}; Ctrl-C to stop"
+                # Home, rewrite each line and clear what is left of the old screen: the
+                # screen updates without the flicker of clearing it first.
+                clear = "\x1b[2J" if first else ""
+                body = "\x1b[K\n".join([*screen.splitlines(), footer])
+                out.write(f"{clear}\x1b[H{body}\x1b[K\n\x1b[J")
+            else:
+                out.write(render_status(status, shutil.get_terminal_size().columns) + "\n")
+                if watch is not None:
+                    out.write("\n")
+            out.flush()
+            first = False
+            if watch is None:
+                return 0
+            sleep(watch)
+    except KeyboardInterrupt:
+        out.write("\n")
+        out.flush()
+        return 0
