@@ -19,7 +19,7 @@ from auth_service.models import Member, OutboxEvent
 from auth_service.passwords import Argon2Parameters, hash_is_weaker
 from auth_service.schemas import email_key
 from shared.messaging.outbox import add_event
-from shared.messaging.pipeline import PROFILE_INSERT
+from shared.messaging.pipeline import PROFILE_INSERT, ProfileInsert
 from shared.storage.db import UnitOfWork, utcnow
 
 SOURCE = "auth-service"
@@ -120,14 +120,14 @@ def sign_up(command: SignUp, uow: UnitOfWork) -> str:
     add_event(
         uow,
         OutboxEvent,
-        topic=PROFILE_INSERT.name,
+        PROFILE_INSERT,
+        ProfileInsert(
+            uuid=member_id,
+            role=command.role,
+            nickname=command.nickname,
+            favorite_styles=command.favorite_styles,
+        ),
         key=member_id,
-        payload={
-            "uuid": member_id,
-            "role": command.role,
-            "nickname": command.nickname,
-            "favoriteStyles": command.favorite_styles,
-        },
         source=SOURCE,
         traceparent=command.traceparent,
     )

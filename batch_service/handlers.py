@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from batch_service.models import PartnerSummary
-from shared.messaging.consumer import EventContext
+from shared.messaging.pipeline import PartnerCreated
 from shared.storage.db import UnitOfWork, utcnow
 
 
-def on_partner_created(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
+def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> None:
     """Open the new partner's summary with every counter at zero."""
     uow.insert(
         PartnerSummary,
         {
-            "partner_id": event["partnerId"],
+            "partner_id": event.partner_id,
             "post_count": 0,
             "follower_count": 0,
             "coordinate_count": 0,

@@ -287,9 +287,9 @@ def stage_outbox_rows(database: Database, count: int) -> None:
                 add_event(
                     uow,
                     AuthOutbox,
-                    topic=PROFILE_INSERT.name,
+                    PROFILE_INSERT,
+                    PROFILE_INSERT.load(payload),
                     key=payload["uuid"],
-                    payload=payload,
                     source="auth-service",
                     traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
                 )

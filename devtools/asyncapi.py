@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.http.apidocs import CANONICAL_UUID, new_spec, package_version, schema_name
+from shared.messaging import deadletters
 from shared.messaging.pipeline import TOPICS, Topic
 
 ASYNCAPI_VERSION = "3.0.0"
@@ -59,7 +60,7 @@ def _text(description: str, **schema: Any) -> dict[str, Any]:
     return {"type": "string", "description": description, **schema}
 
 
-def example_headers(topic: Topic) -> dict[str, str]:
+def example_headers(topic: Topic[Any]) -> dict[str, str]:
     """The headers a record of `topic` carries, with the example event's values."""
     return {
         "ce_specversion": "1.0",
@@ -72,7 +73,7 @@ def example_headers(topic: Topic) -> dict[str, str]:
     }
 
 
-def cloudevents_headers(topic: Topic) -> dict[str, Any]:
+def cloudevents_headers(topic: Topic[Any]) -> dict[str, Any]:
     """The headers every record of `topic` carries: the CloudEvents 1.0 Kafka binding
     (binary mode) and W3C trace context."""
     return {
@@ -101,7 +102,7 @@ def cloudevents_headers(topic: Topic) -> dict[str, Any]:
     }
 
 
-def dead_letter_headers(topic: Topic) -> dict[str, Any]:
+def dead_letter_headers(topic: Topic[Any]) -> dict[str, Any]:
     """The headers of a `<topic>.DLT` record: the original's, then why and where it failed."""
     # The original headers are kept as they came, and a record can be dead-lettered
     # precisely because they were wrong: here they are described, never required.
@@ -113,25 +114,23 @@ def dead_letter_headers(topic: Topic) -> dict[str, Any]:
     return {
         "type": "object",
         "description": "Kafka record headers; each value is UTF-8 text.",
-        "required": [
-            "dlt-error",
-            "dlt-original-topic",
-            "dlt-original-partition",
-            "dlt-original-offset",
-            "dlt-attempts",
-        ],
+        "required": list(deadletters.HEADERS),
         "properties": {
             **kept,
-            "dlt-error": _text("Why the consumer gave up, on one line.", maxLength=1000),
-            "dlt-original-topic": _text("The topic the record was read from.", const=topic.name),
-            "dlt-original-partition": _text("Its partition there.", pattern="^[0-9]+$"),
-            "dlt-original-offset": _text("Its offset there.", pattern="^[0-9]+$"),
-            "dlt-attempts": _text("How many times it was tried.", pattern="^[1-9][0-9]*$"),
+            deadletters.ERROR: _text(
+                "Why the consumer gave up, on one line.", maxLength=deadletters.MAX_ERROR_LENGTH
+            ),
+            deadletters.ORIGINAL_TOPIC: _text(
+                "The topic the record was read from.", const=topic.name
+            ),
+            deadletters.ORIGINAL_PARTITION: _text("Its partition there.", pattern="^[0-9]+$"),
+            deadletters.ORIGINAL_OFFSET: _text("Its offset there.", pattern="^[0-9]+$"),
+            deadletters.ATTEMPTS: _text("How many times it was tried.", pattern="^[1-9][0-9]*$"),
         },
     }
 
 
-def _key(topic: Topic) -> dict[str, Any]:
+def _key(topic: Topic[Any]) -> dict[str, Any]:
     return {
         "key": _text(
             f"The {topic.key}: every event about one member lands on one partition, in order.",
@@ -142,14 +141,14 @@ def _key(topic: Topic) -> dict[str, Any]:
     }
 
 
-def _dead_letter_key(topic: Topic) -> dict[str, Any]:
+def _dead_letter_key(topic: Topic[Any]) -> dict[str, Any]:
     return {
         "key": _text(f"The original record's key, byte for byte (meant to be the {topic.key})."),
         "bindingVersion": KAFKA_BINDING_VERSION,
     }
 
 
-def _message(topic: Topic) -> dict[str, Any]:
+def _message(topic: Topic[Any]) -> dict[str, Any]:
     payload = schema_name(topic.schema)
     return {
         "name": topic.name,
@@ -170,7 +169,7 @@ def _message(topic: Topic) -> dict[str, Any]:
     }
 
 
-def _dead_letter_message(topic: Topic) -> dict[str, Any]:
+def _dead_letter_message(topic: Topic[Any]) -> dict[str, Any]:
     return {
         "name": topic.dead_letter,
         "title": f"{topic.name} dead letter",
@@ -214,7 +213,7 @@ def _operation(
     return operation
 
 
-def payload_schemas(topics: Sequence[Topic] = TOPICS) -> dict[str, Any]:
+def payload_schemas(topics: Sequence[Topic[Any]] = TOPICS) -> dict[str, Any]:
     """Each topic's event schema as JSON Schema, converted from its marshmallow schema."""
     # OpenAPI 3.1's schema dialect is plain JSON Schema (no `nullable`), which is what
     # an AsyncAPI Schema Object and a JSON Schema validator expect.
@@ -230,7 +229,7 @@ def payload_schemas(topics: Sequence[Topic] = TOPICS) -> dict[str, Any]:
     return schemas
 
 
-def asyncapi_document(topics: Sequence[Topic] = TOPICS) -> dict[str, Any]:
+def asyncapi_document(topics: Sequence[Topic[Any]] = TOPICS) -> dict[str, Any]:
     """The AsyncAPI document of `topics`, their dead-letter topics, and who is at each end."""
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}

@@ -13,7 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from operations.formatting import format_duration
+from shared.messaging import deadletters
 from shared.messaging.consumer import event_id_of
+from shared.messaging.deadletters import original_of
 from shared.messaging.kafka import Message, make_producer, read_topic
 
 
@@ -29,14 +31,7 @@ class DeadLetter:
     @property
     def original(self) -> Message:
         """The record as it stood in its original topic."""
-        return Message(
-            topic=self._header("dlt-original-topic"),
-            key=self.message.key,
-            value=self.message.value,
-            headers=[(k, v) for k, v in self.message.headers if not k.startswith("dlt-")],
-            partition=int(self._header("dlt-original-partition") or -1),
-            offset=int(self._header("dlt-original-offset") or -1),
-        )
+        return original_of(self.message)
 
     @property
     def event_id(self) -> str:
@@ -46,12 +41,12 @@ class DeadLetter:
     @property
     def error(self) -> str:
         """Why the consumer gave up (one line)."""
-        return self._header("dlt-error")
+        return self._header(deadletters.ERROR)
 
     @property
     def attempts(self) -> str:
         """How many times it was tried."""
-        return self._header("dlt-attempts")
+        return self._header(deadletters.ATTEMPTS)
 
     def age(self, now: dt.datetime | None = None) -> dt.timedelta:
         """How long ago it was dead-lettered."""

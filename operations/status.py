@@ -108,7 +108,7 @@ class PipelineStatus:
 
     at: dt.datetime
     window: dt.timedelta
-    topics: tuple[Topic, Topic]
+    topics: tuple[Topic[Any], ...]
     sources: dict[str, str]
     stages: dict[str, StageCounts | Unavailable]
     lag: dict[str, GroupLag | Unavailable]  # by consumer group
@@ -141,7 +141,7 @@ def _stage_counts(stage: Stage, since: dt.datetime) -> Callable[[Connection], St
 
 
 def _read_kafka(
-    servers: Sequence[str], topics: Sequence[Topic], timeout: float
+    servers: Sequence[str], topics: Sequence[Topic[Any]], timeout: float
 ) -> tuple[dict[str, GroupLag | Unavailable], dict[str, int | Unavailable]]:
     lag: dict[str, GroupLag | Unavailable] = {}
     dead: dict[str, int | Unavailable] = {}
@@ -174,7 +174,7 @@ def _missing_topic(name: str) -> Unavailable:
 def read_status(
     endpoints: Endpoints,
     *,
-    topics: tuple[Topic, Topic] = TOPICS,
+    topics: tuple[Topic[Any], ...] = TOPICS,
     window: dt.timedelta = WINDOW,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> PipelineStatus:
@@ -294,7 +294,7 @@ def render_status(status: PipelineStatus, width: int = 100) -> str:
     rows: list[tuple[str, str, str]] = []
     shown: set[Unavailable] = set()
 
-    def stage_rows(stage: Stage, number: int, topic: Topic | None) -> None:
+    def stage_rows(stage: Stage, number: int, topic: Topic[Any] | None) -> None:
         part = status.stages[stage.service]
         label = f"{number} {stage.service}: {stage.step}"
         outbox_label = f"{number + 1} {stage.service} outbox → {topic.name if topic else ''}"
@@ -312,7 +312,7 @@ def render_status(status: PipelineStatus, width: int = 100) -> str:
                 now_text += f", oldest {format_duration(max(age, 0))}"
             rows.append((outbox_label, now_text, f"{backlog.published_recently} published"))
 
-    def topic_rows(topic: Topic, number: int) -> None:
+    def topic_rows(topic: Topic[Any], number: int) -> None:
         group = status.lag[topic.consumer_group]
         label = f"{number} {topic.name} → {topic.consumer_group}"
         if isinstance(group, Unavailable):
@@ -357,7 +357,7 @@ def show_status(
     as_json: bool = False,
     watch: float | None = None,
     out: TextIO | None = None,
-    topics: tuple[Topic, Topic] = TOPICS,
+    topics: tuple[Topic[Any], ...] = TOPICS,
     timeout: float = DEFAULT_TIMEOUT,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:

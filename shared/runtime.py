@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn
 
 from flask import Flask
 from kafka.errors import KafkaError
@@ -31,7 +31,7 @@ from shared.messaging.housekeeping import Housekeeper
 from shared.messaging.inbox import InboxRecord
 from shared.messaging.kafka import create_topics, make_consumer, make_producer, missing_topics
 from shared.messaging.outbox import OutboxRecord, OutboxRelay
-from shared.messaging.pipeline import TOPICS, Topic
+from shared.messaging.pipeline import TOPICS, E, Topic
 from shared.storage.db import Database, failure_reason, redact_url
 from shared.storage.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.telemetry.logs import configure_logging
@@ -120,17 +120,17 @@ def stop_on_signals() -> threading.Event:
 
 
 @dataclass(frozen=True)
-class WorkerSpec:
+class WorkerSpec(Generic[E]):
     """A consumer process: what it reads, how it applies it, and what it may publish."""
 
-    topic: Topic
-    handler: Handler
+    topic: Topic[E]
+    handler: Handler[E]
     inbox: type[InboxRecord]
     outbox: type[OutboxRecord] | None = None
 
 
 def run_worker(
-    settings: Settings, metadata: MetaData, spec: WorkerSpec, args: argparse.Namespace
+    settings: Settings, metadata: MetaData, spec: WorkerSpec[Any], args: argparse.Namespace
 ) -> None:
     """Consume `spec.topic` until SIGTERM/SIGINT, relaying this service's outbox meanwhile."""
     stop = stop_on_signals()  # first: a SIGTERM during start-up is a clean stop too

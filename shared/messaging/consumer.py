@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import json
 import logging
 import random
@@ -18,14 +17,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from marshmallow import Schema, ValidationError
+from marshmallow import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from shared.messaging.deadletters import dead_letter_headers, error_line
 from shared.messaging.failpoints import failpoint
 from shared.messaging.inbox import InboxRecord, claim_events
 from shared.messaging.kafka import Message, Producer, message_from_record
@@ -67,7 +67,10 @@ class EventContext:
     message: Message
 
 
-Handler = Callable[[dict[str, Any], UnitOfWork, EventContext], None]
+E = TypeVar("E")
+
+Handler = Callable[[E, UnitOfWork], None]
+"""What a service does with one event of its topic, inside the consumer's transaction."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -86,14 +89,8 @@ def backoff_delay(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
     return random.uniform(base, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
-@functools.cache
-def _schema(topic: Topic) -> Schema:
-    """One schema instance per topic: building one costs more than loading an event."""
-    return topic.schema()
-
-
-def decode(topic: Topic, message: Message) -> dict[str, Any]:
-    """The event in `message`, validated against its topic's schema."""
+def decode(topic: Topic[E], message: Message) -> E:
+    """The event in `message`, validated and built by its topic's schema."""
     try:
         document = json.loads(message.value.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
@@ -101,10 +98,9 @@ def decode(topic: Topic, message: Message) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise PermanentError("value is not a JSON object")
     try:
-        event: dict[str, Any] = _schema(topic).load(document)
+        return topic.load(document)
     except ValidationError as exc:
         raise PermanentError(f"value fails the {topic.name} schema: {exc.messages}") from None
-    return event
 
 
 def event_id_of(message: Message) -> str:
@@ -112,13 +108,13 @@ def event_id_of(message: Message) -> str:
     return message.header("ce_id") or f"{message.topic}:{message.partition}:{message.offset}"
 
 
-class EventProcessor:
+class EventProcessor(Generic[E]):
     """Applies one topic's records with one handler, exactly once per event id."""
 
     def __init__(
         self,
-        topic: Topic,
-        handler: Handler,
+        topic: Topic[E],
+        handler: Handler[E],
         database: Database,
         inbox: type[InboxRecord],
         dead_letters: Producer,
@@ -171,7 +167,8 @@ class EventProcessor:
         for the caller to apply the records one by one with `process`, so that only the
         bad record is retried or dead-lettered.
         """
-        decoded, rejected = [], []
+        decoded: list[tuple[Message, E]] = []
+        rejected: list[tuple[Message, str]] = []
         for message in messages:
             try:
                 decoded.append((message, decode(self.topic, message)))
@@ -191,7 +188,7 @@ class EventProcessor:
             raise
         return outcomes, rejected
 
-    def _apply(self, decoded: list[tuple[Message, dict[str, Any]]]) -> list[Outcome]:
+    def _apply(self, decoded: list[tuple[Message, E]]) -> list[Outcome]:
         """Claim the events in the inbox and apply the new ones, all in one transaction."""
         if not decoded:
             return []
@@ -214,7 +211,7 @@ class EventProcessor:
                 failpoint("handle", message.value.decode("utf-8", errors="replace"))
                 with self._event_scope(message, context):
                     started = time.perf_counter()
-                    self._handler(event, uow, context)
+                    self._handler(event, uow)
                     durations.append(time.perf_counter() - started)
                     log.debug("handled %s", _where(message))
                 outcomes.append(Outcome.APPLIED)
@@ -253,17 +250,7 @@ class EventProcessor:
 
     def dead_letter(self, message: Message, error: str, attempts: int) -> Outcome:
         """Copy `message` to the topic's DLT with why and where; wait for the broker's ack."""
-        one_line = " ".join(error.split())[:1000]
-        # A record dead-lettered before (replayed, failed again) gets fresh dlt-* headers,
-        # not a second set; Kafka allows null header values, the producer does not.
-        kept = [(k, v or b"") for k, v in message.headers if not k.startswith("dlt-")]
-        headers = kept + [
-            ("dlt-error", one_line.encode()),
-            ("dlt-original-topic", message.topic.encode()),
-            ("dlt-original-partition", str(message.partition).encode()),
-            ("dlt-original-offset", str(message.offset).encode()),
-            ("dlt-attempts", str(attempts).encode()),
-        ]
+        headers = dead_letter_headers(message, error, attempts)
         try:
             self._dead_letters.send(
                 self.topic.dead_letter, value=message.value, key=message.key, headers=headers
@@ -273,7 +260,7 @@ class EventProcessor:
                 log.warning("dead-letter send for %s failed, will retry: %s", _where(message), exc)
             raise RetryLater(f"dead-letter send failed: {exc}", backoff_delay(attempts)) from exc
         with message_log_context(message):
-            log.error("dead-lettered %s: %s", _where(message), one_line)
+            log.error("dead-lettered %s: %s", _where(message), error_line(error))
         return Outcome.DEAD_LETTERED
 
 
@@ -316,7 +303,7 @@ class ConsumerLoop:
     def __init__(
         self,
         consumer: Any,
-        processor: EventProcessor,
+        processor: EventProcessor[Any],
         stop: threading.Event | None = None,
         *,
         stuck_after: float = 30.0,

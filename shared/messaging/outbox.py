@@ -29,6 +29,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.messaging.failpoints import failpoint
 from shared.messaging.kafka import Headers, KafkaError, Producer
+from shared.messaging.pipeline import E, Topic
 from shared.storage.db import BigIntegerPK, Database, UnitOfWork, UTCDateTime, utcnow
 from shared.telemetry.logs import log_context
 from shared.telemetry.metrics import metrics
@@ -82,23 +83,23 @@ def encode_event(payload: Mapping[str, Any]) -> str:
 def add_event(
     uow: UnitOfWork,
     model: type[OutboxRecord],
+    topic: Topic[E],
+    event: E,
     *,
-    topic: str,
     key: str,
-    payload: Mapping[str, Any],
     source: str,
     traceparent: str | None = None,
 ) -> str:
-    """Stage an event in the caller's transaction; it is sent once that transaction
-    commits. Returns its `ce_id`."""
+    """Stage `event` for `topic` in the caller's transaction; it is sent once that
+    transaction commits. Returns its `ce_id`."""
     event_id = str(uuid.uuid4())
     uow.insert(
         model,
         {
             "event_id": event_id,
-            "topic": topic,
+            "topic": topic.name,
             "key": key,
-            "payload": encode_event(payload),
+            "payload": encode_event(topic.dump(event)),
             "source": source,
             "traceparent": traceparent,
             "created_at": utcnow(),

@@ -14,11 +14,12 @@ A record that can never be applied goes, byte for byte, to ``<topic>.DLT``.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 ROLES = ("USER", "PARTNER")
 MAX_STYLE_ID = 2**63 - 1  # a Java long, and the member service's BIGINT column
@@ -56,31 +57,62 @@ class EventSchema(Schema):
         unknown = EXCLUDE
 
 
+@dataclass(frozen=True)
+class ProfileInsert:
+    """A new member's profile, as the member service needs it (loaded by its schema)."""
+
+    uuid: str
+    role: str
+    nickname: str
+    favorite_styles: list[int]
+
+
+@dataclass(frozen=True)
+class PartnerCreated:
+    """A partner exists, as the batch service needs it (loaded by its schema)."""
+
+    partner_id: str
+
+
 class ProfileInsertSchema(EventSchema):
     """`profile-insert`: the Spring `InsertProfileDto`."""
 
     uuid = fields.String(required=True, validate=_uuid_text)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     nickname = fields.String(required=True, validate=validate.Length(min=1, max=50))
-    favoriteStyles = fields.List(
+    favorite_styles = fields.List(
         StrictInteger(validate=validate.Range(min=1, max=MAX_STYLE_ID)),
         required=True,
         validate=[validate.Length(max=20), distinct_values],
+        data_key="favoriteStyles",
     )
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> ProfileInsert:
+        return ProfileInsert(**data)
 
 
 class PartnerCreatedSchema(EventSchema):
     """`partner-created`: the Spring `PartnerSummaryDto`."""
 
-    partnerId = fields.String(required=True, validate=_uuid_text)
+    partner_id = fields.String(required=True, validate=_uuid_text, data_key="partnerId")
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> PartnerCreated:
+        return PartnerCreated(**data)
+
+
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
-class Topic:
-    """A topic, what its key is, the schema of its value, and who is at each end."""
+class Topic(Generic[E]):
+    """A topic, what its key is, its event type and the schema of its JSON, and who is at
+    each end."""
 
     name: str
     key: str
+    event: type[E]
     schema: type[Schema]
     producer: str
     consumer_group: str
@@ -91,10 +123,27 @@ class Topic:
         """The topic where records that can never be applied are kept."""
         return f"{self.name}.DLT"
 
+    def load(self, document: dict[str, Any]) -> E:
+        """The event in a JSON object; raises marshmallow's ValidationError."""
+        event: E = _schema(self.schema).load(document)
+        return event
+
+    def dump(self, event: E) -> dict[str, Any]:
+        """The JSON object of `event`."""
+        document: dict[str, Any] = _schema(self.schema).dump(event)
+        return document
+
+
+@functools.cache
+def _schema(schema: type[Schema]) -> Schema:
+    """One instance per schema: building one costs more than loading an event."""
+    return schema()
+
 
 PROFILE_INSERT = Topic(
     name="profile-insert",
     key="member uuid",
+    event=ProfileInsert,
     schema=ProfileInsertSchema,
     producer="auth-service",
     consumer_group="member-service",
@@ -104,10 +153,11 @@ PROFILE_INSERT = Topic(
 PARTNER_CREATED = Topic(
     name="partner-created",
     key="partner uuid",
+    event=PartnerCreated,
     schema=PartnerCreatedSchema,
     producer="member-service",
     consumer_group="batch-service",
     partitions=6,
 )
 
-TOPICS = (PROFILE_INSERT, PARTNER_CREATED)
+TOPICS: tuple[Topic[Any], ...] = (PROFILE_INSERT, PARTNER_CREATED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import MetaData, func, select, update
 from member_service.models import Base, OutboxEvent, ProcessedEvent
 from shared.messaging.housekeeping import Housekeeper
 from shared.messaging.outbox import add_event
+from shared.messaging.pipeline import PARTNER_CREATED, PartnerCreated
 from shared.storage.db import Database, utcnow
 
 pytestmark = pytest.mark.integration
@@ -30,7 +32,14 @@ def test_sweep_deletes_only_what_outlived_its_retention_in_batches(
     published: list[tuple[str, dt.datetime | None]] = []
     with database.unit_of_work() as uow:
         for n in range(23):
-            event_id = add_event(uow, OutboxEvent, topic="t", key="k", payload={}, source="s")
+            event_id = add_event(
+                uow,
+                OutboxEvent,
+                PARTNER_CREATED,
+                PartnerCreated(str(uuid.uuid4())),
+                key="k",
+                source="s",
+            )
             published.append((event_id, old if n < 12 else recent if n < 18 else None))
         for n in range(17):
             uow.session.add(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable
 
@@ -13,6 +15,7 @@ from sqlalchemy import MetaData, func, select
 from auth_service.models import Base, OutboxEvent
 from shared.messaging.kafka import make_producer
 from shared.messaging.outbox import OutboxRelay, add_event
+from shared.messaging.pipeline import PARTNER_CREATED, PartnerCreated
 from shared.storage.db import Database
 from tests.kafka_tools import create_topic, read_topic, unique_name
 from tests.schema import create_tables
@@ -31,9 +34,9 @@ def stage(database: Database, topic: str, count: int) -> list[str]:
             add_event(
                 uow,
                 OutboxEvent,
-                topic=topic,
+                dataclasses.replace(PARTNER_CREATED, name=topic),
+                PartnerCreated(partner_id=str(uuid.UUID(int=n))),
                 key=f"key-{n}",
-                payload={"n": n},
                 source="auth-service",
                 traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             )
@@ -62,7 +65,9 @@ def test_relay_publishes_committed_rows_in_order_and_marks_them(
 
     records = read_topic(kafka_bootstrap, topic, expect=25)
     assert [r.header("ce_id") for r in records] == event_ids
-    assert [json.loads(r.value)["n"] for r in records] == list(range(25))
+    assert [json.loads(r.value)["partnerId"] for r in records] == [
+        str(uuid.UUID(int=n)) for n in range(25)
+    ]
     assert records[0].key == b"key-0"
     assert records[0].header(
         "traceparent",

@@ -15,12 +15,12 @@ from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from shared.messaging.consumer import (
     ConsumerLoop,
-    EventContext,
     EventProcessor,
     Outcome,
     RetryLater,
 )
 from shared.messaging.kafka import Message
+from shared.messaging.pipeline import ProfileInsert
 from shared.storage.db import Database, UnitOfWork
 from tests.fakes import FakeBroker, FakeConsumer
 from tests.schema import create_tables
@@ -63,7 +63,9 @@ def down_db() -> Iterator[Database]:
     database.engine.dispose()
 
 
-def processor_on(database: Database, broker: FakeBroker, handler: Any = None) -> EventProcessor:
+def processor_on(
+    database: Database, broker: FakeBroker, handler: Any = None
+) -> EventProcessor[ProfileInsert]:
     spec = PROFILE_INSERT_WORKER
     return EventProcessor(
         spec.topic, handler or spec.handler, database, spec.inbox, broker.producer()
@@ -121,8 +123,8 @@ def test_unexpected_error_is_retried_then_dead_lettered(
 ) -> None:
     calls = []
 
-    def flaky(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
-        calls.append(context.event_id)
+    def flaky(event: ProfileInsert, uow: UnitOfWork) -> None:
+        calls.append(event.uuid)
         raise RuntimeError("bug in handler")
 
     processor = processor_on(member_db, broker, flaky)
@@ -159,9 +161,9 @@ def test_stop_mid_batch_finishes_the_batch_in_hand_and_commits_it(
     stop = threading.Event()
     applied = []
 
-    def stop_after_first(event: dict[str, Any], uow: UnitOfWork, context: EventContext) -> None:
-        PROFILE_INSERT_WORKER.handler(event, uow, context)
-        applied.append(context.event_id)
+    def stop_after_first(event: ProfileInsert, uow: UnitOfWork) -> None:
+        PROFILE_INSERT_WORKER.handler(event, uow)
+        applied.append(event.nickname)
         stop.set()
 
     consumer = FakeConsumer(broker, "profile-insert")
@@ -169,7 +171,7 @@ def test_stop_mid_batch_finishes_the_batch_in_hand_and_commits_it(
 
     loop.poll_once()
 
-    assert applied == ["e0", "e1", "e2"]
+    assert applied == ["user0", "user1", "user2"]
     assert consumer.committed == 3
     assert stop.is_set()
 
