@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kafka.errors import KafkaError
 
 from shared.config import ConfigError
-from shared.messaging.kafka import client_security, missing_topics, pipeline_topics
+from shared.messaging.kafka import client_security
 
 
 def test_no_setting_means_plaintext_and_adds_nothing() -> None:
@@ -68,18 +67,3 @@ def test_a_wrong_security_setting_is_a_clear_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
         client_security(env)
-
-
-@pytest.mark.integration
-def test_the_settings_reach_the_client_that_talks_to_the_broker(
-    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The bundled broker speaks PLAINTEXT only: a client told to use SASL cannot talk to
-    it, which shows the setting was applied (and without it the same call works)."""
-    answered = missing_topics([kafka_bootstrap], timeout_ms=5000)  # talks PLAINTEXT fine
-    assert set(answered) <= set(pipeline_topics())
-    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
-    monkeypatch.setenv("KAFKA_SASL_USERNAME", "member-service")
-    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-s3cret")
-    with pytest.raises(KafkaError):
-        missing_topics([kafka_bootstrap], timeout_ms=3000)

@@ -3,7 +3,6 @@ error and Retry-After, in memory or, shared by several processes, in Redis."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from shared.storage.db import Database
 from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = key_secret("the service's secret")
 
 
@@ -190,45 +188,6 @@ def test_a_wrong_rate_limit_setting_is_a_clear_config_error(
 def test_rate_limits_can_be_switched_off() -> None:
     assert rate_limiter_from_env({"AUTH_RATE_LIMITS": "off"}, SECRET) is None
     assert rate_limiter_from_env({}, SECRET) is not None
-
-
-@pytest.mark.integration
-def test_limiters_sharing_redis_enforce_one_limit_together() -> None:
-    """Two API processes each have their own limiter; with Redis they count together."""
-    window = random.randint(10_000, 20_000)  # a window (and so keys) no other run uses
-    limits = {"signup-per-address": Limit(4, window)}
-    secret = key_secret("the service's secret, the same in every process")
-    first = RateLimiter(limits, RedisCounter(REDIS_URL), secret=secret)
-    second = RateLimiter(limits, RedisCounter(REDIS_URL), secret=secret)
-    address = f"10.{random.randint(0, 255)}.0.1"
-    answers = [(first if n % 2 else second).check("signup-per-address", address) for n in range(5)]
-    assert answers[:4] == [None] * 4
-    assert answers[4] is not None and answers[4].retry_after <= window
-
-
-@pytest.mark.integration
-def test_what_redis_holds_cannot_be_matched_against_a_list_of_emails() -> None:
-    import hashlib
-
-    import redis
-
-    window = random.randint(20_001, 30_000)
-    email = f"someone{random.randint(0, 10**9)}@example.com"
-    RateLimiter(
-        {"login-per-email": Limit(5, window)}, RedisCounter(REDIS_URL), secret=key_secret("k" * 32)
-    ).check("login-per-email", email)
-    stored = [
-        key.decode()
-        for key in redis.Redis.from_url(REDIS_URL).scan_iter(f"signup-pipeline:rate:*:{window}:*")
-    ]
-    assert len(stored) == 1
-    unkeyed = hashlib.sha256(f"login-per-email\0{email}".encode()).hexdigest()[:32]
-    assert email not in stored[0] and unkeyed not in stored[0]
-    # Another secret (another deployment) counts under other keys.
-    other = RateLimiter(
-        {"login-per-email": Limit(1, window)}, RedisCounter(REDIS_URL), secret=key_secret("j" * 32)
-    )
-    assert other.check("login-per-email", email) is None
 
 
 def test_an_unreachable_redis_lets_attempts_through() -> None:

@@ -17,6 +17,7 @@ import yaml
 from shared.config import ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.deployment
 APP_SERVICES = {
     "auth-migrate": ["python", "-m", "auth_service", "migrate"],
     "member-migrate": ["python", "-m", "member_service", "migrate"],
@@ -135,7 +136,7 @@ def test_kafka_is_apache_kafka_in_kraft_mode_and_a_job_creates_the_topics(
     assert kafka["image"].startswith("apache/kafka:")
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     # The job runs deploy/kafka/create-topics.sh, whose topic list
-    # tests/unit/test_kafka_sasl_deployment.py checks against shared/messaging/pipeline.py.
+    # tests/deployment/test_kafka_sasl_deployment.py checks against shared/messaging/pipeline.py.
     topics = compose["services"]["kafka-topics"]
     assert topics["entrypoint"] == ["/bin/bash", "/deploy/kafka/create-topics.sh"]
     assert any(

@@ -35,6 +35,7 @@ from shared.messaging.kafka import client_security, pipeline_topics
 from shared.messaging.pipeline import TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.deployment
 SCRIPTS = ROOT / "deploy" / "kafka"
 LONG_RUNNING = ["auth-api", "member-worker", "member-api", "batch-worker", "batch-api"]
 ADMIN_PASSWORD = "a" * 12 + "0123456789abcdef"
