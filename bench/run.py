@@ -30,9 +30,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from auth_service.models import OutboxEvent as AuthOutbox
 from bench import ceilings, stages
-from devtools.broker import LocalBroker
+from devtools.broker import BrokerError, LocalBroker
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
-from devtools.stack import SERVICES, Stack
+from devtools.stack import SERVICES, Stack, StackError
 from shared.messaging.kafka import create_topics
 from shared.messaging.outbox import cloudevent_headers, encode_event
 from shared.messaging.pipeline import PROFILE_INSERT
@@ -399,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             figures.update(measure_ceilings(scale, postgres, external, Path(workdir), progress))
             figures.update(measure_pipeline(scale, postgres, external, Path(workdir), progress))
+        except (BrokerError, StackError) as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return 2
         finally:
             postgres.drop_all()
     figures["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -133,8 +133,12 @@ class Stack:
         extra_env: Mapping[str, str] | None = None,
         api_workers: int = 1,
         rate_limits: bool = False,
+        python: str = sys.executable,
     ) -> None:
         self.workdir = workdir
+        # The interpreter the processes run on: another virtualenv's (say, a runtime-only
+        # install's) to check that what the services need is what they declare.
+        self.python = python
         self.log_dir = workdir / "logs"
         self.database_urls = {
             service: (database_urls or {}).get(service) or _sqlite_url_in(workdir, service)
@@ -187,7 +191,7 @@ class Stack:
         """`python -m <service>_service migrate` for each service."""
         for service in SERVICES:
             result = subprocess.run(
-                [sys.executable, "-m", f"{service}_service", "migrate"],
+                [self.python, "-m", f"{service}_service", "migrate"],
                 env=self.env(),
                 capture_output=True,
                 text=True,
@@ -199,7 +203,7 @@ class Stack:
     def command(self, name: str, health_port: int | None = None) -> list[str]:
         """The contract command line of process `name` (e.g. `member-worker`)."""
         service, role = name.split("-")
-        argv = [sys.executable, "-m", f"{service}_service", role]
+        argv = [self.python, "-m", f"{service}_service", role]
         if role == "api":
             argv += ["--port", str(self.ports[service]), "--workers", str(self.api_workers)]
         if health_port is not None:
