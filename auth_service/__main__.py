@@ -11,8 +11,8 @@ from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, OutboxEvent
 from auth_service.passwords import Argon2Parameters
-from auth_service.ratelimit import key_secret, rate_limiter_from_env
-from shared.config import ConfigError, Settings, env_int
+from auth_service.ratelimit import key_secret, rate_limiter
+from shared.config import ConfigError, Settings, auth_settings
 from shared.messaging.outbox import OutboxRelay
 from shared.runtime import migrate, run_api, service_main
 from shared.storage.db import Database
@@ -21,9 +21,10 @@ DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
 MIN_SECRET_BYTES = 32
 
 
-def jwt_secret(settings: Settings, env: dict[str, str]) -> str:
-    """AUTH_JWT_SECRET; in dev mode a fixed development key stands in for a missing one."""
-    secret = env.get("AUTH_JWT_SECRET", "")
+def jwt_secret(settings: Settings, configured: str) -> str:
+    """AUTH_JWT_SECRET (`configured`, empty when unset); in dev mode a fixed development
+    key stands in for a missing one."""
+    secret = configured
     if not secret:
         if settings.dev_mode:
             return DEV_SECRET
@@ -41,14 +42,13 @@ def jwt_secret(settings: Settings, env: dict[str, str]) -> str:
 
 def api(settings: Settings, args: argparse.Namespace) -> None:
     """Serve the auth API and relay its outbox."""
-    import os
-
-    secret = jwt_secret(settings, dict(os.environ))
+    auth = auth_settings()
+    secret = jwt_secret(settings, auth.jwt_secret)
     tokens = TokenIssuer(secret)
-    parameters = Argon2Parameters.from_env(os.environ)  # refused at start if too weak
+    parameters = Argon2Parameters.from_settings(auth)  # refused at start if too weak
     limit_keys = key_secret(secret)  # the same in every worker, so Redis counts are shared
-    rate_limiter_from_env(os.environ, limit_keys)  # refused at start if misconfigured
-    proxies = env_int("TRUSTED_PROXY_HOPS", 0) or 0
+    rate_limiter(auth.rate_limits, limit_keys)  # refused at start if misconfigured
+    proxies = auth.trusted_proxy_hops
 
     def build(database: Database, relay: OutboxRelay | None) -> Flask:
         app = create_app(
@@ -56,7 +56,7 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
             tokens,
             hasher=parameters.hasher(),
             after_commit=relay.wake if relay else None,
-            limiter=rate_limiter_from_env(os.environ, limit_keys),  # per worker: own connection
+            limiter=rate_limiter(auth.rate_limits, limit_keys),  # per worker: own connection
         )
         if proxies:
             # Behind N proxies the client is the Nth address from the right of

@@ -16,7 +16,7 @@ from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import HashingError, InvalidHashError
 from argon2.low_level import ARGON2_VERSION
 
-from shared.config import ConfigError, env_int
+from shared.config import AuthSettings, ConfigError, auth_settings
 
 MIN_LENGTH = 8
 MAX_LENGTH = 128
@@ -64,18 +64,23 @@ class Argon2Parameters:
     parallelism: int = 1
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Argon2Parameters:
-        """ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, refused below OWASP's
-        minimum."""
+    def from_settings(cls, settings: AuthSettings) -> Argon2Parameters:
+        """ARGON2_TIME_COST, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM (as shared.config read
+        them; unset ones take the defaults above), refused below OWASP's minimum."""
         default = cls()
         parameters = cls(
-            time_cost=env_int("ARGON2_TIME_COST", default.time_cost, env),
-            memory_kib=env_int("ARGON2_MEMORY_KIB", default.memory_kib, env),
-            parallelism=env_int("ARGON2_PARALLELISM", default.parallelism, env),
+            time_cost=_or(settings.argon2_time_cost, default.time_cost),
+            memory_kib=_or(settings.argon2_memory_kib, default.memory_kib),
+            parallelism=_or(settings.argon2_parallelism, default.parallelism),
         )
         parameters.check()
         parameters.check_hashing()
         return parameters
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Argon2Parameters:
+        """As `from_settings`, from a mapping of those variables."""
+        return cls.from_settings(auth_settings(env))
 
     def check(self) -> None:
         """ConfigError if weaker than every configuration OWASP recommends."""
@@ -110,6 +115,10 @@ class Argon2Parameters:
             parallelism=self.parallelism,
             type=Type.ID,
         )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def hash_is_weaker(stored: str, hasher: PasswordHasher) -> bool:

@@ -24,7 +24,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.config import ConfigError
+from shared.config import (
+    RATE_LIMIT_VARIABLES,
+    ConfigError,
+    RateLimitSettings,
+    rate_limit_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,26 +192,25 @@ DEFAULT_LIMITS = {
     "login-per-address": "30/60",
     "login-per-email": "10/900",
 }
-LIMIT_VARIABLES = {
-    name: "AUTH_RATE_LIMIT_" + name.upper().replace("-", "_") for name in DEFAULT_LIMITS
-}
+LIMIT_VARIABLES = RATE_LIMIT_VARIABLES  # kind -> AUTH_RATE_LIMIT_<KIND>
+assert set(DEFAULT_LIMITS) == set(LIMIT_VARIABLES)
 
 
-def rate_limiter_from_env(env: Mapping[str, str], secret: bytes) -> RateLimiter | None:
+def rate_limiter(settings: RateLimitSettings, secret: bytes) -> RateLimiter | None:
     """The auth API's limits: AUTH_RATE_LIMITS=off disables them; AUTH_RATE_LIMIT_<KIND>
     (ATTEMPTS/SECONDS) overrides one; AUTH_RATE_LIMIT_REDIS_URL shares them, between
     processes that pass the same `secret` (see key_secret): required, because a
     per-process secret would split a shared count without a word."""
-    switch = (env.get("AUTH_RATE_LIMITS") or "on").lower()
+    switch = (settings.switch or "on").lower()
     if switch not in ("on", "off"):
         raise ConfigError(f"AUTH_RATE_LIMITS={switch!r} must be on or off")
     if switch == "off":
         return None
     limits = {
-        name: Limit.parse(LIMIT_VARIABLES[name], env.get(LIMIT_VARIABLES[name]) or default)
+        name: Limit.parse(LIMIT_VARIABLES[name], settings.limits.get(name) or default)
         for name, default in DEFAULT_LIMITS.items()
     }
-    url = env.get("AUTH_RATE_LIMIT_REDIS_URL")
+    url = settings.redis_url
     counter: Any = MemoryCounter()
     if url:
         try:
@@ -214,3 +218,8 @@ def rate_limiter_from_env(env: Mapping[str, str], secret: bytes) -> RateLimiter 
         except ValueError as exc:
             raise ConfigError(f"AUTH_RATE_LIMIT_REDIS_URL is not a Redis URL: {exc}") from None
     return RateLimiter(limits, counter, secret=secret)
+
+
+def rate_limiter_from_env(env: Mapping[str, str], secret: bytes) -> RateLimiter | None:
+    """As `rate_limiter`, from a mapping of those variables."""
+    return rate_limiter(rate_limit_settings(env), secret)

@@ -33,7 +33,8 @@ from bench import ceilings, stages
 from devtools.broker import BrokerError, LocalBroker
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
 from devtools.stack import SERVICES, Stack, StackError
-from shared.messaging.kafka import create_topics
+from shared.config import kafka_security, tool_settings
+from shared.messaging.kafka import create_topics, use_security
 from shared.messaging.outbox import cloudevent_headers, encode_event
 from shared.messaging.pipeline import PROFILE_INSERT
 from shared.storage.db import utcnow
@@ -84,10 +85,10 @@ class Progress:
 
 
 @contextlib.contextmanager
-def broker(external: str | None, workdir: Path) -> Iterator[list[str]]:
+def broker(external: list[str] | None, workdir: Path) -> Iterator[list[str]]:
     """A fresh bundled broker for one phase, or the given cluster."""
     if external:
-        yield [s.strip() for s in external.split(",") if s.strip()]
+        yield list(external)
         return
     with LocalBroker(log_path=workdir / f"broker-{uuid.uuid4().hex[:6]}.log") as local:
         yield [local.bootstrap_servers]
@@ -126,7 +127,11 @@ def sample_records(count: int) -> list[ceilings.Record]:
 
 
 def measure_ceilings(
-    scale: Scale, postgres: PostgresServer, external: str | None, workdir: Path, progress: Progress
+    scale: Scale,
+    postgres: PostgresServer,
+    external: list[str] | None,
+    workdir: Path,
+    progress: Progress,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     progress.phase("ceilings: kafka-python produce and consume")
@@ -149,7 +154,11 @@ def measure_ceilings(
 
 
 def measure_pipeline(
-    scale: Scale, postgres: PostgresServer, external: str | None, workdir: Path, progress: Progress
+    scale: Scale,
+    postgres: PostgresServer,
+    external: list[str] | None,
+    workdir: Path,
+    progress: Progress,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     progress.phase("relay: outbox rows committed -> acknowledged")
@@ -163,7 +172,7 @@ def measure_pipeline(
         database_urls={
             service: postgres.create_database(f"sp_bench_{service}") for service in SERVICES
         },
-        bootstrap_servers=external,
+        bootstrap_servers=",".join(external) if external else None,
         api_workers=os.cpu_count() or 1,
     ).start()
     try:
@@ -361,18 +370,17 @@ def markdown(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
+def machine(external: list[str] | None) -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "platform": platform.platform(terse=True),
         "python": platform.python_version(),
-        "broker": "KAFKA_BOOTSTRAP_SERVERS"
-        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        else "bundled Tansu (memory)",
+        "broker": "KAFKA_BOOTSTRAP_SERVERS" if external else "bundled Tansu (memory)",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    shell = tool_settings()
     parser = argparse.ArgumentParser(
         prog="signup-pipeline bench", description=__doc__.split("\n\n")[0]
     )
@@ -380,18 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="bench-results.json", help="where to write the JSON")
     parser.add_argument(
         "--postgres-url",
-        default=os.environ.get("BENCH_POSTGRES_URL", LOCAL_POSTGRES_URL),
+        default=shell.bench_postgres_url or LOCAL_POSTGRES_URL,
         help="a PostgreSQL server where throwaway databases may be created",
     )
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
+    external = shell.bootstrap_servers
+    use_security(kafka_security())  # an external cluster's login, as the services use it
     progress = Progress()
     started = time.perf_counter()
     figures: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "date": utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(external),
         "scale": scale.__dict__,
     }
     postgres = PostgresServer(args.postgres_url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 from devtools.broker import BrokerError
 from devtools.http_client import request
 from devtools.stack import SERVICES, Stack, StackError, write_line
+from shared.config import ConfigError, ToolSettings, tool_settings
 
 
 def example_signup() -> dict[str, Any]:
@@ -37,18 +37,35 @@ def example_signup() -> dict[str, Any]:
     }
 
 
+def _shell_settings() -> ToolSettings | None:
+    """What the shell sets for the stack (see ToolSettings), or None after saying why not."""
+    try:
+        return tool_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _servers(shell: ToolSettings) -> str | None:
+    """An external broker's bootstrap list for the stack's processes, or None: bundled."""
+    return ",".join(shell.bootstrap_servers) if shell.bootstrap_servers else None
+
+
 def dev(args: argparse.Namespace) -> int:
     """Run broker + five processes until Ctrl-C; non-zero if a process dies."""
     emit = write_line(sys.stdout)
+    shell = _shell_settings()
+    if shell is None:
+        return 2
     stack = Stack(
         Path.cwd(),
-        database_urls={s: os.environ.get(f"{s.upper()}_DATABASE_URL", "") for s in SERVICES},
-        bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+        database_urls=shell.database_urls,
+        bootstrap_servers=_servers(shell),
         ports={s: args.base_port + n for n, s in enumerate(SERVICES)},
         echo=emit,
         api_workers=args.workers,
         # A terminal reads text lines better than JSON; LOG_FORMAT=json still wins.
-        extra_env={"LOG_FORMAT": os.environ.get("LOG_FORMAT") or "text"},
+        extra_env={"LOG_FORMAT": shell.log_format or "text"},
         rate_limits=True,  # as in production; AUTH_RATE_LIMITS=off in the shell turns them off
     )
     stop = threading.Event()
@@ -126,12 +143,11 @@ def _cell(ms: float | None, applies: bool = True) -> str:
 def demo(args: argparse.Namespace) -> int:
     """Start the stack, sign up a few USERs and PARTNERs, show what happened, stop."""
     wall = time.perf_counter()
+    shell = _shell_settings()
+    if shell is None:
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="signup-demo-"))
-    stack = Stack(
-        workdir,
-        database_urls={s: os.environ.get(f"{s.upper()}_DATABASE_URL", "") for s in SERVICES},
-        bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
-    )
+    stack = Stack(workdir, database_urls=shell.database_urls, bootstrap_servers=_servers(shell))
     print("starting the broker and the five processes (SQLite under a temporary directory)...")
     try:
         stack.start()

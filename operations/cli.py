@@ -4,7 +4,6 @@ the dev extra installed, also run the whole pipeline locally (dev, demo, bench).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,10 +32,13 @@ def _developer_command(name: str) -> Callable[[argparse.Namespace], int]:
 def dlt(args: argparse.Namespace) -> int:
     """`dlt list <topic>` and `dlt replay <topic> [--id CE_ID ...]`."""
     from operations.dlt import format_age, list_dead_letters, replay
-    from shared.config import DEFAULT_BOOTSTRAP
+    from shared.config import DEFAULT_BOOTSTRAP, ConfigError, bootstrap_servers
 
-    listed = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
-    servers = [s.strip() for s in listed.split(",") if s.strip()]
+    try:
+        servers = bootstrap_servers() or [DEFAULT_BOOTSTRAP]
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     letters = list_dead_letters(servers, args.topic)
     if args.action == "list":
         print(f"{len(letters)} dead-lettered record(s) in {args.topic.removesuffix('.DLT')}.DLT")
@@ -174,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = {"dlt": dlt, "status": status, "trace": trace}
     if args.command in ("dev", "demo"):
         sys.exit(_developer_command(args.command)(args))
+    from shared.config import kafka_security
+    from shared.messaging.kafka import use_security
+
+    use_security(kafka_security())  # the services' own Kafka login, for every client here
     sys.exit(commands[args.command](args))
 
 

@@ -30,7 +30,7 @@ from types import TracebackType
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-from shared.messaging.kafka import client_security
+from shared.messaging.kafka import process_client_security
 
 # Tansu holds a fetch for its whole max wait even at the end of the log (see
 # shared.messaging.kafka.CONSUMER_DEFAULTS), and did not answer fetches that may not wait at all.
@@ -123,7 +123,7 @@ class OffsetReader:
             bootstrap_timeout_ms=budget,
             request_timeout_ms=budget,
             fetch_max_wait_ms=_FETCH_WAIT_MS,
-            **client_security(),
+            **process_client_security(),
         )
 
     def partitions(self, topic: str) -> list[int]:

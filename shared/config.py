@@ -1,11 +1,19 @@
-"""Configuration from the environment: the contract's variables and their defaults."""
+"""Configuration from the environment: the contract's variables and their defaults.
+
+This is the only module that reads the process environment (a test checks it): every
+other module receives what it needs as values, built here by one function per concern
+(`Settings.from_env`, `kafka_security`, `log_settings`, `web_settings`,
+`worker_health_port`, `auth_settings`, `failpoint_spec`, `tool_settings`). A value that
+is only a shape here (an ATTEMPTS/SECONDS limit, an argon2 cost, a Kafka protocol) is
+checked by the module that uses it, with the same one-line ConfigError.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
@@ -46,6 +54,11 @@ ENVIRONMENT = (
     "INBOX_RETENTION_DAYS",
     "SIGNUP_PIPELINE_FAILPOINTS",  # fault-injection tests only; see shared/messaging/failpoints.py
 )
+# Read by the developer tools only (`signup-pipeline bench`), never by a pipeline process.
+BENCH_POSTGRES_VARIABLE = "BENCH_POSTGRES_URL"
+DEVELOPER_ENVIRONMENT = (BENCH_POSTGRES_VARIABLE,)
+
+SERVICES = ("auth", "member", "batch")
 
 
 class ConfigError(Exception):
@@ -62,27 +75,207 @@ class Settings:
     dev_mode: bool
     outbox_retention: dt.timedelta = dt.timedelta(hours=24)
     inbox_retention: dt.timedelta = dt.timedelta(days=14)
+    kafka_security: KafkaSecurity = field(default_factory=lambda: KafkaSecurity())
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
         """Read the settings of `service` (auth, member or batch) from the environment."""
-        env = os.environ if env is None else env
-        variable = f"{service.upper()}_DATABASE_URL"
-        database_url = env.get(variable) or default_sqlite_url(service)
-        listed = env.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
-        servers = [s.strip() for s in listed.split(",") if s.strip()]
-        if not servers:
-            raise ConfigError(
-                f"KAFKA_BOOTSTRAP_SERVERS={listed!r} names no server: use host:port[,host:port]"
-            )
+        env = _environment(env)
         return cls(
             service=service,
-            database_url=database_url,
-            bootstrap_servers=servers,
+            database_url=env.get(f"{service.upper()}_DATABASE_URL") or default_sqlite_url(service),
+            bootstrap_servers=bootstrap_servers(env) or [DEFAULT_BOOTSTRAP],
             dev_mode=env.get(DEV_MODE_VARIABLE, "") in ("1", "true", "yes"),
             outbox_retention=dt.timedelta(hours=_positive(env, "OUTBOX_RETENTION_HOURS", 24)),
             inbox_retention=dt.timedelta(days=_positive(env, "INBOX_RETENTION_DAYS", 14)),
+            kafka_security=kafka_security(env),
         )
+
+
+def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    """`env`, or this process's environment: the one place it is read."""
+    return os.environ if env is None else env
+
+
+def bootstrap_servers(env: Mapping[str, str] | None = None) -> list[str] | None:
+    """KAFKA_BOOTSTRAP_SERVERS as a list of host:port, or None when it is not set (each
+    caller says what stands in: the services localhost:9092, the developer tools a
+    bundled broker). The one place the variable is parsed."""
+    env = _environment(env)
+    listed = env.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not listed:
+        return None
+    servers = [s.strip() for s in listed.split(",") if s.strip()]
+    if not servers:
+        raise ConfigError(
+            f"KAFKA_BOOTSTRAP_SERVERS={listed!r} names no server: use host:port[,host:port]"
+        )
+    return servers
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CAFILE as set (None: unset);
+    shared/messaging/kafka.py checks them and turns them into client settings."""
+
+    protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+
+def kafka_security(env: Mapping[str, str] | None = None) -> KafkaSecurity:
+    """How every Kafka client of the process authenticates and encrypts."""
+    env = _environment(env)
+    return KafkaSecurity(
+        protocol=env.get("KAFKA_SECURITY_PROTOCOL") or None,
+        sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
+        sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+        sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+        ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
+    )
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """LOG_LEVEL and LOG_FORMAT as set (None: unset; shared/telemetry/logs.py checks them
+    and supplies INFO and json)."""
+
+    level: str | None = None
+    format: str | None = None
+
+
+def log_settings(env: Mapping[str, str] | None = None) -> LogSettings:
+    """How the process logs."""
+    env = _environment(env)
+    return LogSettings(level=env.get("LOG_LEVEL") or None, format=env.get("LOG_FORMAT") or None)
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """An API process: gunicorn workers and threads, and where the workers' metrics go."""
+
+    workers: int = 2
+    threads: int = 4
+    metrics_directory: str | None = None  # PROMETHEUS_MULTIPROC_DIR: a parent directory
+
+
+def web_settings(env: Mapping[str, str] | None = None) -> WebSettings:
+    """WEB_CONCURRENCY, WEB_THREADS, PROMETHEUS_MULTIPROC_DIR."""
+    env = _environment(env)
+    default = WebSettings()
+    return WebSettings(
+        workers=env_int("WEB_CONCURRENCY", default.workers, env),
+        threads=env_int("WEB_THREADS", default.threads, env),
+        metrics_directory=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+    )
+
+
+def worker_health_port(env: Mapping[str, str] | None = None) -> int | None:
+    """WORKER_HEALTH_PORT: a worker's health port when --health-port is not given."""
+    return env_int("WORKER_HEALTH_PORT", None, env)
+
+
+# The auth API's rate limits, each overridable by its own variable.
+RATE_LIMIT_KINDS = (
+    "signup-per-address",
+    "signup-per-email",
+    "login-per-address",
+    "login-per-email",
+)
+RATE_LIMIT_VARIABLES = {
+    kind: "AUTH_RATE_LIMIT_" + kind.upper().replace("-", "_") for kind in RATE_LIMIT_KINDS
+}
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    """AUTH_RATE_LIMITS, AUTH_RATE_LIMIT_REDIS_URL and AUTH_RATE_LIMIT_<KIND> as set
+    (auth_service/ratelimit.py checks them and supplies the defaults)."""
+
+    switch: str | None = None
+    redis_url: str | None = None
+    limits: Mapping[str, str] = field(default_factory=dict)  # kind -> ATTEMPTS/SECONDS
+
+
+def rate_limit_settings(env: Mapping[str, str] | None = None) -> RateLimitSettings:
+    """The auth API's rate-limit variables."""
+    env = _environment(env)
+    return RateLimitSettings(
+        switch=env.get("AUTH_RATE_LIMITS") or None,
+        redis_url=env.get("AUTH_RATE_LIMIT_REDIS_URL") or None,
+        limits={
+            kind: value
+            for kind, variable in RATE_LIMIT_VARIABLES.items()
+            if (value := env.get(variable))
+        },
+    )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """What the auth API reads besides `Settings`: its JWT key (empty when unset), the
+    argon2 costs (None: the service's default), rate limits and trusted proxies."""
+
+    jwt_secret: str = field(default="", repr=False)
+    argon2_time_cost: int | None = None
+    argon2_memory_kib: int | None = None
+    argon2_parallelism: int | None = None
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    trusted_proxy_hops: int = 0
+
+
+def auth_settings(env: Mapping[str, str] | None = None) -> AuthSettings:
+    """AUTH_JWT_SECRET, ARGON2_*, AUTH_RATE_LIMIT*, TRUSTED_PROXY_HOPS."""
+    env = _environment(env)
+    return AuthSettings(
+        jwt_secret=env.get("AUTH_JWT_SECRET", ""),
+        argon2_time_cost=env_int("ARGON2_TIME_COST", None, env),
+        argon2_memory_kib=env_int("ARGON2_MEMORY_KIB", None, env),
+        argon2_parallelism=env_int("ARGON2_PARALLELISM", None, env),
+        rate_limits=rate_limit_settings(env),
+        trusted_proxy_hops=env_int("TRUSTED_PROXY_HOPS", 0, env),
+    )
+
+
+def failpoint_spec(env: Mapping[str, str] | None = None) -> str:
+    """SIGNUP_PIPELINE_FAILPOINTS (fault-injection tests only); empty when unset."""
+    env = _environment(env)
+    return env.get("SIGNUP_PIPELINE_FAILPOINTS", "")
+
+
+@dataclass(frozen=True)
+class ToolSettings:
+    """What the developer tools (`signup-pipeline dev`, `demo`, `bench`) take from the
+    shell: an external broker and databases instead of the bundled ones, the log format
+    for the processes they start, the benchmark's PostgreSQL server."""
+
+    database_urls: Mapping[str, str] = field(default_factory=dict)  # service -> URL, if set
+    bootstrap_servers: list[str] | None = None
+    log_format: str | None = None
+    bench_postgres_url: str | None = None
+
+
+def tool_settings(env: Mapping[str, str] | None = None) -> ToolSettings:
+    """The developer tools' view of the environment (see ToolSettings)."""
+    env = _environment(env)
+    return ToolSettings(
+        database_urls={
+            service: url
+            for service in SERVICES
+            if (url := env.get(f"{service.upper()}_DATABASE_URL"))
+        },
+        bootstrap_servers=bootstrap_servers(env),
+        log_format=env.get("LOG_FORMAT") or None,
+        bench_postgres_url=env.get(BENCH_POSTGRES_VARIABLE) or None,
+    )
+
+
+def child_environment() -> dict[str, str]:
+    """A copy of this process's environment, for a child process the developer tools
+    start (which then reads its settings through this module, as every process does)."""
+    return dict(os.environ)
 
 
 def _positive(env: Mapping[str, str], variable: str, default: float) -> float:
@@ -115,7 +308,8 @@ def env_int(variable: str, default: None, env: Mapping[str, str] | None = None) 
 def env_int(variable: str, default: int | None, env: Mapping[str, str] | None = None) -> int | None:
     """An integer setting from `env` (the environment by default); a clear error if it is
     not one."""
-    value = (os.environ if env is None else env).get(variable)
+    env = _environment(env)
+    value = env.get(variable)
     if not value:
         return default
     try:

@@ -24,19 +24,33 @@ from kafka.errors import KafkaError
 from sqlalchemy import MetaData
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.config import ConfigError, Settings, env_int
+from shared.config import (
+    ConfigError,
+    Settings,
+    WebSettings,
+    failpoint_spec,
+    log_settings,
+    web_settings,
+    worker_health_port,
+)
 from shared.http.health import ConsumerState, HealthServer
+from shared.messaging import failpoints
 from shared.messaging.consumer import ConsumerLoop, EventProcessor, Handler
 from shared.messaging.housekeeping import Housekeeper
 from shared.messaging.inbox import InboxRecord
-from shared.messaging.kafka import create_topics, make_consumer, make_producer, missing_topics
+from shared.messaging.kafka import (
+    create_topics,
+    make_consumer,
+    make_producer,
+    missing_topics,
+    use_security,
+)
 from shared.messaging.outbox import OutboxRecord, OutboxRelay
 from shared.messaging.pipeline import TOPICS, E, Topic
 from shared.storage.db import Database, failure_reason, redact_url
 from shared.storage.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.telemetry.logs import configure_logging
 from shared.telemetry.metrics import (
-    MULTIPROC_VARIABLE,
     OutboxBacklogCollector,
     forget_process,
     metrics,
@@ -206,8 +220,9 @@ def run_api(
     # worker then sums the counts of all of them. A directory of this API's own (under
     # PROMETHEUS_MULTIPROC_DIR if set), so two APIs on one host never mix or delete each
     # other's counts; a stale one left by a killed run is never read.
+    web: WebSettings = getattr(args, "web", None) or web_settings()
     directory = tempfile.mkdtemp(
-        prefix=f"{settings.service}-api-metrics-", dir=os.environ.get(MULTIPROC_VARIABLE) or None
+        prefix=f"{settings.service}-api-metrics-", dir=web.metrics_directory
     )
     use_multiprocess_directory(directory)
     master = os.getpid()
@@ -289,13 +304,16 @@ def service_main(
             command.add_argument("--health-host", default="127.0.0.1")
     args = parser.parse_args(argv)
     try:
-        configure_logging(service, args.command)
+        configure_logging(service, args.command, log_settings())
         if args.command == "api":
-            args.workers = args.workers or env_int("WEB_CONCURRENCY", 2)
-            args.threads = args.threads or env_int("WEB_THREADS", 4)
+            args.web = web_settings()
+            args.workers = args.workers or args.web.workers
+            args.threads = args.threads or args.web.threads
         if args.command == "worker" and args.health_port is None:
-            args.health_port = env_int("WORKER_HEALTH_PORT", None)
+            args.health_port = worker_health_port()
         settings = Settings.from_env(service)
+        use_security(settings.kafka_security)
+        failpoints.arm(failpoint_spec())
         commands[args.command](settings, args)
     except ConfigError as exc:
         fail(str(exc))

@@ -4,7 +4,8 @@ process die or fail, exactly there. Inert unless SIGNUP_PIPELINE_FAILPOINTS is s
     SIGNUP_PIPELINE_FAILPOINTS="after-db-commit=kill@3"       SIGKILL on the 3rd pass
     SIGNUP_PIPELINE_FAILPOINTS="handle=raise~poison-nickname"  raise when the subject matches
 
-Points: `after-db-commit` (consumer: effects committed, offset not yet),
+The process's entry point arms them once at start (`arm`, with the variable as
+shared.config read it). Points: `after-db-commit` (consumer: effects committed, offset not yet),
 `relay-before-send` (relay: rows claimed, nothing sent), `handle` (consumer: before the
 handler, subject = the record's value).
 """
@@ -18,6 +19,7 @@ from functools import cache
 
 VARIABLE = "SIGNUP_PIPELINE_FAILPOINTS"
 _passes: Counter[str] = Counter()
+_armed: list[str] = [""]  # the specification in force: none until `arm`
 
 
 class InjectedFault(RuntimeError):
@@ -36,9 +38,14 @@ def _points(spec: str) -> dict[str, tuple[str, str]]:
     return points
 
 
+def arm(spec: str) -> None:
+    """Make the failpoints do what `spec` (SIGNUP_PIPELINE_FAILPOINTS) says."""
+    _armed[0] = spec
+
+
 def failpoint(name: str, subject: str = "") -> None:
     """Do what SIGNUP_PIPELINE_FAILPOINTS says for `name`, if anything."""
-    spec = os.environ.get(VARIABLE)
+    spec = _armed[0]
     if not spec or name not in _points(spec):
         return
     kind, arg = _points(spec)[name]

@@ -15,6 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from shared.config import ConfigError, KafkaSecurity, kafka_security
 from shared.messaging.pipeline import TOPICS
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,15 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 
-def client_security(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def client_security(security: KafkaSecurity | Mapping[str, str]) -> dict[str, Any]:
     """kafka-python settings for an authenticated, encrypted broker connection, from
     KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME,
-    KAFKA_SASL_PASSWORD and KAFKA_SSL_CAFILE; every client of the pipeline uses them.
-    Empty when none is set (PLAINTEXT)."""
-    from shared.config import ConfigError
-
-    env = os.environ if env is None else env
-    protocol = (env.get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper()
+    KAFKA_SASL_PASSWORD and KAFKA_SSL_CAFILE as shared.config read them (or from a
+    mapping of those variables); every client of the pipeline uses them. Empty when none
+    is set (PLAINTEXT)."""
+    if not isinstance(security, KafkaSecurity):
+        security = kafka_security(security)
+    protocol = (security.protocol or "PLAINTEXT").upper()
     if protocol not in SECURITY_PROTOCOLS:
         raise ConfigError(
             f"KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(SECURITY_PROTOCOLS)}"
@@ -108,7 +109,7 @@ def client_security(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     if protocol != "PLAINTEXT":
         settings["security_protocol"] = protocol
     if protocol.startswith("SASL_"):
-        mechanism = (env.get("KAFKA_SASL_MECHANISM") or "SCRAM-SHA-512").upper()
+        mechanism = (security.sasl_mechanism or "SCRAM-SHA-512").upper()
         if mechanism not in SASL_MECHANISMS:
             raise ConfigError(
                 f"KAFKA_SASL_MECHANISM={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
@@ -118,7 +119,7 @@ def client_security(env: Mapping[str, str] | None = None) -> dict[str, Any]:
                 "KAFKA_SASL_MECHANISM=PLAIN over KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT would "
                 "send the password in clear: use SASL_SSL, or SCRAM-SHA-512"
             )
-        username, password = env.get("KAFKA_SASL_USERNAME"), env.get("KAFKA_SASL_PASSWORD")
+        username, password = security.sasl_username, security.sasl_password
         if not username or not password:
             raise ConfigError(
                 f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
@@ -129,7 +130,7 @@ def client_security(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "sasl_plain_username": username,
             "sasl_plain_password": password,
         }
-    cafile = env.get("KAFKA_SSL_CAFILE")
+    cafile = security.ssl_cafile
     if cafile:
         if not protocol.endswith("SSL"):
             raise ConfigError("KAFKA_SSL_CAFILE is set but KAFKA_SECURITY_PROTOCOL is not SSL")
@@ -139,11 +140,26 @@ def client_security(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return settings
 
 
+# The process's Kafka security, given once at start by its entry point (a service's
+# `service_main`, the `signup-pipeline` commands) from shared.config; PLAINTEXT until then.
+_security: list[KafkaSecurity] = [KafkaSecurity()]
+
+
+def use_security(security: KafkaSecurity) -> None:
+    """Every Kafka client this process makes from now on connects with `security`."""
+    _security[0] = security
+
+
+def process_client_security() -> dict[str, Any]:
+    """The kafka-python security settings of this process's clients (see use_security)."""
+    return client_security(_security[0])
+
+
 def make_producer(bootstrap_servers: Sequence[str], **overrides: Any) -> KafkaProducer:
     """An idempotent producer that waits for every in-sync replica."""
     return KafkaProducer(
         bootstrap_servers=list(bootstrap_servers),
-        **(PRODUCER_DEFAULTS | client_security() | overrides),
+        **(PRODUCER_DEFAULTS | process_client_security() | overrides),
     )
 
 
@@ -158,7 +174,7 @@ def make_consumer(
     consumer = KafkaConsumer(
         bootstrap_servers=list(bootstrap_servers),
         group_id=group_id,
-        **(CONSUMER_DEFAULTS | client_security() | overrides),
+        **(CONSUMER_DEFAULTS | process_client_security() | overrides),
     )
     consumer.subscribe(list(topics), listener=listener)
     return consumer
@@ -193,7 +209,7 @@ def missing_topics(bootstrap_servers: Sequence[str], timeout_ms: int = 10_000) -
         bootstrap_servers=list(bootstrap_servers),
         bootstrap_timeout_ms=timeout_ms,
         request_timeout_ms=timeout_ms,
-        **client_security(),
+        **process_client_security(),
     )
     try:
         existing = consumer.topics()
@@ -216,7 +232,7 @@ def create_topics(
         bootstrap_servers=list(bootstrap_servers),
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,
-        **client_security(),
+        **process_client_security(),
     )
     try:
         for name in names:
@@ -239,7 +255,7 @@ def read_topic(
         bootstrap_servers=list(bootstrap_servers),
         enable_auto_commit=False,
         bootstrap_timeout_ms=10_000,
-        **client_security(),
+        **process_client_security(),
     )
     try:
         deadline = time.monotonic() + timeout
@@ -282,11 +298,14 @@ __all__ = [
     "KafkaError",
     "Message",
     "Producer",
+    "client_security",
     "create_topics",
     "make_consumer",
     "make_producer",
     "message_from_record",
     "missing_topics",
     "pipeline_topics",
+    "process_client_security",
     "read_topic",
+    "use_security",
 ]

@@ -15,14 +15,13 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import os
 import re
 import sys
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from shared.config import ConfigError
+from shared.config import ConfigError, LogSettings
 
 FORMATS = ("json", "text")
 
@@ -99,13 +98,12 @@ class TextFormatter(logging.Formatter):
         return scrub(line)
 
 
-def configure_logging(service: str, role: str, env: Mapping[str, str] | None = None) -> None:
+def configure_logging(service: str, role: str, settings: LogSettings) -> None:
     """Send every logger's records to stderr in LOG_FORMAT at LOG_LEVEL."""
-    env = os.environ if env is None else env
-    level = (env.get("LOG_LEVEL") or "INFO").upper()
+    level = (settings.level or "INFO").upper()
     if level not in logging.getLevelNamesMapping():
         raise ConfigError(f"LOG_LEVEL={level!r} is not a level: use DEBUG, INFO, WARNING or ERROR")
-    form = (env.get("LOG_FORMAT") or "json").lower()
+    form = (settings.format or "json").lower()
     if form not in FORMATS:
         raise ConfigError(f"LOG_FORMAT={form!r} is not a format: use json or text")
     handler = logging.StreamHandler(sys.stderr)

@@ -118,15 +118,27 @@ def metrics() -> PipelineMetrics:
     return _built[0]
 
 
+# prometheus-client chooses where a process keeps its values once, when it is imported:
+# in memory, or (PROMETHEUS_MULTIPROC_DIR set in the environment) in files that a
+# MultiProcessCollector sums. It has no call to choose later, and an API's directory
+# exists only once `run_api` made it, after the import. So the two functions below set
+# `values.ValueClass` themselves, as `values.get_value_class` would have at import, and
+# the multiprocess files find their directory in the environment, the only place
+# prometheus-client looks for it. That reaches into the library: pyproject.toml pins
+# the exact prometheus-client these lines were written for, and
+# tests/unit/test_metrics_store.py fails if its behaviour changes.
+_directory: list[str | None] = [None]  # this process's multiprocess directory, if any
+
+
 def use_multiprocess_directory(directory: str) -> None:
     """Keep this process's and its forked children's metrics in `directory`, which must
     be this process's own (see `run_api`), so that one scrape sums every gunicorn worker.
     Call before `metrics()`."""
     if _built:
         raise RuntimeError("metrics already exist: choose their store before using them")
-    os.environ[MULTIPROC_VARIABLE] = directory
-    # prometheus-client picks the value store when imported; choose again now.
+    os.environ[MULTIPROC_VARIABLE] = directory  # where MultiProcessValue opens its files
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    _directory[0] = directory
 
 
 def use_process_memory() -> None:
@@ -134,19 +146,20 @@ def use_process_memory() -> None:
     names a multiprocess directory, so it never reads or mixes with other processes'."""
     if _built:
         raise RuntimeError("metrics already exist: choose their store before using them")
-    os.environ.pop(MULTIPROC_VARIABLE, None)
     values.ValueClass = values.MutexValue
+    _directory[0] = None
 
 
 def forget_process(pid: int) -> None:
     """A gunicorn worker exited: drop its live-gauge files (counters stay counted)."""
-    if multiprocess_enabled():
-        mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    directory = _directory[0]
+    if directory is not None:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def multiprocess_enabled() -> bool:
-    """Whether this process keeps its metrics in PROMETHEUS_MULTIPROC_DIR."""
-    return bool(os.environ.get(MULTIPROC_VARIABLE))
+    """Whether this process keeps its metrics in a multiprocess directory."""
+    return _directory[0] is not None
 
 
 class _Collected:
@@ -164,9 +177,10 @@ def exposition(*extra: Any) -> tuple[bytes, str]:
     """The scrape body and its content type: this process's (or, in multiprocess mode,
     every worker's) metrics plus `extra` collectors'."""
     metrics()  # so a scrape before the first request shows the families, at zero
-    if multiprocess_enabled():
+    directory = _directory[0]
+    if directory is not None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
         base: Any = registry
     else:
         base = REGISTRY

@@ -21,7 +21,7 @@ import shared.telemetry.tracecontext
 from auth_service.models import OutboxEvent as AuthOutbox
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
-from shared.config import ConfigError
+from shared.config import ConfigError, log_settings
 from shared.messaging.consumer import ConsumerLoop, EventProcessor
 from shared.storage.db import Database
 from shared.telemetry.logs import (
@@ -123,7 +123,7 @@ def test_scrub_leaves_ordinary_text_alone() -> None:
 )
 def test_a_wrong_log_setting_is_a_clear_config_error(env: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
-        configure_logging("auth", "api", env)
+        configure_logging("auth", "api", log_settings(env))
 
 
 # --- traces --------------------------------------------------------------------------
