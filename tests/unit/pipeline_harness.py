@@ -7,6 +7,7 @@ from typing import Any
 
 from argon2 import PasswordHasher, Type
 from flask.testing import FlaskClient
+from kafka.structs import TopicPartition
 
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
@@ -17,7 +18,7 @@ from batch_service.models import Base as BatchBase
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from member_service.models import OutboxEvent as MemberOutbox
-from shared.messaging.consumer import EventProcessor, Outcome
+from shared.messaging.consumer import BatchReport, EventProcessor
 from shared.messaging.outbox import OutboxRelay
 from shared.runtime import WorkerSpec
 from shared.storage.db import Database
@@ -68,17 +69,25 @@ class InMemoryPipeline:
         create_tables(database)
         return database
 
-    def _processor(self, spec: WorkerSpec, database: Database) -> EventProcessor:
+    def _processor(self, spec: WorkerSpec[Any], database: Database) -> EventProcessor[Any]:
         return EventProcessor(
             spec.topic, spec.handler, database, spec.inbox, self.broker.producer()
         )
 
-    def deliver(self, topic: str, processor: EventProcessor) -> list[Outcome]:
-        """Hand every record of `topic` not yet delivered to `processor`, in order."""
+    def deliver(self, topic: str, processor: EventProcessor[Any]) -> BatchReport:
+        """Hand every record of `topic` not yet committed to `processor` as one poll, and
+        commit (move the cursor to) what it reports done; a record to retry comes again
+        at the next delivery."""
         log = self.broker.topics[topic]
         start = self.cursors.get(topic, 0)
-        self.cursors[topic] = len(log)
-        return [processor.process(message) for message in log[start:]]
+        if start == len(log):
+            return BatchReport()
+        partition = TopicPartition(topic, 0)
+        report = processor.apply({partition: log[start:]})
+        progress = report.partitions[partition]
+        if progress.commit_to is not None:
+            self.cursors[topic] = progress.commit_to
+        return report
 
     def run(self) -> None:
         """Move everything through: relay, member, relay, batch."""

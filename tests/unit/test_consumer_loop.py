@@ -1,31 +1,41 @@
-"""Offsets move only past records that were applied or dead-lettered."""
+"""Offsets move only past records that were applied or dead-lettered.
+
+Time is a FakeClock and backoff a fixed function of the attempt, so these tests move time
+instead of sleeping for it."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka.structs import TopicPartition
+from sqlalchemy import select
 
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
+from member_service.models import ProcessedEvent, User
 from shared.messaging.consumer import (
     ConsumerLoop,
     EventProcessor,
     Outcome,
+    PartitionProgress,
     RetryLater,
+    backoff_delay,
 )
 from shared.messaging.kafka import Message
 from shared.messaging.pipeline import ProfileInsert
 from shared.storage.db import Database, UnitOfWork
-from tests.fakes import FakeBroker, FakeConsumer
+from tests.fakes import FakeBroker, FakeClock, FakeConsumer
 from tests.schema import create_tables
 
 UNREACHABLE_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere?connect_timeout=1"
+TOPIC = "profile-insert"
+P0 = TopicPartition(TOPIC, 0)
+P1 = TopicPartition(TOPIC, 1)
 
 
 def profile_insert(number: int) -> bytes:
@@ -39,11 +49,15 @@ def profile_insert(number: int) -> bytes:
     ).encode()
 
 
+def uuid_of(number: int) -> str:
+    return f"00000000-0000-4000-8000-{number:012d}"
+
+
 @pytest.fixture
 def broker() -> FakeBroker:
     broker = FakeBroker()
     for number in range(3):
-        broker.append("profile-insert", profile_insert(number), b"k", [("ce_id", b"e%d" % number)])
+        broker.append(TOPIC, profile_insert(number), b"k", [("ce_id", b"e%d" % number)])
     return broker
 
 
@@ -63,6 +77,11 @@ def down_db() -> Iterator[Database]:
     database.engine.dispose()
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 def processor_on(
     database: Database, broker: FakeBroker, handler: Any = None
 ) -> EventProcessor[ProfileInsert]:
@@ -72,50 +91,158 @@ def processor_on(
     )
 
 
-def test_unreachable_database_is_retried_and_never_dead_lettered(
+def seconds_per_attempt(attempt: int) -> float:
+    """A backoff without jitter: attempt n waits n seconds."""
+    return float(attempt)
+
+
+def loop_on(
+    consumer: FakeConsumer,
+    processor: EventProcessor[Any],
+    clock: FakeClock,
+    stop: threading.Event | None = None,
+    **options: Any,
+) -> ConsumerLoop:
+    return ConsumerLoop(
+        consumer, processor, stop, clock=clock, backoff=seconds_per_attempt, **options
+    )
+
+
+def record(partition: int, offset: int, value: bytes, event_id: bytes) -> Message:
+    return Message(TOPIC, b"k", value, [("ce_id", event_id)], partition=partition, offset=offset)
+
+
+def stored_event_ids(database: Database) -> set[str]:
+    with database.sessions() as session:
+        return set(session.scalars(select(ProcessedEvent.event_id)))
+
+
+def stored_users(database: Database) -> set[str]:
+    with database.sessions() as session:
+        return {str(uuid) for uuid in session.scalars(select(User.uuid))}
+
+
+# --- backoff -----------------------------------------------------------------------------
+
+
+def test_backoff_grows_exponentially_from_the_base_and_is_capped() -> None:
+    def highest(low: float, high: float) -> float:
+        return high
+
+    def lowest(low: float, high: float) -> float:
+        return low
+
+    assert [backoff_delay(n, uniform=highest) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.4, 0.8]
+    assert backoff_delay(7, uniform=highest) == 5.0
+    assert backoff_delay(50, uniform=highest) == 5.0
+    assert backoff_delay(50, uniform=lowest) == 0.1
+    assert 0.1 <= backoff_delay(3) <= 0.4  # full jitter between the base and the step
+
+
+# --- the processor's report --------------------------------------------------------------
+
+
+def test_apply_reports_each_partition_done_up_to_its_end(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    batch = {
+        P0: [record(0, 4, profile_insert(1), b"a"), record(0, 5, profile_insert(2), b"b")],
+        P1: [record(1, 9, profile_insert(3), b"c")],
+    }
+
+    report = processor_on(member_db, broker).apply(batch)
+
+    assert report.partitions == {P0: PartitionProgress(6), P1: PartitionProgress(10)}
+    assert report.outcomes == [Outcome.APPLIED] * 3
+    assert stored_event_ids(member_db) == {"a", "b", "c"}
+
+
+def test_apply_on_a_sick_database_sends_every_partition_back_to_its_first_record(
+    broker: FakeBroker, down_db: Database
+) -> None:
+    batch = {
+        P0: [record(0, 4, profile_insert(1), b"a"), record(0, 5, b"{bad", b"b")],
+        P1: [record(1, 9, profile_insert(3), b"c")],
+    }
+
+    report = processor_on(down_db, broker).apply(batch)
+
+    assert {p: (g.commit_to, g.retry_at) for p, g in report.partitions.items()} == {
+        P0: (None, 4),
+        P1: (None, 9),
+    }
+    assert report.outcomes == []
+    assert broker.topics["profile-insert.DLT"] == []  # not even the undecodable record
+
+
+def test_apply_holds_back_only_the_partition_whose_dead_letter_was_not_acknowledged(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    broker.down = True
+    batch = {
+        P0: [
+            record(0, 4, profile_insert(1), b"a"),
+            record(0, 5, b"{bad", b"poison"),
+            record(0, 6, profile_insert(2), b"b"),
+        ],
+        P1: [record(1, 9, profile_insert(3), b"c")],
+    }
+
+    report = processor_on(member_db, broker).apply(batch)
+
+    assert report.partitions[P0].commit_to == 5  # up to the poison record, not past it
+    assert report.partitions[P0].retry_at == 5
+    assert "dead-letter send failed" in report.partitions[P0].reason
+    assert report.partitions[P1] == PartitionProgress(10)
+    assert report.outcomes == [Outcome.APPLIED] * 3  # the batch committed all three
+
+
+def test_apply_retries_a_handler_bug_until_the_last_attempt_then_dead_letters_it(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    def buggy(event: ProfileInsert, uow: UnitOfWork) -> None:
+        if event.nickname == "user2":
+            raise RuntimeError("bug in handler")
+        PROFILE_INSERT_WORKER.handler(event, uow)
+
+    processor = processor_on(member_db, broker, buggy)
+    batch = {P0: [record(0, 0, profile_insert(1), b"a"), record(0, 1, profile_insert(2), b"b")]}
+
+    first = processor.apply(batch, lambda partition, offset: 4)
+    last = processor.apply(batch, lambda partition, offset: 5)
+
+    assert (first.partitions[P0].commit_to, first.partitions[P0].retry_at) == (1, 1)
+    assert first.outcomes == [Outcome.APPLIED]  # record by record: the good one went in
+    assert last.partitions[P0] == PartitionProgress(2)
+    assert last.outcomes == [Outcome.DUPLICATE, Outcome.DEAD_LETTERED]
+    [dead] = broker.topics["profile-insert.DLT"]
+    assert dead.header("dlt-attempts") == "5"
+
+
+def test_a_conflict_with_stored_state_is_dead_lettered_at_the_first_attempt(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    processor = processor_on(member_db, broker)
+    processor.apply({P0: [record(0, 0, profile_insert(1), b"a")]})
+
+    report = processor.apply({P1: [record(1, 0, profile_insert(1), b"other-id")]})
+
+    assert report.partitions[P1] == PartitionProgress(1)
+    assert report.outcomes == [Outcome.DEAD_LETTERED]
+
+
+def test_transient_failure_is_raised_as_retry_later_by_process_at_any_attempt(
     broker: FakeBroker, down_db: Database
 ) -> None:
     processor = processor_on(down_db, broker)
-    consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor)
+    message = broker.topics[TOPIC][0]
 
-    for _ in range(3):
-        loop.poll_once()
-
-    assert consumer.commits == []
-    assert consumer.next_offset == 0
-    assert broker.topics["profile-insert.DLT"] == []
-
-
-def test_transient_failure_raises_retry_later_with_growing_bounded_delay(
-    broker: FakeBroker, down_db: Database
-) -> None:
-    processor = processor_on(down_db, broker)
-    record = broker.topics["profile-insert"][0]
-
-    delays = []
-    for attempt in (1, 20):
+    for attempt in (1, 5, 50):
         with pytest.raises(RetryLater) as raised:
-            processor.process(record, attempt)
-        delays.append(raised.value.delay)
+            processor.process(message, attempt)
+        assert 0 < raised.value.delay <= 5.0
 
-    assert 0 < delays[0] <= 0.1
-    assert 0 < delays[1] <= 5.0
-
-
-def test_records_are_applied_once_the_database_is_back(
-    broker: FakeBroker, member_db: Database, down_db: Database
-) -> None:
-    consumer = FakeConsumer(broker, "profile-insert")
-    ConsumerLoop(consumer, processor_on(down_db, broker)).poll_once()
-    assert consumer.paused  # the failing partition waits out its backoff
-
-    consumer.paused = False  # the worker restarted: its new consumer has nothing paused
-    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
-    loop.poll_once()
-
-    assert consumer.committed == 3
-    assert loop.counts[Outcome.APPLIED] == 3
+    assert broker.topics["profile-insert.DLT"] == []
 
 
 def test_unexpected_error_is_retried_then_dead_lettered(
@@ -128,12 +255,12 @@ def test_unexpected_error_is_retried_then_dead_lettered(
         raise RuntimeError("bug in handler")
 
     processor = processor_on(member_db, broker, flaky)
-    record = broker.topics["profile-insert"][0]
+    message = broker.topics[TOPIC][0]
 
     for attempt in range(1, 5):
         with pytest.raises(RetryLater):
-            processor.process(record, attempt)
-    assert processor.process(record, 5) == Outcome.DEAD_LETTERED
+            processor.process(message, attempt)
+    assert processor.process(message, 5) == Outcome.DEAD_LETTERED
 
     [dead] = broker.topics["profile-insert.DLT"]
     assert dict(dead.headers)["dlt-attempts"] == b"5"
@@ -141,51 +268,10 @@ def test_unexpected_error_is_retried_then_dead_lettered(
     assert len(calls) == 5
 
 
-def test_failed_dead_letter_send_is_retried_not_acknowledged(
-    broker: FakeBroker, member_db: Database
-) -> None:
-    broker.append("profile-insert", b"poison", b"k", [])
-    broker.down = True
-    consumer = FakeConsumer(broker, "profile-insert", committed=3)
-    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
-
-    loop.poll_once()
-
-    assert consumer.commits == []
-    assert consumer.next_offset == 3
-
-
-def test_stop_mid_batch_finishes_the_batch_in_hand_and_commits_it(
-    broker: FakeBroker, member_db: Database
-) -> None:
-    stop = threading.Event()
-    applied = []
-
-    def stop_after_first(event: ProfileInsert, uow: UnitOfWork) -> None:
-        PROFILE_INSERT_WORKER.handler(event, uow)
-        applied.append(event.nickname)
-        stop.set()
-
-    consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor_on(member_db, broker, stop_after_first), stop)
-
-    loop.poll_once()
-
-    assert applied == ["user0", "user1", "user2"]
-    assert consumer.committed == 3
-    assert stop.is_set()
-
-
-def test_message_header_lookup_returns_text() -> None:
-    message = Message("t", None, b"{}", [("ce_id", b"abc"), ("other", b"x")])
-    assert message.header("ce_id") == "abc"
-    assert message.header("missing") is None
-
-
 def test_poison_record_with_null_header_value_is_dead_lettered_not_a_crash(
     broker: FakeBroker, member_db: Database
 ) -> None:
-    poison = Message("profile-insert", b"k", b"{oops", [("ce_id", b"p1"), ("x-empty", None)])  # type: ignore[list-item]
+    poison = Message(TOPIC, b"k", b"{oops", [("ce_id", b"p1"), ("x-empty", None)])  # type: ignore[list-item]
 
     assert processor_on(member_db, broker).process(poison) == Outcome.DEAD_LETTERED
 
@@ -197,7 +283,7 @@ def test_replayed_dead_letter_gets_fresh_dlt_headers_not_a_second_set(
     broker: FakeBroker, member_db: Database
 ) -> None:
     old = [("ce_id", b"p2"), ("dlt-error", b"old"), ("dlt-attempts", b"1")]
-    poison = Message("profile-insert", b"k", b"{oops", old, partition=0, offset=9)
+    poison = Message(TOPIC, b"k", b"{oops", old, partition=0, offset=9)
 
     processor_on(member_db, broker).process(poison, attempt=1)
 
@@ -208,52 +294,13 @@ def test_replayed_dead_letter_gets_fresh_dlt_headers_not_a_second_set(
     assert dict(dead.headers)["dlt-original-offset"] == b"9"
 
 
-def test_failing_partition_is_paused_for_its_backoff_then_resumed(
-    broker: FakeBroker, member_db: Database, down_db: Database
-) -> None:
-    consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor_on(down_db, broker))
-
-    loop.poll_once()
-    assert consumer.paused
-    time.sleep(0.15)  # past the first backoff (at most 0.1 s)
-    loop.poll_once(timeout_ms=0)
-
-    assert consumer.paused  # resumed, failed again, paused again
-    assert loop._attempts  # the attempt count grew, for the same record
+def test_message_header_lookup_returns_text() -> None:
+    message = Message("t", None, b"{}", [("ce_id", b"abc"), ("other", b"x")])
+    assert message.header("ce_id") == "abc"
+    assert message.header("missing") is None
 
 
-def test_partition_failing_longer_than_the_bound_is_reported_stuck_and_still_retried(
-    broker: FakeBroker, down_db: Database
-) -> None:
-    consumer = FakeConsumer(broker, "profile-insert")
-    reports: list[list[str]] = []
-    loop = ConsumerLoop(
-        consumer, processor_on(down_db, broker), stuck_after=0.0, on_stuck=reports.append
-    )
-
-    loop.poll_once()
-    time.sleep(0.01)
-    loop.poll_once(timeout_ms=0)
-
-    assert reports[-1] == ["profile-insert[0]"]
-    assert broker.topics["profile-insert.DLT"] == []
-    assert consumer.commits == []
-
-
-def test_partition_revoked_while_paused_is_not_resumed_by_its_old_owner(
-    broker: FakeBroker, down_db: Database
-) -> None:
-    consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor_on(down_db, broker))
-    loop.poll_once()
-    assert consumer.paused
-
-    consumer.assignment = lambda: set()  # type: ignore[method-assign]  # rebalanced away
-    time.sleep(0.15)
-    loop.poll_once(timeout_ms=0)
-
-    assert consumer.paused  # untouched: resume() on a partition not ours would raise
+# --- the loop: commits ---------------------------------------------------------------------
 
 
 def count_commits(database: Database) -> list[int]:
@@ -265,10 +312,12 @@ def count_commits(database: Database) -> list[int]:
     return commits
 
 
-def test_a_poll_is_applied_in_one_transaction(broker: FakeBroker, member_db: Database) -> None:
+def test_a_poll_is_applied_in_one_transaction(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
     commits = count_commits(member_db)
-    consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+    consumer = FakeConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
 
     loop.poll_once()
 
@@ -277,12 +326,26 @@ def test_a_poll_is_applied_in_one_transaction(broker: FakeBroker, member_db: Dat
     assert consumer.commits == [3]
 
 
-def test_an_event_twice_in_one_batch_is_applied_once(
-    broker: FakeBroker, member_db: Database
+def test_the_offset_is_committed_only_once_the_effects_are_in_the_database(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
 ) -> None:
-    first = broker.topics["profile-insert"][0]
-    broker.append("profile-insert", first.value, first.key, first.headers)  # redelivered
-    loop = ConsumerLoop(FakeConsumer(broker, "profile-insert"), processor_on(member_db, broker))
+    seen_at_commit: list[set[str]] = []
+    consumer = FakeConsumer(broker, TOPIC)
+    consumer.on_commit = lambda offset: seen_at_commit.append(stored_event_ids(member_db))
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+
+    loop.poll_once()
+
+    assert consumer.commits == [3]
+    assert seen_at_commit == [{"e0", "e1", "e2"}]
+
+
+def test_an_event_twice_in_one_batch_is_applied_once(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    first = broker.topics[TOPIC][0]
+    broker.append(TOPIC, first.value, first.key, first.headers)  # redelivered
+    loop = loop_on(FakeConsumer(broker, TOPIC), processor_on(member_db, broker), clock)
 
     loop.poll_once()
 
@@ -290,14 +353,29 @@ def test_an_event_twice_in_one_batch_is_applied_once(
     assert loop.counts[Outcome.DUPLICATE] == 1
 
 
+def test_a_redelivered_batch_changes_nothing(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    processor = processor_on(member_db, broker)
+    loop_on(FakeConsumer(broker, TOPIC), processor, clock).poll_once()
+
+    # The worker crashed after the DB commit, before the offset commit: all comes again.
+    again = loop_on(FakeConsumer(broker, TOPIC), processor, clock)
+    again.poll_once()
+
+    assert again.counts == {Outcome.APPLIED: 0, Outcome.DUPLICATE: 3, Outcome.DEAD_LETTERED: 0}
+    assert broker.topics["profile-insert.DLT"] == []
+    assert stored_users(member_db) == {uuid_of(n) for n in range(3)}
+
+
 def test_a_conflicting_record_in_a_batch_costs_only_itself(
-    broker: FakeBroker, member_db: Database
+    broker: FakeBroker, member_db: Database, clock: FakeClock
 ) -> None:
     # A new event id for a member that an earlier record of the same batch creates.
-    broker.append("profile-insert", profile_insert(1), b"k", [("ce_id", b"conflict")])
-    broker.append("profile-insert", profile_insert(7), b"k", [("ce_id", b"e7")])
-    consumer = FakeConsumer(broker, "profile-insert")
-    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+    broker.append(TOPIC, profile_insert(1), b"k", [("ce_id", b"conflict")])
+    broker.append(TOPIC, profile_insert(7), b"k", [("ce_id", b"e7")])
+    consumer = FakeConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
 
     loop.poll_once()
 
@@ -310,13 +388,13 @@ def test_a_conflicting_record_in_a_batch_costs_only_itself(
 
 
 def test_an_undecodable_record_in_a_batch_is_dead_lettered_and_the_rest_applied(
-    broker: FakeBroker, member_db: Database
+    broker: FakeBroker, member_db: Database, clock: FakeClock
 ) -> None:
-    broker.append("profile-insert", b"{not json", b"k", [("ce_id", b"bad")])
-    broker.append("profile-insert", profile_insert(7), b"k", [("ce_id", b"e7")])
-    consumer = FakeConsumer(broker, "profile-insert")
+    broker.append(TOPIC, b"{not json", b"k", [("ce_id", b"bad")])
+    broker.append(TOPIC, profile_insert(7), b"k", [("ce_id", b"e7")])
+    consumer = FakeConsumer(broker, TOPIC)
     commits = count_commits(member_db)
-    loop = ConsumerLoop(consumer, processor_on(member_db, broker))
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
 
     loop.poll_once()
 
@@ -326,14 +404,275 @@ def test_an_undecodable_record_in_a_batch_is_dead_lettered_and_the_rest_applied(
     assert consumer.committed == 5
 
 
-def test_a_batch_on_a_failing_database_goes_back_whole(
-    broker: FakeBroker, down_db: Database
+def test_failed_dead_letter_send_is_retried_not_acknowledged(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
 ) -> None:
-    consumer = FakeConsumer(broker, "profile-insert", committed=0)
-    loop = ConsumerLoop(consumer, processor_on(down_db, broker))
+    broker.append(TOPIC, b"poison", b"k", [])
+    broker.down = True
+    consumer = FakeConsumer(broker, TOPIC, committed=3)
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+
+    loop.poll_once()
+
+    assert consumer.commits == []
+    assert consumer.next_offset == 3
+    assert consumer.paused
+
+
+def test_a_poison_record_that_cannot_be_parked_holds_its_partition_back_from_itself(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    broker.append(TOPIC, b"poison", b"k", [("ce_id", b"poison")])
+    broker.append(TOPIC, profile_insert(7), b"k", [("ce_id", b"e7")])
+    broker.down = True
+    consumer = FakeConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+
+    loop.poll_once()
+    assert consumer.commits == [3]  # up to the poison record; e7 is applied, not acknowledged
+    assert (consumer.next_offset, consumer.paused) == (3, True)
+
+    broker.down = False
+    clock.advance(1.0)
+    loop.poll_once()
+
+    assert consumer.commits == [3, 5]
+    assert [m.header("ce_id") for m in broker.topics["profile-insert.DLT"]] == ["poison"]
+    assert loop.counts == {Outcome.APPLIED: 4, Outcome.DUPLICATE: 1, Outcome.DEAD_LETTERED: 1}
+
+
+def test_a_commit_refused_after_a_rebalance_is_logged_not_fatal(
+    broker: FakeBroker, member_db: Database, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC)
+
+    def rebalanced_meanwhile(event: ProfileInsert, uow: UnitOfWork) -> None:
+        PROFILE_INSERT_WORKER.handler(event, uow)
+        consumer.revoke()  # the batch outlived max_poll_interval_ms: the group moved on
+
+    loop = loop_on(consumer, processor_on(member_db, broker, rebalanced_meanwhile), clock)
+
+    loop.poll_once()
+    loop.poll_once()
+
+    assert consumer.commits == []
+    assert loop.counts[Outcome.APPLIED] == 3
+    assert "offset commit failed" in caplog.text
+
+
+def test_stop_mid_batch_finishes_the_batch_in_hand_and_commits_it(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    stop = threading.Event()
+    applied = []
+
+    def stop_after_first(event: ProfileInsert, uow: UnitOfWork) -> None:
+        PROFILE_INSERT_WORKER.handler(event, uow)
+        applied.append(event.nickname)
+        stop.set()
+
+    consumer = FakeConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(member_db, broker, stop_after_first), clock, stop)
+
+    loop.poll_once()
+
+    assert applied == ["user0", "user1", "user2"]
+    assert consumer.committed == 3
+    assert stop.is_set()
+
+
+# --- the loop: retries ---------------------------------------------------------------------
+
+
+def test_a_batch_on_a_failing_database_goes_back_whole(
+    broker: FakeBroker, down_db: Database, clock: FakeClock
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC, committed=0)
+    loop = loop_on(consumer, processor_on(down_db, broker), clock)
 
     loop.poll_once()
 
     assert consumer.next_offset == 0  # sent back to the batch's first record
     assert consumer.paused
     assert consumer.commits == []
+
+
+def test_unreachable_database_is_retried_for_as_long_as_it_lasts_never_dead_lettered(
+    broker: FakeBroker, down_db: Database, clock: FakeClock
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(down_db, broker), clock)
+
+    for _ in range(8):  # well past max_unexpected_attempts
+        loop.poll_once()
+        clock.advance(60)
+
+    assert loop.attempt_of(consumer.partition, 0) == 9
+    assert consumer.commits == []
+    assert consumer.next_offset == 0
+    assert broker.topics["profile-insert.DLT"] == []
+
+
+def test_a_lone_record_on_an_unreachable_database_is_never_dead_lettered(
+    broker: FakeBroker, down_db: Database, clock: FakeClock
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC, max_records=1)
+    loop = loop_on(consumer, processor_on(down_db, broker), clock)
+
+    for _ in range(8):
+        loop.poll_once()
+        clock.advance(60)
+
+    assert loop.attempt_of(consumer.partition, 0) == 9
+    assert consumer.commits == []
+    assert broker.topics["profile-insert.DLT"] == []
+
+
+def test_records_are_applied_once_the_database_is_back(
+    broker: FakeBroker, member_db: Database, down_db: Database, clock: FakeClock
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC)
+    loop_on(consumer, processor_on(down_db, broker), clock).poll_once()
+    assert consumer.paused  # the failing partition waits out its backoff
+
+    consumer.paused = False  # the worker restarted: its new consumer has nothing paused
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+    loop.poll_once()
+
+    assert consumer.committed == 3
+    assert loop.counts[Outcome.APPLIED] == 3
+
+
+def test_failing_partition_is_paused_for_exactly_its_backoff_then_resumed(
+    broker: FakeBroker, down_db: Database, clock: FakeClock
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(down_db, broker), clock)
+
+    loop.poll_once()  # attempt 1 fails: paused for 1 s
+    clock.advance(0.999)
+    loop.poll_once()
+    assert (consumer.paused, loop.attempt_of(consumer.partition, 0)) == (True, 2)
+
+    clock.advance(0.001)
+    loop.poll_once()  # resumed, attempt 2 fails: paused for 2 s
+    assert (consumer.paused, loop.attempt_of(consumer.partition, 0)) == (True, 3)
+
+    clock.advance(1.999)
+    loop.poll_once()
+    assert loop.attempt_of(consumer.partition, 0) == 3
+
+
+def test_a_handler_bug_is_retried_with_backoff_then_dead_lettered_and_passed(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    def buggy(event: ProfileInsert, uow: UnitOfWork) -> None:
+        if event.nickname == "user1":
+            raise RuntimeError("bug in handler")
+        PROFILE_INSERT_WORKER.handler(event, uow)
+
+    consumer = FakeConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(member_db, broker, buggy), clock)
+
+    loop.poll_once()
+    assert consumer.commits == [1]  # user0 applied alone, user1 comes again
+    for attempt in range(1, 5):
+        clock.advance(attempt)
+        loop.poll_once()
+
+    [dead] = broker.topics["profile-insert.DLT"]
+    assert (dead.header("ce_id"), dead.header("dlt-attempts")) == ("e1", "5")
+    assert consumer.commits == [1, 3]
+    assert loop.counts == {Outcome.APPLIED: 2, Outcome.DUPLICATE: 0, Outcome.DEAD_LETTERED: 1}
+    assert loop._attempts == {}  # nothing left to count once the partition moved on
+    assert stored_users(member_db) == {uuid_of(0), uuid_of(2)}
+
+
+def test_partition_failing_longer_than_the_bound_is_reported_stuck_and_still_retried(
+    broker: FakeBroker, down_db: Database, clock: FakeClock
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC)
+    reports: list[list[str]] = []
+    loop = loop_on(
+        consumer, processor_on(down_db, broker), clock, stuck_after=30.0, on_stuck=reports.append
+    )
+
+    loop.poll_once()
+    clock.advance(29.0)
+    loop.poll_once()
+    assert reports[-1] == []
+    clock.advance(1.5)
+    loop.poll_once()
+
+    assert reports[-1] == ["profile-insert[0]"]
+    assert broker.topics["profile-insert.DLT"] == []
+    assert consumer.commits == []
+
+
+def test_a_stuck_partition_is_no_longer_reported_once_it_moves(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    broker.down = True
+    broker.append(TOPIC, b"poison", b"k", [])
+    consumer = FakeConsumer(broker, TOPIC, committed=3)
+    reports: list[list[str]] = []
+    loop = loop_on(
+        consumer, processor_on(member_db, broker), clock, stuck_after=5.0, on_stuck=reports.append
+    )
+    loop.poll_once()
+    clock.advance(10.0)
+    loop.poll_once()
+    assert reports[-1] == ["profile-insert[0]"]
+
+    broker.down = False
+    clock.advance(10.0)
+    loop.poll_once()
+
+    assert reports[-1] == []
+    assert consumer.commits == [4]
+
+
+def test_partition_revoked_while_paused_is_not_resumed_by_its_old_owner(
+    broker: FakeBroker, down_db: Database, member_db: Database, clock: FakeClock
+) -> None:
+    consumer = FakeConsumer(broker, TOPIC)
+    processor = processor_on(down_db, broker)
+    loop = loop_on(consumer, processor, clock)
+    loop.poll_once()
+    assert consumer.paused
+
+    consumer.revoke()  # rebalanced away while waiting out its backoff
+    clock.advance(5.0)
+    loop.poll_once()  # FakeConsumer.resume raises on a partition not assigned
+
+    assert consumer.commits == []
+    assert loop.attempt_of(consumer.partition, 0) == 1  # its tries are the new owner's now
+
+
+def test_partition_revoked_and_given_back_starts_again_from_the_committed_offset(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    healthy = True
+
+    def until_revoked(event: ProfileInsert, uow: UnitOfWork) -> None:
+        if not healthy:
+            raise RuntimeError("not yet")
+        PROFILE_INSERT_WORKER.handler(event, uow)
+
+    consumer = FakeConsumer(broker, TOPIC, max_records=2)
+    loop = loop_on(consumer, processor_on(member_db, broker, until_revoked), clock)
+    loop.poll_once()
+    assert consumer.commits == [2]
+    healthy = False
+    loop.poll_once()
+    assert consumer.paused
+
+    consumer.revoke()
+    clock.advance(5.0)
+    loop.poll_once()
+    consumer.assign()
+    healthy = True
+    loop.poll_once()
+
+    assert consumer.commits == [2, 3]
+    assert loop.counts[Outcome.APPLIED] == 3
