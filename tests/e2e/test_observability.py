@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from devtools.http_client import request
 from devtools.stack import Stack
 from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +62,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def worker_url(stack: Stack, name: str) -> str:
     return f"http://127.0.0.1:{stack.health_ports[name]}"
-
-
-def wait_until(check: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {check.__doc__ or check}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from devtools.http_client import request, wait_for_status
 from devtools.stack import Stack
 from tests.unit.pipeline_harness import signup_body
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -119,18 +119,20 @@ def test_status_of_a_drained_pipeline_shows_no_backlog_and_no_lag(stack: Stack) 
     partner_id = sign_up(stack, "PARTNER")
     wait_for_status(f"{stack.url('batch')}/partners/{partner_id}/summary")
 
-    deadline = time.monotonic() + 30
-    while True:
+    def lags(document: dict[str, Any]) -> list[int]:
+        return [group["total"] for group in document["lag"].values()]
+
+    def drained() -> dict[str, Any] | None:
         shown = signup_pipeline(stack, "status", "--json")
         assert shown.returncode == 0, shown.stderr
         document: dict[str, Any] = json.loads(shown.stdout)
-        lags = [group["total"] for group in document["lag"].values()]
-        if lags == [0, 0] or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)  # offsets are committed just after the transactions
+        return document if lags(document) == [0, 0] else None
+
+    # Offsets are committed just after the transactions: wait for the status to show it.
+    document = wait_until(drained, 30, "signup-pipeline status shows no lag")
 
     assert document["unavailable"] == {}
-    assert lags == [0, 0]
+    assert lags(document) == [0, 0]
     assert [box["unpublished"] for box in document["outbox"].values()] == [0, 0]
     assert document["throughput"]["signups_accepted"] >= 1
     assert document["throughput"]["summaries_created"] >= 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import uuid
 
 import pytest
@@ -17,7 +16,9 @@ from devtools.http_client import request, wait_for_status
 from devtools.stack import Stack
 from member_service.models import FavoriteStyle, Partner, User
 from tests.kafka_tools import read_topic
+from tests.pipeline_checks import dead_letters, duplicates, event_ids, inbox_rows, wait_caught_up
 from tests.unit.pipeline_harness import signup_body
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -94,16 +95,23 @@ def test_redelivered_profile_insert_with_same_ce_id_creates_nothing_new(stack: S
         for r in read_topic(stack.bootstrap_servers, "profile-insert", expect=1)
         if r.key == partner_id.encode()
     )
+    worker_port = stack.health_ports["member-worker"]
+    before = duplicates(worker_port, "profile-insert")
 
     producer = KafkaProducer(bootstrap_servers=stack.bootstrap_servers)
     for _ in range(3):
         producer.send("profile-insert", original.value, original.key, headers=original.headers)
     producer.flush()
     producer.close()
-    marker = sign_up(stack)  # same partition order is not promised, so wait on a later event
-    wait_for_status(f"{stack.url('member')}/members/{marker}")
-    time.sleep(1.0)
+    # The inbox skips each copy and counts it; a copy that reached the handler again would
+    # fail on the primary key and be dead-lettered instead, uncounted.
+    wait_until(
+        lambda: duplicates(worker_port, "profile-insert") >= before + 3,
+        what="the member worker counts the 3 copies as duplicates",
+    )
 
+    assert duplicates(worker_port, "profile-insert") == before + 3
+    assert dead_letters(stack.bootstrap_servers, "profile-insert", [partner_id]) == []
     assert member_counts(stack, [partner_id]) == {"users": 0, "partners": 1, "styles": 3}
     announced = [
         r
@@ -112,6 +120,7 @@ def test_redelivered_profile_insert_with_same_ce_id_creates_nothing_new(stack: S
     ]
     assert len(announced) == 1
     assert summary_count(stack, [partner_id]) == 1
+    assert dead_letters(stack.bootstrap_servers, "partner-created", [partner_id]) == []
 
 
 def test_poison_record_lands_in_the_dlt_while_the_next_signup_still_flows(stack: Stack) -> None:
@@ -124,14 +133,11 @@ def test_poison_record_lands_in_the_dlt_while_the_next_signup_still_flows(stack:
     after = sign_up(stack, role="PARTNER")
 
     wait_for_status(f"{stack.url('batch')}/partners/{after}/summary")
-    deadline = time.monotonic() + 20
-    dead = []
-    while not dead and time.monotonic() < deadline:
-        dead = [
-            r
-            for r in read_topic(stack.bootstrap_servers, "profile-insert.DLT")
-            if r.key == poison_key
-        ]
+    dead = wait_until(
+        lambda: dead_letters(stack.bootstrap_servers, "profile-insert", [poison_key.decode()]),
+        20,
+        "the poison record reaches profile-insert.DLT",
+    )
     assert len(dead) == 1
     assert dead[0].value == b'{"uuid": "not-a-uuid", "role": "ADMIN"}'
     assert "schema" in (dead[0].header("dlt-error") or "")
@@ -149,16 +155,30 @@ def test_member_worker_killed_mid_burst_loses_and_doubles_nothing(stack: Stack) 
             stack.spawn("member-worker")
     partner_ids = [m for m, role in zip(member_ids, roles, strict=True) if role == "PARTNER"]
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def arrived() -> bool:
         counts = member_counts(stack, member_ids)
-        if counts["users"] + counts["partners"] == 60 and summary_count(stack, partner_ids) == 20:
-            break
-        time.sleep(0.5)
-    time.sleep(1.0)  # anything doubled would show up by now
+        return (
+            counts["users"] + counts["partners"] == 60 and summary_count(stack, partner_ids) == 20
+        )
+
+    wait_until(arrived, 60, "all 60 members and 20 summaries arrive")
+    # Whatever the killed worker had applied but not committed has been redelivered and
+    # handled once both groups have committed their topics to the end.
+    wait_caught_up(
+        stack.bootstrap_servers,
+        {"member-service": "profile-insert", "batch-service": "partner-created"},
+    )
 
     assert member_counts(stack, member_ids) == {"users": 40, "partners": 20, "styles": 120}
     assert summary_count(stack, partner_ids) == 20
+    assert dead_letters(stack.bootstrap_servers, "profile-insert", member_ids) == []
+    assert dead_letters(stack.bootstrap_servers, "partner-created", partner_ids) == []
+    # One inbox row per event: each was claimed (and so applied) exactly once.
+    profile_events = event_ids(stack.bootstrap_servers, "profile-insert", member_ids)
+    partner_events = event_ids(stack.bootstrap_servers, "partner-created", partner_ids)
+    assert (len(profile_events), len(partner_events)) == (60, 20)
+    assert inbox_rows(stack.database_urls["member"], "profile-insert", profile_events) == 60
+    assert inbox_rows(stack.database_urls["batch"], "partner-created", partner_events) == 20
     for member_id in member_ids[::7]:
         _, body = wait_for_status(f"{stack.url('member')}/members/{member_id}")
         assert len(body["favoriteStyles"]) == 2

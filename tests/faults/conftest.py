@@ -4,8 +4,9 @@ and ends with a reconciliation of everything the module accepted so far."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ class FaultStack:
     registry: Registry
     proxies: dict[str, TcpProxy]
     real_urls: dict[str, str]
+    # Records the tests meant to dead-letter, by topic: any other in a DLT is a failure.
+    dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
 @pytest.fixture(scope="module")

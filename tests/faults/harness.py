@@ -17,7 +17,9 @@ from devtools.broker import free_port
 from devtools.http_client import request
 from devtools.stack import Stack
 from shared.messaging.kafka import read_topic
+from tests.pipeline_checks import wait_caught_up
 from tests.unit.pipeline_harness import signup_body
+from tests.waiting import wait_until
 
 
 class TcpProxy:
@@ -75,6 +77,9 @@ class TcpProxy:
         for link in links:
             with contextlib.suppress(OSError):
                 link.shutdown(socket.SHUT_RDWR)
+
+    def is_cut(self) -> bool:
+        return self._down.is_set()
 
     def restore(self) -> None:
         """Accept connections again."""
@@ -198,16 +203,39 @@ def reconcile(stack: Stack, registry: Registry, real_urls: dict[str, str]) -> Re
 def wait_reconciled(
     stack: Stack, registry: Registry, real_urls: dict[str, str], timeout: float = 60.0
 ) -> Reconciliation:
-    """Reconcile until nothing is missing (or `timeout`), then once more after a pause, so
-    anything doubled late shows too. Returns the final reconciliation."""
+    """Reconcile until nothing is missing (or `timeout`), then wait until both consumer
+    groups have committed their topics to the end (every redelivery handled, so anything
+    doubled late shows too) and reconcile once more. Returns the final reconciliation."""
     deadline = time.monotonic() + timeout
-    while True:
-        result = reconcile(stack, registry, real_urls)
-        if not result.problems or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    time.sleep(1.0)
+    try:
+        wait_until(
+            lambda: not reconcile(stack, registry, real_urls).problems,
+            timeout,
+            "every accepted signup arrives",
+        )
+    except AssertionError:
+        pass  # the final reconciliation below reports what is missing
+    else:
+        assert stack.bootstrap_servers
+        wait_caught_up(
+            stack.bootstrap_servers,
+            {"member-service": "profile-insert", "batch-service": "partner-created"},
+            max(deadline - time.monotonic(), 30.0),
+        )
     return reconcile(stack, registry, real_urls)
+
+
+def inbox_counts(real_urls: dict[str, str]) -> dict[str, int]:
+    """Inbox rows: the member service's for profile-insert, the batch service's for
+    partner-created (one per event applied; a skipped inbox leaves none)."""
+    counts = {}
+    for service, topic in (("member", "profile-insert"), ("batch", "partner-created")):
+        [(count,)] = _scalar_rows(
+            real_urls[service],
+            f"SELECT count(*) FROM processed_events WHERE topic = '{topic}'",
+        )
+        counts[topic] = int(count)
+    return counts
 
 
 def dead_letters(stack: Stack, topic: str) -> list[Any]:

@@ -18,17 +18,37 @@ from kafka import KafkaProducer
 from devtools.http_client import request, wait_for_status
 from shared.messaging.kafka import read_topic
 from tests.faults.conftest import FaultStack
-from tests.faults.harness import Signup, dead_letters, wait_reconciled
+from tests.faults.harness import Signup, dead_letters, inbox_counts, wait_reconciled
+from tests.pipeline_checks import duplicates
 from tests.unit.pipeline_harness import signup_body
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
 
 
 def assert_reconciled(faults: FaultStack, label: str, timeout: float = 60.0) -> None:
+    """Every accepted signup exists exactly once downstream, was claimed exactly once by
+    each inbox, and nothing went to a dead-letter topic but what the tests put there.
+    (Primary keys alone prevent doubled rows: a broken inbox shows in the inbox counts
+    and as duplicates dead-lettered on the keys.)"""
     result = wait_reconciled(faults.stack, faults.registry, faults.real_urls, timeout)
     print(f"\n[{label}] {result.line()}")
     assert result.problems == [], result.line()
     assert result.unpublished == 0
+    assert inbox_counts(faults.real_urls) == {
+        "profile-insert": result.accepted,
+        "partner-created": result.partners_expected,
+    }
+    for topic in ("profile-insert", "partner-created"):
+        dead = dead_letters(faults.stack, topic)
+        assert len(dead) == faults.dead_lettered[topic], [
+            (record.key, record.header("dlt-error")) for record in dead
+        ]
+
+
+def duplicates_counted(faults: FaultStack, worker: str = "member-worker") -> float:
+    """How many profile-insert records `worker` (this run of it) skipped as duplicates."""
+    return duplicates(faults.stack.health_ports[worker], "profile-insert")
 
 
 def restart(faults: FaultStack, name: str, **env: str) -> None:
@@ -44,7 +64,9 @@ def test_broker_stopped_during_a_burst_every_signup_accepted_and_all_arrive_afte
 ) -> None:
     try:
         made = faults.registry.burst(faults.stack, 30, during=faults.broker.pause, at=9)
-        time.sleep(5)  # the broker stays stopped a while after the burst
+        # The fault itself, not a wait for something: the broker stays stopped a while
+        # after the burst, so the relay and the workers keep failing to reach it.
+        time.sleep(5)
     finally:
         faults.broker.resume()
 
@@ -77,6 +99,9 @@ def test_member_worker_killed_after_db_commit_before_offset_commit_changes_nothi
     restart(faults, "member-worker")
 
     assert_reconciled(faults, "member SIGKILL after DB commit")
+    # The killed worker's last transaction committed but its offsets did not: the new
+    # worker got those records again and its inbox skipped them.
+    assert duplicates_counted(faults) >= 1
 
 
 def test_member_and_batch_databases_unreachable_for_10s_under_load_nothing_dead_lettered(
@@ -88,7 +113,12 @@ def test_member_and_batch_databases_unreachable_for_10s_under_load_nothing_dead_
         threading.Timer(10, lambda: [p.restore() for p in faults.proxies.values()]).start()
 
     faults.registry.burst(faults.stack, 40, during=cut, at=4)
-    time.sleep(8)
+    # The workers must live through the whole outage: look once it is over.
+    wait_until(
+        lambda: not any(proxy.is_cut() for proxy in faults.proxies.values()),
+        30,
+        "the databases are reachable again",
+    )
     for name in ("member-worker", "batch-worker"):
         assert faults.stack.processes[name].running(), name
 
@@ -125,13 +155,21 @@ def test_same_event_delivered_five_times_is_applied_once(faults: FaultStack) -> 
     original = next(
         r for r in read_topic([servers], "profile-insert") if r.key == partner.uuid.encode()
     )
+    before = duplicates_counted(faults)
     producer = KafkaProducer(bootstrap_servers=servers)
     for _ in range(5):
         producer.send("profile-insert", original.value, original.key, headers=original.headers)
     producer.flush()
     producer.close()
-    faults.registry.sign_up(faults.stack, 1)  # a later event, to know the copies were read
+    # Each copy is skipped by the inbox and counted; one that reached the handler again
+    # would fail on the primary key and be dead-lettered instead, uncounted.
+    wait_until(
+        lambda: duplicates_counted(faults) >= before + 5,
+        30,
+        "the member worker counts the 5 copies as duplicates",
+    )
 
+    assert duplicates_counted(faults) == before + 5
     assert_reconciled(faults, "same event x5")
 
 
@@ -190,9 +228,12 @@ def test_poison_record_between_good_ones_is_dead_lettered_and_replayed_once_afte
     )
     assert status == 201
     after = faults.registry.burst(faults.stack, 5)
-    deadline = time.monotonic() + 30
-    while not dead_letters(faults.stack, "profile-insert"):
-        assert time.monotonic() < deadline, "the poison record never reached the DLT"
+    wait_until(
+        lambda: dead_letters(faults.stack, "profile-insert"),
+        30,
+        "the poison record reaches the DLT",
+    )
+    faults.dead_lettered["profile-insert"] += 1
     for good in before + after:  # the ones after the poison flowed past it
         wait_for_status(f"{faults.stack.url('member')}/members/{good.uuid}")
     listing = run_cli(faults, "dlt", "list", "profile-insert")
@@ -205,7 +246,9 @@ def test_poison_record_between_good_ones_is_dead_lettered_and_replayed_once_afte
     assert "replayed 1 record(s)" in run_cli(faults, "dlt", "replay", "profile-insert")
     assert "replayed 1 record(s)" in run_cli(faults, "dlt", "replay", "profile-insert")
 
-    assert_reconciled(faults, "poison replayed twice after the fix")
+    assert_reconciled(faults, "poison replayed twice after the fix")  # the DLT holds just 1
+    # The first replay was applied, the second skipped by the inbox as a duplicate.
+    wait_until(lambda: duplicates_counted(faults) >= 1, 30, "the second replay is a duplicate")
 
 
 def test_sigterm_during_a_burst_exits_cleanly_and_loses_nothing(faults: FaultStack) -> None:

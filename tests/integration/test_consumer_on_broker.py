@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from sqlalchemy import MetaData, func, select
 
 from member_service.consumer import PROFILE_INSERT_WORKER
-from member_service.models import Base, FavoriteStyle, User
+from member_service.models import Base, FavoriteStyle, ProcessedEvent, User
 from shared.messaging.consumer import ConsumerLoop, EventProcessor, Outcome
 from shared.messaging.kafka import make_consumer, make_producer
 from shared.storage.db import Database
@@ -129,7 +129,10 @@ def test_a_second_group_replaying_the_topic_changes_nothing(
     assert outcomes[0][Outcome.APPLIED] == 5
     assert outcomes[1][Outcome.DUPLICATE] == 5
     assert outcomes[1][Outcome.APPLIED] == 0
+    assert outcomes[1][Outcome.DEAD_LETTERED] == 0
     assert count(database, User) == 5
+    assert count(database, ProcessedEvent) == 5  # one inbox row per event
+    assert read_topic(kafka_bootstrap, topic.dead_letter, timeout=5) == []
 
 
 def test_run_stops_on_signal_and_leaves_the_group(
@@ -146,7 +149,7 @@ def test_run_stops_on_signal_and_leaves_the_group(
     loop = ConsumerLoop(consumer, processor, stop)
     thread = threading.Thread(target=loop.run)
     thread.start()
-    time.sleep(1)
+    time.sleep(1)  # let the loop run (poll, join the group) a while before it is told to stop
 
     stop.set()
     thread.join(10)
