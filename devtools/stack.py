@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from devtools.broker import LocalBroker, free_port
-from shared.config import DEV_MODE_VARIABLE
+from shared.config import DEV_MODE_VARIABLE, child_environment
 
 SERVICES = ("auth", "member", "batch")
 
@@ -161,7 +161,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The environment every process of the stack gets."""
-        env = dict(os.environ)
+        env = child_environment()
         env.update(self.extra_env)
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap_servers or ""
         for service, url in self.database_urls.items():

@@ -310,9 +310,9 @@ GUNICORN_ERROR_CODES = {
 }
 
 
-def _write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
-    from gunicorn.util import write_nonblock
-
+def json_error(status: int, reason: str, message: str) -> bytes:
+    """A whole HTTP answer, for a request gunicorn refused before the app saw it: the
+    contract's JSON error body and the security headers every answer carries."""
     body = json.dumps(
         {"error": GUNICORN_ERROR_CODES.get(status, "bad_request"), "message": message or reason}
     ).encode()
@@ -321,7 +321,49 @@ def _write_json_error(sock: Any, status: int, reason: str, message: str) -> None
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
-    write_nonblock(sock, head.encode("latin-1") + body)
+    return head.encode("latin-1") + body
+
+
+def _worker_class() -> type:
+    """gunicorn's threaded worker, answering the requests gunicorn itself refuses
+    (request line or headers too long, malformed) in JSON, where it would answer an
+    HTML page.
+
+    Through gunicorn's own extension point: a worker class (its `worker_class` setting
+    takes a subclass of `gunicorn.workers.base.Worker`) whose `handle_error` lets
+    gunicorn's own decide the status and log as always, but answer into a socket pair;
+    only the status line of that answer is read, and the client gets that status in
+    JSON instead of the page. No gunicorn function is replaced."""
+    import socket
+
+    from gunicorn.http.errors import ParseException
+    from gunicorn.util import write_nonblock
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class JsonErrorWorker(ThreadWorker):  # type: ignore[misc]
+        def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+            page, reader = socket.socketpair()
+            try:
+                super().handle_error(req, page, addr, exc)
+                page.close()
+                reader.settimeout(1.0)
+                status_line = reader.makefile("rb").readline(1024).decode("latin-1")
+            except OSError:
+                status_line = ""
+            finally:
+                page.close()
+                reader.close()
+            _, status, reason = (status_line.strip().split(" ", 2) + ["", ""])[:3]
+            if not status.isdigit():
+                status, reason = "500", "Internal Server Error"
+            # A parse error says what was wrong with the request; anything else is ours.
+            message = str(exc) if isinstance(exc, ParseException) else ""
+            try:
+                write_nonblock(client, json_error(int(status), reason, message))
+            except Exception:
+                self.log.debug("Failed to send error message.")
+
+    return JsonErrorWorker
 
 
 def _logger_class() -> type:
@@ -350,12 +392,7 @@ def serve(
     on_child_exit: Callable[[int], None] | None = None,
 ) -> None:
     """Serve the app with gunicorn; each worker builds its own app (and clients) after fork."""
-    from gunicorn import util
     from gunicorn.app.base import BaseApplication
-
-    # Requests gunicorn itself rejects (request line or headers too long, malformed)
-    # would get its HTML page; the contract says errors are always JSON.
-    util.write_error = _write_json_error
 
     class Server(BaseApplication):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -366,7 +403,9 @@ def serve(
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
-            self.cfg.set("worker_class", "gthread")
+            # gthread, answering what gunicorn itself refuses in JSON (the contract says
+            # errors are always JSON) instead of its HTML page.
+            self.cfg.set("worker_class", _worker_class())
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", "warning")

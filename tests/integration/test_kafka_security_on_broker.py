@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from kafka.errors import KafkaError
 
-from shared.messaging.kafka import missing_topics, pipeline_topics
+from shared.config import kafka_security
+from shared.messaging.kafka import missing_topics, pipeline_topics, use_security
 
 pytestmark = pytest.mark.integration
 
@@ -20,5 +21,9 @@ def test_the_settings_reach_the_client_that_talks_to_the_broker(
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "member-service")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-s3cret")
-    with pytest.raises(KafkaError):
-        missing_topics([kafka_bootstrap], timeout_ms=3000)
+    use_security(kafka_security())  # as a process's entry point does, from shared.config
+    try:
+        with pytest.raises(KafkaError):
+            missing_topics([kafka_bootstrap], timeout_ms=3000)
+    finally:
+        use_security(kafka_security({}))
