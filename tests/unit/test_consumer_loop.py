@@ -14,6 +14,16 @@ from typing import Any
 import pytest
 from kafka.structs import TopicPartition
 from sqlalchemy import select
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
@@ -25,6 +35,7 @@ from shared.messaging.consumer import (
     PartitionProgress,
     RetryLater,
     backoff_delay,
+    is_transient,
 )
 from shared.messaging.kafka import Message
 from shared.messaging.pipeline import ProfileInsert
@@ -139,6 +150,54 @@ def test_backoff_grows_exponentially_from_the_base_and_is_capped() -> None:
     assert 0.1 <= backoff_delay(3) <= 0.4  # full jitter between the base and the step
 
 
+# --- retry classification ----------------------------------------------------------------
+
+
+def statement_error(kind: type[DBAPIError], message: str) -> DBAPIError:
+    return kind("INSERT INTO users ...", {}, Exception(message))
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        pytest.param(
+            statement_error(OperationalError, "server closed the connection"), True, id="lost"
+        ),
+        pytest.param(statement_error(OperationalError, "deadlock detected"), True, id="deadlock"),
+        pytest.param(statement_error(InterfaceError, "connection closed"), True, id="interface"),
+        pytest.param(statement_error(InternalError, "read-only"), True, id="read-only"),
+        pytest.param(
+            statement_error(ProgrammingError, 'relation "users" does not exist'), True, id="table"
+        ),
+        pytest.param(PoolTimeoutError("QueuePool limit reached"), True, id="pool-timeout"),
+        pytest.param(statement_error(IntegrityError, "duplicate key"), False, id="integrity"),
+        pytest.param(statement_error(DataError, "value too long"), False, id="data"),
+        pytest.param(RuntimeError("bug in handler"), False, id="bug"),
+        pytest.param(KeyError("favoriteStyles"), False, id="key-error"),
+    ],
+)
+def test_only_failures_of_the_database_itself_are_transient(
+    error: Exception, transient: bool
+) -> None:
+    assert is_transient(error) is transient
+
+
+def test_a_data_error_is_the_record_s_fault_retried_then_dead_lettered_not_forever(
+    broker: FakeBroker, member_db: Database
+) -> None:
+    def too_long(event: ProfileInsert, uow: UnitOfWork) -> None:
+        raise statement_error(DataError, "value too long for type character varying(20)")
+
+    processor = processor_on(member_db, broker, too_long)
+    message = broker.topics[TOPIC][0]
+
+    with pytest.raises(RetryLater):
+        processor.process(message, 4)
+    assert processor.process(message, 5) == Outcome.DEAD_LETTERED
+    [dead] = broker.topics["profile-insert.DLT"]
+    assert "DataError" in (dead.header("dlt-error") or "")
+
+
 # --- the processor's report --------------------------------------------------------------
 
 
@@ -161,18 +220,18 @@ def test_apply_on_a_sick_database_sends_every_partition_back_to_its_first_record
     broker: FakeBroker, down_db: Database
 ) -> None:
     batch = {
-        P0: [record(0, 4, profile_insert(1), b"a"), record(0, 5, b"{bad", b"b")],
-        P1: [record(1, 9, profile_insert(3), b"c")],
+        P0: [record(0, 4, profile_insert(1), b"a"), record(0, 5, profile_insert(2), b"b")],
+        P1: [record(1, 9, b"{bad", b"c"), record(1, 10, profile_insert(3), b"d")],
     }
 
     report = processor_on(down_db, broker).apply(batch)
 
     assert {p: (g.commit_to, g.retry_at) for p, g in report.partitions.items()} == {
         P0: (None, 4),
-        P1: (None, 9),
+        P1: (None, 9),  # not past its undecodable first record either
     }
     assert report.outcomes == []
-    assert broker.topics["profile-insert.DLT"] == []  # not even the undecodable record
+    assert broker.topics["profile-insert.DLT"] == []  # the whole poll waits for the database
 
 
 def test_apply_holds_back_only_the_partition_whose_dead_letter_was_not_acknowledged(
