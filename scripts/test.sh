@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test tier: unit, integration (real PostgreSQL + real broker), end-to-end
-# (the contract's processes as OS processes), plus lint and type checks.
-# Sets up .venv on first use. Extra arguments go to pytest.
+# Runs every test tier, each as its own pytest run, in this order, and says how long each
+# took: unit (hermetic: no server, no external tool), integration (real PostgreSQL, Redis
+# and broker), deployment (docker-compose, shellcheck, keytool, java on the deployment
+# files), e2e (the contract's processes as OS processes), faults, fuzz. Lint and type
+# checks run first. Sets up .venv on first use. Extra arguments go to every pytest run.
+#
+# Stops at the first failing tier (a tier that collects no test fails too). The last line
+# is always the whole run's totals, for CI:  N passed, N failed, N skipped
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+TIERS=(unit integration deployment e2e faults fuzz)
+
+setup_started=$SECONDS
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -13,8 +21,8 @@ fi
 scripts/ensure-postgres.sh
 scripts/ensure-redis.sh
 
-# The deployment tests validate docker-compose.yml (and its SASL override) with Debian's
-# docker-compose, lint the broker scripts with shellcheck, and load the broker's TLS
+# The deployment tier validates docker-compose.yml (and its SASL override) with Debian's
+# docker-compose, lints the broker scripts with shellcheck, and loads the broker's TLS
 # files with keytool and a JSSE server.
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
@@ -34,4 +42,67 @@ PY
 
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+
+# Every directory of tests must be a tier, or its tests would never run.
+for dir in tests/*/; do
+  name=$(basename "$dir")
+  compgen -G "$dir/test_*.py" >/dev/null || continue
+  if [[ " ${TIERS[*]} " != *" $name "* ]]; then
+    echo "tests/$name holds tests but is not a tier of scripts/test.sh" >&2
+    exit 1
+  fi
+done
+echo "== setup (venv, PostgreSQL, Redis, tools, broker, ruff, mypy) in $((SECONDS - setup_started)) s"
+
+reports=$(mktemp -d)
+trap 'rm -rf "$reports"' EXIT
+total_passed=0
+total_failed=0
+total_skipped=0
+
+# passed failed skipped, read from a tier's JUnit XML (errors count as failed).
+counts() {
+  .venv/bin/python - "$1" <<'PY'
+import sys
+import xml.etree.ElementTree as ElementTree
+
+try:
+    root = ElementTree.parse(sys.argv[1]).getroot()
+except (OSError, ElementTree.ParseError):
+    print(0, 0, 0)
+    raise SystemExit
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+total = {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "failures", "errors", "skipped")}
+failed = total["failures"] + total["errors"]
+print(total["tests"] - failed - total["skipped"], failed, total["skipped"])
+PY
+}
+
+summary() {
+  echo "$total_passed passed, $total_failed failed, $total_skipped skipped"
+}
+
+for tier in "${TIERS[@]}"; do
+  echo "== $tier: starting"
+  started=$SECONDS
+  status=0
+  .venv/bin/python -m pytest "tests/$tier" --junitxml="$reports/$tier.xml" "$@" || status=$?
+  elapsed=$((SECONDS - started))
+  read -r passed failed skipped < <(counts "$reports/$tier.xml")
+  total_passed=$((total_passed + passed))
+  total_skipped=$((total_skipped + skipped))
+  if ((status == 5)); then
+    echo "== $tier: FAILED, no test collected, in $elapsed s"
+    total_failed=$((total_failed + 1))
+  elif ((status != 0)); then
+    ((failed > 0)) || failed=1 # pytest failed without a failing test (usage, internal error)
+    total_failed=$((total_failed + failed))
+    echo "== $tier: FAILED (pytest exit $status): $passed passed, $failed failed, $skipped skipped in $elapsed s"
+  else
+    echo "== $tier: $passed passed, $skipped skipped in $elapsed s"
+    continue
+  fi
+  summary
+  exit 1
+done
+summary
