@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from operations.formatting import format_duration
 from shared.messaging import deadletters
-from shared.messaging.consumer import event_id_of
 from shared.messaging.deadletters import original_of
 from shared.messaging.kafka import Message, make_producer, read_topic
+from shared.messaging.processor import event_id_of
 
 
 @dataclass(frozen=True)

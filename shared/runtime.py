@@ -35,7 +35,7 @@ from shared.config import (
 )
 from shared.http.health import ConsumerState, HealthServer
 from shared.messaging import failpoints
-from shared.messaging.consumer import ConsumerLoop, EventProcessor, Handler
+from shared.messaging.consumer import ConsumerLoop
 from shared.messaging.housekeeping import Housekeeper
 from shared.messaging.inbox import InboxRecord
 from shared.messaging.kafka import (
@@ -47,6 +47,7 @@ from shared.messaging.kafka import (
 )
 from shared.messaging.outbox import OutboxRecord, OutboxRelay
 from shared.messaging.pipeline import TOPICS, E, Topic
+from shared.messaging.processor import EventProcessor, Handler
 from shared.storage.db import Database, failure_reason, redact_url
 from shared.storage.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.telemetry.logs import configure_logging

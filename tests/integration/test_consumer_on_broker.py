@@ -15,8 +15,9 @@ from sqlalchemy import MetaData, func, select
 
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base, FavoriteStyle, ProcessedEvent, User
-from shared.messaging.consumer import ConsumerLoop, EventProcessor, Outcome
+from shared.messaging.consumer import ConsumerLoop
 from shared.messaging.kafka import make_consumer, make_producer
+from shared.messaging.processor import EventProcessor, Outcome
 from shared.storage.db import Database
 from tests.kafka_tools import committed_offsets, create_topic, read_topic, unique_name
 

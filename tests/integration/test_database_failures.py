@@ -7,8 +7,8 @@ from sqlalchemy import create_engine, text
 
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base
-from shared.messaging.consumer import EventProcessor, RetryLater
 from shared.messaging.kafka import Message
+from shared.messaging.processor import EventProcessor, RetryLater
 from shared.storage.db import Database
 from tests.fakes import FakeBroker
 from tests.schema import create_tables

@@ -18,8 +18,8 @@ from batch_service.models import Base as BatchBase
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from member_service.models import OutboxEvent as MemberOutbox
-from shared.messaging.consumer import BatchReport, EventProcessor
 from shared.messaging.outbox import OutboxRelay
+from shared.messaging.processor import BatchReport, EventProcessor
 from shared.runtime import WorkerSpec
 from shared.storage.db import Database
 from tests.fakes import FakeBroker

@@ -16,9 +16,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from devtools.asyncapi import asyncapi_document, main, render_yaml
-from shared.messaging.consumer import Outcome
 from shared.messaging.kafka import Message
 from shared.messaging.pipeline import TOPICS
+from shared.messaging.processor import Outcome
 from tests.unit.pipeline_harness import InMemoryPipeline, signup_body
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,8 +28,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from member_service.models import ProcessedEvent, User
-from shared.messaging.consumer import (
-    ConsumerLoop,
+from shared.messaging.consumer import ConsumerLoop
+from shared.messaging.kafka import Message
+from shared.messaging.pipeline import ProfileInsert
+from shared.messaging.processor import (
     EventProcessor,
     Outcome,
     PartitionProgress,
@@ -37,8 +39,6 @@ from shared.messaging.consumer import (
     backoff_delay,
     is_transient,
 )
-from shared.messaging.kafka import Message
-from shared.messaging.pipeline import ProfileInsert
 from shared.storage.db import Database, UnitOfWork
 from tests.fakes import FakeBroker, FakeClock, FakeConsumer
 from tests.schema import create_tables

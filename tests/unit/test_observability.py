@@ -22,7 +22,8 @@ from auth_service.models import OutboxEvent as AuthOutbox
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from shared.config import ConfigError, log_settings
-from shared.messaging.consumer import ConsumerLoop, EventProcessor
+from shared.messaging.consumer import ConsumerLoop
+from shared.messaging.processor import EventProcessor
 from shared.storage.db import Database
 from shared.telemetry.logs import (
     JsonFormatter,

@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 
 from batch_service.models import PartnerSummary
 from member_service.models import FavoriteStyle, Partner, ProcessedEvent, User
-from shared.messaging.consumer import ConsumerLoop, Outcome
+from shared.messaging.consumer import ConsumerLoop
 from shared.messaging.kafka import Message
+from shared.messaging.processor import Outcome
 from shared.telemetry.tracecontext import trace_id_of
 from tests.fakes import FakeConsumer
 from tests.unit.pipeline_harness import InMemoryPipeline, signup_body

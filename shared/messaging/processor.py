@@ -1,0 +1,416 @@
+"""Applying one topic's records: decode each into its typed event, apply a batch in one
+transaction with the inbox rows, retry what may succeed later, dead-letter what never
+will, and report per partition what may be committed.
+
+The guarantee lives here: the effects of an event and its inbox row are committed in
+one transaction, so a redelivered event finds its row and changes nothing, and two
+workers racing on one event collide on the inbox key. The consumer loop
+(shared/messaging/consumer.py) commits offsets only up to what this reports as applied
+or dead-lettered, after the DB commit.
+
+`EventProcessor.apply(batch, attempt_of) -> BatchReport` decides what becomes of each
+record: it decodes, applies the batch in one transaction (or record by record when the
+batch fails for a reason of its own), dead-letters what can never apply, and reports per
+partition how far it got (`commit_to`) and where the partition must start again
+(`retry_at`). It never raises for a record, and knows nothing of time or of Kafka's
+consumer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from kafka.structs import TopicPartition
+from marshmallow import ValidationError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from shared.messaging.deadletters import dead_letter_headers, error_line
+from shared.messaging.failpoints import failpoint
+from shared.messaging.inbox import InboxRecord, claim_events
+from shared.messaging.kafka import Message, Producer
+from shared.messaging.pipeline import Topic
+from shared.storage.db import Database, UnitOfWork
+from shared.telemetry.logs import log_context
+from shared.telemetry.metrics import metrics
+from shared.telemetry.tracecontext import SpanKind, span, trace_id_of
+
+log = logging.getLogger(__name__)
+
+
+class PermanentError(Exception):
+    """This record can never be applied, however often it is retried."""
+
+
+class RetryLater(Exception):
+    """Raised by `EventProcessor.process` (one record, no loop): the record may succeed
+    later; try it again after `delay` seconds."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Outcome(enum.Enum):
+    """What became of one record."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    """How far `EventProcessor.apply` got in one partition of a batch.
+
+    `commit_to`: the offset to commit (every record before it was applied or
+    dead-lettered), or None when not even the first record was. `retry_at`: the first
+    record that was neither, from which the partition must be read again after a
+    backoff, or None when the whole partition is done; `reason` says why. When both are
+    set they are equal: nothing after a record that must come again is acknowledged.
+    """
+
+    commit_to: int | None
+    retry_at: int | None = None
+    reason: str = ""
+
+
+@dataclass
+class BatchReport:
+    """What `EventProcessor.apply` did with a batch: the outcome of every record that was
+    committed or dead-lettered (for the counters), and each partition's progress."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    partitions: dict[TopicPartition, PartitionProgress] = field(default_factory=dict)
+
+
+AttemptOf = Callable[[TopicPartition, int], int]
+"""The try (1 for the first) that this is of the record at (partition, offset)."""
+
+
+def first_attempt(partition: TopicPartition, offset: int) -> int:
+    """`AttemptOf` for a caller that does not count tries: every record's first."""
+    return 1
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Metadata of the event being handled, from its CloudEvents headers."""
+
+    event_id: str
+    traceparent: str | None
+    message: Message
+
+
+E = TypeVar("E")
+
+Handler = Callable[[E, UnitOfWork], None]
+"""What a service does with one event of its topic, inside the consumer's transaction."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures of the database rather than of the record: lost connections, deadlocks,
+    serialization failures, pool exhaustion, a read-only standby after failover, a missing
+    table or privilege during an operator's slip. They are retried for as long as they
+    last; dead-lettering good events because the database is unwell would lose them.
+    Only integrity and data errors say something about the record itself."""
+    if isinstance(exc, IntegrityError | DataError):
+        return False
+    return isinstance(exc, DBAPIError | PoolTimeoutError)
+
+
+def backoff_delay(
+    attempt: int,
+    base: float = 0.1,
+    cap: float = 5.0,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Exponential backoff with full jitter; capped far below max_poll_interval_ms.
+    `uniform` draws the jitter (a test passes a deterministic one)."""
+    return uniform(base, min(cap, base * 2 ** max(attempt - 1, 0)))
+
+
+def decode(topic: Topic[E], message: Message) -> E:
+    """The event in `message`, validated and built by its topic's schema."""
+    try:
+        document = json.loads(message.value.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise PermanentError(f"value is not UTF-8 JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise PermanentError("value is not a JSON object")
+    try:
+        return topic.load(document)
+    except ValidationError as exc:
+        raise PermanentError(f"value fails the {topic.name} schema: {exc.messages}") from None
+
+
+def event_id_of(message: Message) -> str:
+    """`ce_id`, or for producers that send none, the record's position (stable on redelivery)."""
+    return message.header("ce_id") or f"{message.topic}:{message.partition}:{message.offset}"
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    """A record that did not decode, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Again:
+    """A record to be read again later, and why."""
+
+    reason: str
+
+
+class EventProcessor(Generic[E]):
+    """Applies one topic's records with one handler, exactly once per event id."""
+
+    def __init__(
+        self,
+        topic: Topic[E],
+        handler: Handler[E],
+        database: Database,
+        inbox: type[InboxRecord],
+        dead_letters: Producer,
+        *,
+        after_commit: Callable[[], None] | None = None,
+        max_unexpected_attempts: int = 5,
+    ) -> None:
+        self.topic = topic
+        self._handler = handler
+        self._database = database
+        self._inbox = inbox
+        self._dead_letters = dead_letters
+        self._after_commit = after_commit
+        self._max_unexpected_attempts = max_unexpected_attempts
+
+    def apply(
+        self,
+        batch: Mapping[TopicPartition, Sequence[Message]],
+        attempt_of: AttemptOf = first_attempt,
+    ) -> BatchReport:
+        """Apply a poll's records (each partition's in offset order) or dead-letter those
+        that never will apply; report per partition what to commit and where to retry.
+
+        The whole batch goes in one transaction: one commit and one multi-row INSERT per
+        table, which is what lets a worker drain a backlog fast. If the database is
+        unwell, nothing is applied and every partition is to be retried from its first
+        record. If the batch fails for any other reason (a record conflicting with stored
+        state, a handler bug), its records are applied one by one, so that only the bad
+        record is retried or dead-lettered. Records that do not decode never reach a
+        transaction; they are dead-lettered once the batch is committed.
+        """
+        decoded = {
+            partition: [(message, self._decode(message)) for message in messages]
+            for partition, messages in batch.items()
+            if messages
+        }
+        together = [
+            (message, event)
+            for pairs in decoded.values()
+            for message, event in pairs
+            if not isinstance(event, _Rejected)
+        ]
+        report = BatchReport()
+        applied = False  # every record that decoded is committed
+        if len(together) > 1:
+            try:
+                report.outcomes = self._transaction(together)
+            except Exception as exc:
+                messages = [message for pairs in decoded.values() for message, _ in pairs]
+                if is_transient(exc):
+                    log.warning(
+                        "transient failure on a batch of %d (%s), will retry: %s",
+                        len(messages),
+                        _span_of(messages),
+                        exc,
+                    )
+                    for partition, pairs in decoded.items():
+                        first = pairs[0][0].offset
+                        report.partitions[partition] = PartitionProgress(None, first, str(exc))
+                    return report
+                log.warning(
+                    "a batch of %d (%s) failed (%s); applying it record by record",
+                    len(messages),
+                    _span_of(messages),
+                    exc,
+                )
+            else:
+                applied = True
+        # The batch's outcomes count whatever happens below to the records around them.
+        for partition, pairs in decoded.items():
+            report.partitions[partition] = self._finish(
+                partition, pairs, applied, attempt_of, report.outcomes
+            )
+        return report
+
+    def _finish(
+        self,
+        partition: TopicPartition,
+        pairs: list[tuple[Message, E | _Rejected]],
+        applied: bool,
+        attempt_of: AttemptOf,
+        outcomes: list[Outcome],
+    ) -> PartitionProgress:
+        """Walk one partition in offset order: dead-letter what did not decode, apply
+        alone what the batch transaction did not (`applied`: it committed every record
+        that decoded); stop at the first record that must come again (the records after
+        it come again too, and are duplicates then if they were committed)."""
+        for message, event in pairs:
+            if applied and not isinstance(event, _Rejected):
+                continue
+            attempt = attempt_of(partition, message.offset)
+            with message_log_context(message):
+                if isinstance(event, _Rejected):
+                    result = self._dead_letter(message, event.reason, attempt)
+                else:
+                    result = self._apply_alone(message, event, attempt)
+            if isinstance(result, _Again):
+                first = pairs[0][0].offset
+                commit_to = message.offset if message.offset > first else None
+                return PartitionProgress(commit_to, message.offset, result.reason)
+            outcomes.append(result)
+        return PartitionProgress(pairs[-1][0].offset + 1)
+
+    def process(self, message: Message, attempt: int = 1) -> Outcome:
+        """One record outside a consumer loop (tools, tests): `apply` on a batch of one,
+        with a record that must come again raised as RetryLater."""
+        partition = TopicPartition(message.topic, message.partition)
+        report = self.apply({partition: [message]}, lambda _partition, _offset: attempt)
+        progress = report.partitions[partition]
+        if progress.retry_at is not None:
+            raise RetryLater(progress.reason, backoff_delay(attempt))
+        [outcome] = report.outcomes
+        return outcome
+
+    def _decode(self, message: Message) -> E | _Rejected:
+        try:
+            return decode(self.topic, message)
+        except PermanentError as exc:
+            return _Rejected(str(exc))
+
+    def _apply_alone(self, message: Message, event: E, attempt: int) -> Outcome | _Again:
+        """`message` in its own transaction; a failure classified: retried while it may
+        still succeed, dead-lettered once it never will."""
+        try:
+            return self._transaction([(message, event)])[0]
+        except Exception as exc:
+            if is_transient(exc):
+                log.warning("transient failure on %s, will retry: %s", _where(message), exc)
+                return _Again(str(exc))
+            if isinstance(exc, IntegrityError):
+                # The inbox row went in, so this is no redelivery: the event contradicts
+                # what is stored (another event already created this member).
+                error = f"conflicts with stored state: {exc.orig}"
+                return self._dead_letter(message, error, attempt)
+            if attempt >= self._max_unexpected_attempts:
+                log.exception("giving up on %s after %d attempts", _where(message), attempt)
+                return self._dead_letter(message, f"{type(exc).__name__}: {exc}", attempt)
+            log.exception("unexpected failure on %s (attempt %d)", _where(message), attempt)
+            return _Again(str(exc))
+
+    def _transaction(self, decoded: list[tuple[Message, E]]) -> list[Outcome]:
+        """Claim the events in the inbox and apply the new ones, all in one transaction."""
+        contexts = [
+            EventContext(event_id_of(message), message.header("traceparent"), message)
+            for message, _ in decoded
+        ]
+        group = self.topic.consumer_group
+        durations = []
+        with self._database.unit_of_work(self._after_commit) as uow:
+            # dict.fromkeys: the same event twice in one batch is claimed once.
+            wanted = dict.fromkeys((c.event_id, c.message.topic) for c in contexts)
+            unclaimed = claim_events(uow.session, self._inbox, group, list(wanted))
+            outcomes = []
+            for (message, event), context in zip(decoded, contexts, strict=True):
+                if context.event_id not in unclaimed:
+                    outcomes.append(Outcome.DUPLICATE)
+                    continue
+                unclaimed.discard(context.event_id)
+                failpoint("handle", message.value.decode("utf-8", errors="replace"))
+                with self._event_scope(message, context):
+                    started = time.perf_counter()
+                    self._handler(event, uow)
+                    durations.append(time.perf_counter() - started)
+                    log.debug("handled %s", _where(message))
+                outcomes.append(Outcome.APPLIED)
+            uow.commit()
+        failpoint("after-db-commit")
+        # Only once committed: a batch rolled back and applied again record by record
+        # must not count its handlers twice.
+        handler_duration = metrics().handler_duration.labels(self.topic.name)
+        for duration in durations:
+            handler_duration.observe(duration)
+        return outcomes
+
+    @contextlib.contextmanager
+    def _event_scope(self, message: Message, context: EventContext) -> Iterator[None]:
+        """The event's span (child of the producer's traceparent) and its ids on every
+        log line."""
+        key = message.key.decode("utf-8", errors="replace") if message.key else None
+        with (
+            log_context(ce_id=context.event_id, member_uuid=key),
+            span(  # adds the trace id
+                f"{message.topic} process",
+                SpanKind.CONSUMER,
+                parent=context.traceparent,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": message.topic,
+                    "messaging.consumer.group.name": self.topic.consumer_group,
+                    "messaging.message.id": context.event_id,
+                    "messaging.destination.partition.id": str(message.partition),
+                    "messaging.kafka.offset": message.offset,
+                },
+            ),
+        ):
+            yield
+
+    def _dead_letter(self, message: Message, error: str, attempts: int) -> Outcome | _Again:
+        """Copy `message` to the topic's DLT with why and where, and wait for the broker's
+        ack; a send that fails means the record must come again (a record that cannot
+        even be parked must not stop the loop, nor be acknowledged)."""
+        headers = dead_letter_headers(message, error, attempts)
+        try:
+            self._dead_letters.send(
+                self.topic.dead_letter, value=message.value, key=message.key, headers=headers
+            ).get(timeout=30)
+        except Exception as exc:
+            log.warning("dead-letter send for %s failed, will retry: %s", _where(message), exc)
+            return _Again(f"dead-letter send failed: {exc}")
+        log.error("dead-lettered %s: %s", _where(message), error_line(error))
+        return Outcome.DEAD_LETTERED
+
+
+def message_log_context(message: Message) -> contextlib.AbstractContextManager[None]:
+    """Tag log lines with the record's `ce_id`, key (the member uuid) and trace id."""
+    return log_context(
+        ce_id=event_id_of(message),
+        member_uuid=message.key.decode("utf-8", errors="replace") if message.key else None,
+        trace_id=trace_id_of(message.header("traceparent")),
+    )
+
+
+def _span_of(messages: Sequence[Message]) -> str:
+    """`profile-insert[0]@5-9 [3]@2` : which records a batch held, for a log line."""
+    ranges: dict[int, list[int]] = {}
+    for message in messages:
+        ranges.setdefault(message.partition, []).append(message.offset)
+    parts = [
+        f"[{p}]@{min(o)}" + (f"-{max(o)}" if len(o) > 1 else "") for p, o in sorted(ranges.items())
+    ]
+    return f"{messages[0].topic}{' '.join(parts)}" if messages else "nothing"
+
+
+def _where(message: Message) -> str:
+    return f"{message.topic}[{message.partition}]@{message.offset}"
