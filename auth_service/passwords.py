@@ -8,7 +8,6 @@ project) nor the account's own email, email local part or nickname.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from argon2 import PasswordHasher, Type, extract_parameters
 from argon2.exceptions import HashingError, InvalidHashError
 from argon2.low_level import ARGON2_VERSION
 
-from shared.config import AuthSettings, ConfigError, auth_settings
+from shared.config import AuthSettings, ConfigError
 
 MIN_LENGTH = 8
 MAX_LENGTH = 128
@@ -76,11 +75,6 @@ class Argon2Parameters:
         parameters.check()
         parameters.check_hashing()
         return parameters
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Argon2Parameters:
-        """As `from_settings`, from a mapping of those variables."""
-        return cls.from_settings(auth_settings(env))
 
     def check(self) -> None:
         """ConfigError if weaker than every configuration OWASP recommends."""

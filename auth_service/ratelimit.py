@@ -28,7 +28,6 @@ from shared.config import (
     RATE_LIMIT_VARIABLES,
     ConfigError,
     RateLimitSettings,
-    rate_limit_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -218,8 +217,3 @@ def rate_limiter(settings: RateLimitSettings, secret: bytes) -> RateLimiter | No
         except ValueError as exc:
             raise ConfigError(f"AUTH_RATE_LIMIT_REDIS_URL is not a Redis URL: {exc}") from None
     return RateLimiter(limits, counter, secret=secret)
-
-
-def rate_limiter_from_env(env: Mapping[str, str], secret: bytes) -> RateLimiter | None:
-    """As `rate_limiter`, from a mapping of those variables."""
-    return rate_limiter(rate_limit_settings(env), secret)

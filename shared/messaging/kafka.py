@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from shared.config import ConfigError, KafkaSecurity, kafka_security
+from shared.config import ConfigError, KafkaSecurity
 from shared.messaging.pipeline import TOPICS
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,11 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 
-def client_security(security: KafkaSecurity | Mapping[str, str]) -> dict[str, Any]:
+def client_security(security: KafkaSecurity) -> dict[str, Any]:
     """kafka-python settings for an authenticated, encrypted broker connection, from
     KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME,
-    KAFKA_SASL_PASSWORD and KAFKA_SSL_CAFILE as shared.config read them (or from a
-    mapping of those variables); every client of the pipeline uses them. Empty when none
-    is set (PLAINTEXT)."""
-    if not isinstance(security, KafkaSecurity):
-        security = kafka_security(security)
+    KAFKA_SASL_PASSWORD and KAFKA_SSL_CAFILE as shared.config read them; every client of
+    the pipeline uses them. Empty when none is set (PLAINTEXT)."""
     protocol = (security.protocol or "PLAINTEXT").upper()
     if protocol not in SECURITY_PROTOCOLS:
         raise ConfigError(

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from kafka.net.transport import KafkaSSLTransport
 
-from shared.config import ENVIRONMENT
+from shared.config import ENVIRONMENT, kafka_security
 from shared.messaging.kafka import client_security, pipeline_topics
 from shared.messaging.pipeline import TOPICS
 
@@ -134,7 +134,7 @@ def test_every_pipeline_process_logs_in_over_sasl_ssl_as_the_application_user(
         # The code that every producer and consumer goes through accepts these settings.
         local_ca = tmp_path / "ca.pem"
         local_ca.write_text("placeholder")
-        settings = client_security(env | {"KAFKA_SSL_CAFILE": str(local_ca)})
+        settings = client_security(kafka_security(env | {"KAFKA_SSL_CAFILE": str(local_ca)}))
         assert settings == {
             "security_protocol": "SASL_SSL",
             "sasl_mechanism": "SCRAM-SHA-512",
@@ -201,7 +201,7 @@ def kafka_python_context(cafile: Path | None) -> ssl.SSLContext:
     env = {"KAFKA_SECURITY_PROTOCOL": "SSL"}
     if cafile:
         env["KAFKA_SSL_CAFILE"] = str(cafile)
-    config = KafkaSSLTransport.DEFAULT_CONFIG | client_security(env)
+    config = KafkaSSLTransport.DEFAULT_CONFIG | client_security(kafka_security(env))
     context: ssl.SSLContext = KafkaSSLTransport._build_ssl_context(config)
     return context
 

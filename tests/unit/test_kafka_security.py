@@ -7,24 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError
+from shared.config import ConfigError, kafka_security
 from shared.messaging.kafka import client_security
 
 
 def test_no_setting_means_plaintext_and_adds_nothing() -> None:
-    assert client_security({}) == {}
+    assert client_security(kafka_security({})) == {}
 
 
 def test_sasl_ssl_with_scram_and_a_ca_file(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     settings = client_security(
-        {
-            "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
-            "KAFKA_SASL_USERNAME": "member-service",
-            "KAFKA_SASL_PASSWORD": "s3cret-s3cret",
-            "KAFKA_SSL_CAFILE": str(ca),
-        }
+        kafka_security(
+            {
+                "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+                "KAFKA_SASL_USERNAME": "member-service",
+                "KAFKA_SASL_PASSWORD": "s3cret-s3cret",
+                "KAFKA_SSL_CAFILE": str(ca),
+            }
+        )
     )
     assert settings == {
         "security_protocol": "SASL_SSL",
@@ -66,4 +68,4 @@ def test_a_wrong_security_setting_is_a_clear_config_error(
     env: dict[str, str], problem: str
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
-        client_security(env)
+        client_security(kafka_security(env))

@@ -16,7 +16,7 @@ from auth_service.api import create_app
 from auth_service.handlers import Authenticator, Credentials, InvalidCredentials, TokenIssuer
 from auth_service.models import Base, Member
 from auth_service.passwords import Argon2Parameters, common_passwords, hash_is_weaker
-from shared.config import ConfigError
+from shared.config import ConfigError, auth_settings
 from shared.storage.db import Database
 from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import signup_body
@@ -176,13 +176,15 @@ def test_argon2_parameters_below_owasps_minimum_are_refused_at_start(
     env: dict[str, str], problem: str
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
-        Argon2Parameters.from_env(env)
+        Argon2Parameters.from_settings(auth_settings(env))
 
 
 def test_argon2_parameters_come_from_the_environment() -> None:
-    parameters = Argon2Parameters.from_env({"ARGON2_TIME_COST": "3", "ARGON2_MEMORY_KIB": "12288"})
+    parameters = Argon2Parameters.from_settings(
+        auth_settings({"ARGON2_TIME_COST": "3", "ARGON2_MEMORY_KIB": "12288"})
+    )
     assert "$argon2id$v=19$m=12288,t=3,p=1$" in parameters.hasher().hash("anything at all")
-    assert Argon2Parameters.from_env({}) == Argon2Parameters(2, 19456, 1)
+    assert Argon2Parameters.from_settings(auth_settings({})) == Argon2Parameters(2, 19456, 1)
 
 
 class RecordingHasher:

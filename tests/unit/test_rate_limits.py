@@ -20,9 +20,9 @@ from auth_service.ratelimit import (
     RedisCounter,
     client_key,
     key_secret,
-    rate_limiter_from_env,
+    rate_limiter,
 )
-from shared.config import ConfigError
+from shared.config import ConfigError, rate_limit_settings
 from shared.storage.db import Database
 from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
@@ -182,12 +182,12 @@ def test_a_wrong_rate_limit_setting_is_a_clear_config_error(
     env: dict[str, str], problem: str
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
-        rate_limiter_from_env(env, SECRET)
+        rate_limiter(rate_limit_settings(env), SECRET)
 
 
 def test_rate_limits_can_be_switched_off() -> None:
-    assert rate_limiter_from_env({"AUTH_RATE_LIMITS": "off"}, SECRET) is None
-    assert rate_limiter_from_env({}, SECRET) is not None
+    assert rate_limiter(rate_limit_settings({"AUTH_RATE_LIMITS": "off"}), SECRET) is None
+    assert rate_limiter(rate_limit_settings({}), SECRET) is not None
 
 
 def test_an_unreachable_redis_lets_attempts_through() -> None:
