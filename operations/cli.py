@@ -176,10 +176,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = {"dlt": dlt, "status": status, "trace": trace}
     if args.command in ("dev", "demo"):
         sys.exit(_developer_command(args.command)(args))
-    from shared.config import kafka_security
+    from shared.config import ConfigError, kafka_security
     from shared.messaging.kafka import use_security
 
-    use_security(kafka_security())  # the services' own Kafka login, for every client here
+    try:
+        use_security(kafka_security())  # the services' own Kafka login, for every client here
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(commands[args.command](args))
 
 

@@ -39,8 +39,10 @@ def _points(spec: str) -> dict[str, tuple[str, str]]:
 
 
 def arm(spec: str) -> None:
-    """Make the failpoints do what `spec` (SIGNUP_PIPELINE_FAILPOINTS) says."""
+    """Make the failpoints do what `spec` (SIGNUP_PIPELINE_FAILPOINTS) says, counting
+    passes from zero (entry points arm them, once, at start)."""
     _armed[0] = spec
+    _passes.clear()
 
 
 def failpoint(name: str, subject: str = "") -> None:

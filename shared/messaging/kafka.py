@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from shared.config import ConfigError, KafkaSecurity
+from shared.config import ConfigError, KafkaSecurity, kafka_security
 from shared.messaging.pipeline import TOPICS
 
 log = logging.getLogger(__name__)
@@ -137,19 +137,26 @@ def client_security(security: KafkaSecurity) -> dict[str, Any]:
     return settings
 
 
-# The process's Kafka security, given once at start by its entry point (a service's
-# `service_main`, the `signup-pipeline` commands) from shared.config; PLAINTEXT until then.
-_security: list[KafkaSecurity] = [KafkaSecurity()]
+# The process's Kafka security: what its entry point gave (`service_main` from the
+# service's Settings, the `signup-pipeline` commands), or else what the environment says,
+# read through shared.config at the first client, so no client ever ignores
+# KAFKA_SECURITY_PROTOCOL for want of a call. Checked once, when given.
+_security: list[dict[str, Any] | None] = [None]
 
 
 def use_security(security: KafkaSecurity) -> None:
-    """Every Kafka client this process makes from now on connects with `security`."""
-    _security[0] = security
+    """Every Kafka client this process makes from now on connects with `security`;
+    ConfigError now if it is inconsistent."""
+    _security[0] = client_security(security)
 
 
 def process_client_security() -> dict[str, Any]:
     """The kafka-python security settings of this process's clients (see use_security)."""
-    return client_security(_security[0])
+    if _security[0] is None:
+        use_security(kafka_security())
+    settings = _security[0]
+    assert settings is not None
+    return settings
 
 
 def make_producer(bootstrap_servers: Sequence[str], **overrides: Any) -> KafkaProducer:

@@ -69,3 +69,17 @@ def test_a_wrong_security_setting_is_a_clear_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
         client_security(kafka_security(env))
+
+
+def test_a_client_made_before_any_entry_point_spoke_still_honours_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No client may connect in PLAINTEXT only because nobody called use_security."""
+    from shared.messaging import kafka
+
+    monkeypatch.setattr(kafka, "_security", [None])
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "member-service")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-s3cret")
+
+    assert kafka.process_client_security()["security_protocol"] == "SASL_SSL"
