@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -331,39 +333,52 @@ def _worker_class() -> type:
 
     Through gunicorn's own extension point: a worker class (its `worker_class` setting
     takes a subclass of `gunicorn.workers.base.Worker`) whose `handle_error` lets
-    gunicorn's own decide the status and log as always, but answer into a socket pair;
-    only the status line of that answer is read, and the client gets that status in
-    JSON instead of the page. No gunicorn function is replaced."""
+    gunicorn's own decide the status and the message and log as always, but answer into
+    a socket pair; the client gets that status and message in JSON instead of the page.
+    No gunicorn function is replaced."""
     import socket
 
-    from gunicorn.http.errors import ParseException
     from gunicorn.util import write_nonblock
     from gunicorn.workers.gthread import ThreadWorker
 
     class JsonErrorWorker(ThreadWorker):  # type: ignore[misc]
         def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
             page, reader = socket.socketpair()
+            answer = b""
             try:
                 super().handle_error(req, page, addr, exc)
                 page.close()
                 reader.settimeout(1.0)
-                status_line = reader.makefile("rb").readline(1024).decode("latin-1")
+                answer = reader.makefile("rb").read(MAX_GUNICORN_PAGE)
             except OSError:
-                status_line = ""
+                pass
             finally:
                 page.close()
                 reader.close()
-            _, status, reason = (status_line.strip().split(" ", 2) + ["", ""])[:3]
-            if not status.isdigit():
-                status, reason = "500", "Internal Server Error"
-            # A parse error says what was wrong with the request; anything else is ours.
-            message = str(exc) if isinstance(exc, ParseException) else ""
+            status, reason, message = gunicorn_page_parts(answer)
             try:
-                write_nonblock(client, json_error(int(status), reason, message))
+                write_nonblock(client, json_error(status, reason, message))
             except Exception:
                 self.log.debug("Failed to send error message.")
 
     return JsonErrorWorker
+
+
+MAX_GUNICORN_PAGE = 64 * 1024
+_GUNICORN_MESSAGE = re.compile(rb"</h1>\s*(.*?)\s*</body>", re.DOTALL)
+
+
+def gunicorn_page_parts(answer: bytes) -> tuple[int, str, str]:
+    """(status, reason, message) of the HTML answer gunicorn's `handle_error` writes
+    (`gunicorn.util.write_error`: the message, HTML-escaped, after the `<h1>`); a 500
+    when there is none to read."""
+    status_line, _, _ = answer.partition(b"\r\n")
+    _, status, reason = (status_line.decode("latin-1").strip().split(" ", 2) + ["", ""])[:3]
+    if not status.isdigit():
+        return 500, "Internal Server Error", ""
+    found = _GUNICORN_MESSAGE.search(answer)
+    message = html.unescape(found.group(1).decode("latin-1")) if found else ""
+    return int(status), reason, message
 
 
 def _logger_class() -> type:

@@ -13,8 +13,11 @@ from typing import Any
 import gunicorn.util
 import pytest
 from gunicorn.http.errors import (
+    ForbiddenProxyRequest,
     InvalidHeader,
+    InvalidHTTPVersion,
     InvalidRequestLine,
+    InvalidRequestMethod,
     LimitRequestHeaders,
     LimitRequestLine,
 )
@@ -65,6 +68,44 @@ def test_a_request_gunicorn_refuses_gets_json_and_the_security_headers(
     for name, value in SECURITY_HEADERS.items():
         assert headers[name] == value
     assert body["error"] == code and body["message"]
+
+
+REFUSALS = [
+    LimitRequestLine(5000, 4094),
+    InvalidRequestLine("GET /a b c"),
+    InvalidRequestMethod("G<T"),
+    InvalidHTTPVersion("HTTP/9.9"),
+    InvalidHeader("X-Bad"),
+    LimitRequestHeaders("too many headers"),
+    ForbiddenProxyRequest("10.1.2.3"),
+    RuntimeError("secret detail"),
+]
+
+
+def gunicorns_own_words(exc: BaseException, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """(status, message) that gunicorn's own handle_error gives its HTML page for `exc`."""
+    said: list[tuple[int, str, str]] = []
+    monkeypatch.setattr(gunicorn.util, "write_error", lambda _s, *args: said.append(args))
+    worker = object.__new__(ThreadWorker)
+    worker.log = logging.getLogger("test.gunicorn")
+    client, peer = socket.socketpair()
+    try:
+        ThreadWorker.handle_error(worker, None, client, ("127.0.0.1", 5000), exc)
+    finally:
+        client.close()
+        peer.close()
+        monkeypatch.undo()
+    [(status, reason, message)] = said
+    return status, message or reason
+
+
+@pytest.mark.parametrize("exc", REFUSALS, ids=lambda exc: type(exc).__name__)
+def test_the_json_answer_carries_gunicorns_own_status_and_message(
+    exc: BaseException, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, message = gunicorns_own_words(exc, monkeypatch)
+    got, _, body = answer_to(exc)
+    assert (got, body["message"]) == (status, message)
 
 
 def test_an_unexpected_error_is_a_500_without_its_text() -> None:
