@@ -15,6 +15,7 @@ only partitions still assigned, and reports stuck partitions and lag.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +25,21 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from shared.messaging.kafka import Message, message_from_record
-from shared.messaging.processor import BatchReport, EventProcessor, Outcome, backoff_delay
+from shared.messaging.processor import BatchReport, EventProcessor, Outcome
 from shared.telemetry.metrics import metrics
 
 log = logging.getLogger(__name__)
+
+
+def backoff_delay(
+    attempt: int,
+    base: float = 0.1,
+    cap: float = 5.0,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Exponential backoff with full jitter; capped far below max_poll_interval_ms.
+    `uniform` draws the jitter (a test passes a deterministic one)."""
+    return uniform(base, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
 class ConsumerLoop:

@@ -22,7 +22,6 @@ import contextlib
 import enum
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,15 +47,6 @@ log = logging.getLogger(__name__)
 
 class PermanentError(Exception):
     """This record can never be applied, however often it is retried."""
-
-
-class RetryLater(Exception):
-    """Raised by `EventProcessor.process` (one record, no loop): the record may succeed
-    later; try it again after `delay` seconds."""
-
-    def __init__(self, reason: str, delay: float) -> None:
-        super().__init__(reason)
-        self.delay = delay
 
 
 class Outcome(enum.Enum):
@@ -125,17 +115,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError):
         return False
     return isinstance(exc, DBAPIError | PoolTimeoutError)
-
-
-def backoff_delay(
-    attempt: int,
-    base: float = 0.1,
-    cap: float = 5.0,
-    uniform: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """Exponential backoff with full jitter; capped far below max_poll_interval_ms.
-    `uniform` draws the jitter (a test passes a deterministic one)."""
-    return uniform(base, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
 def decode(topic: Topic[E], message: Message) -> E:
@@ -280,17 +259,6 @@ class EventProcessor(Generic[E]):
                 return PartitionProgress(commit_to, message.offset, result.reason)
             outcomes.append(result)
         return PartitionProgress(pairs[-1][0].offset + 1)
-
-    def process(self, message: Message, attempt: int = 1) -> Outcome:
-        """One record outside a consumer loop (tools, tests): `apply` on a batch of one,
-        with a record that must come again raised as RetryLater."""
-        partition = TopicPartition(message.topic, message.partition)
-        report = self.apply({partition: [message]}, lambda _partition, _offset: attempt)
-        progress = report.partitions[partition]
-        if progress.retry_at is not None:
-            raise RetryLater(progress.reason, backoff_delay(attempt))
-        [outcome] = report.outcomes
-        return outcome
 
     def _decode(self, message: Message) -> E | _Rejected:
         try:

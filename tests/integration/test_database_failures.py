@@ -8,9 +8,10 @@ from sqlalchemy import create_engine, text
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base
 from shared.messaging.kafka import Message
-from shared.messaging.processor import EventProcessor, RetryLater
+from shared.messaging.processor import EventProcessor
 from shared.storage.db import Database
 from tests.fakes import FakeBroker
+from tests.processing import MustComeAgain, process_one
 from tests.schema import create_tables
 
 pytestmark = pytest.mark.integration
@@ -37,8 +38,8 @@ def test_read_only_standby_after_failover_is_retried_never_dead_lettered(postgre
     record = Message("profile-insert", b"k", EVENT, [("ce_id", b"ro-1")], 0, 0)
 
     for attempt in (1, 5, 50):
-        with pytest.raises(RetryLater):
-            processor.process(record, attempt)
+        with pytest.raises(MustComeAgain):
+            process_one(processor, record, attempt)
 
     assert broker.topics["profile-insert.DLT"] == []
     database.engine.dispose()

@@ -19,6 +19,7 @@ from devtools.asyncapi import asyncapi_document, main, render_yaml
 from shared.messaging.kafka import Message
 from shared.messaging.pipeline import TOPICS
 from shared.messaging.processor import Outcome
+from tests.processing import process_one
 from tests.unit.pipeline_harness import InMemoryPipeline, signup_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,7 +248,7 @@ def test_real_dead_letter_validates_against_its_channels_message(
     [event] = pipeline.broker.topics["profile-insert"]
     poison = Message(event.topic, event.key, b"not json", event.headers, partition=0, offset=1)
 
-    assert pipeline.member.process(poison) == Outcome.DEAD_LETTERED
+    assert process_one(pipeline.member, poison) == Outcome.DEAD_LETTERED
 
     [dead] = pipeline.broker.topics["profile-insert.DLT"]
     message = message_of(document, "profile-insert.DLT")

@@ -28,19 +28,18 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from member_service.models import ProcessedEvent, User
-from shared.messaging.consumer import ConsumerLoop
+from shared.messaging.consumer import ConsumerLoop, backoff_delay
 from shared.messaging.kafka import Message
 from shared.messaging.pipeline import ProfileInsert
 from shared.messaging.processor import (
     EventProcessor,
     Outcome,
     PartitionProgress,
-    RetryLater,
-    backoff_delay,
     is_transient,
 )
 from shared.storage.db import Database, UnitOfWork
 from tests.fakes import FakeBroker, FakeClock, FakeConsumer
+from tests.processing import MustComeAgain, process_one
 from tests.schema import create_tables
 
 UNREACHABLE_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere?connect_timeout=1"
@@ -191,9 +190,9 @@ def test_a_data_error_is_the_record_s_fault_retried_then_dead_lettered_not_forev
     processor = processor_on(member_db, broker, too_long)
     message = broker.topics[TOPIC][0]
 
-    with pytest.raises(RetryLater):
-        processor.process(message, 4)
-    assert processor.process(message, 5) == Outcome.DEAD_LETTERED
+    with pytest.raises(MustComeAgain):
+        process_one(processor, message, 4)
+    assert process_one(processor, message, 5) == Outcome.DEAD_LETTERED
     [dead] = broker.topics["profile-insert.DLT"]
     assert "DataError" in (dead.header("dlt-error") or "")
 
@@ -297,9 +296,9 @@ def test_transient_failure_is_raised_as_retry_later_by_process_at_any_attempt(
     message = broker.topics[TOPIC][0]
 
     for attempt in (1, 5, 50):
-        with pytest.raises(RetryLater) as raised:
-            processor.process(message, attempt)
-        assert 0 < raised.value.delay <= 5.0
+        with pytest.raises(MustComeAgain) as raised:
+            process_one(processor, message, attempt)
+        assert raised.value.reason
 
     assert broker.topics["profile-insert.DLT"] == []
 
@@ -317,9 +316,9 @@ def test_unexpected_error_is_retried_then_dead_lettered(
     message = broker.topics[TOPIC][0]
 
     for attempt in range(1, 5):
-        with pytest.raises(RetryLater):
-            processor.process(message, attempt)
-    assert processor.process(message, 5) == Outcome.DEAD_LETTERED
+        with pytest.raises(MustComeAgain):
+            process_one(processor, message, attempt)
+    assert process_one(processor, message, 5) == Outcome.DEAD_LETTERED
 
     [dead] = broker.topics["profile-insert.DLT"]
     assert dict(dead.headers)["dlt-attempts"] == b"5"
@@ -332,7 +331,7 @@ def test_poison_record_with_null_header_value_is_dead_lettered_not_a_crash(
 ) -> None:
     poison = Message(TOPIC, b"k", b"{oops", [("ce_id", b"p1"), ("x-empty", None)])  # type: ignore[list-item]
 
-    assert processor_on(member_db, broker).process(poison) == Outcome.DEAD_LETTERED
+    assert process_one(processor_on(member_db, broker), poison) == Outcome.DEAD_LETTERED
 
     [dead] = broker.topics["profile-insert.DLT"]
     assert ("x-empty", b"") in dead.headers
@@ -344,7 +343,7 @@ def test_replayed_dead_letter_gets_fresh_dlt_headers_not_a_second_set(
     old = [("ce_id", b"p2"), ("dlt-error", b"old"), ("dlt-attempts", b"1")]
     poison = Message(TOPIC, b"k", b"{oops", old, partition=0, offset=9)
 
-    processor_on(member_db, broker).process(poison, attempt=1)
+    process_one(processor_on(member_db, broker), poison, attempt=1)
 
     [dead] = broker.topics["profile-insert.DLT"]
     names = [name for name, _ in dead.headers]

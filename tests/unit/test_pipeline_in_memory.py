@@ -16,6 +16,7 @@ from shared.messaging.kafka import Message
 from shared.messaging.processor import Outcome
 from shared.telemetry.tracecontext import trace_id_of
 from tests.fakes import FakeConsumer
+from tests.processing import process_one
 from tests.unit.pipeline_harness import InMemoryPipeline, signup_body
 
 
@@ -115,7 +116,7 @@ def test_redelivered_event_creates_no_second_profile(pipeline: InMemoryPipeline)
     pipeline.run()
     [record] = pipeline.broker.topics["profile-insert"]
 
-    outcomes = [pipeline.member.process(record) for _ in range(5)]
+    outcomes = [process_one(pipeline.member, record) for _ in range(5)]
 
     assert outcomes == [Outcome.DUPLICATE] * 5
     assert count(pipeline.member_db, Partner) == 1
@@ -131,7 +132,7 @@ def test_redelivered_partner_created_creates_no_second_summary(
     pipeline.run()
     [announced] = pipeline.broker.topics["partner-created"]
 
-    assert pipeline.batch.process(announced) == Outcome.DUPLICATE
+    assert process_one(pipeline.batch, announced) == Outcome.DUPLICATE
     assert count(pipeline.batch_db, PartnerSummary) == 1
 
 
@@ -146,8 +147,8 @@ def test_event_without_ce_id_is_deduplicated_by_its_position(pipeline: InMemoryP
     ).encode()
     spring_record = Message("profile-insert", b"k", value, [], partition=2, offset=41)
 
-    assert pipeline.member.process(spring_record) == Outcome.APPLIED
-    assert pipeline.member.process(spring_record) == Outcome.DUPLICATE
+    assert process_one(pipeline.member, spring_record) == Outcome.APPLIED
+    assert process_one(pipeline.member, spring_record) == Outcome.DUPLICATE
     assert count(pipeline.member_db, User) == 1
 
 
@@ -176,7 +177,7 @@ def test_poison_record_goes_to_dlt_byte_for_byte_with_why_and_where(
     headers = [("ce_id", b"poison-1"), ("traceparent", b"00-abc")]
     poison = Message("profile-insert", b"the-key", value, headers, partition=3, offset=17)
 
-    assert pipeline.member.process(poison) == Outcome.DEAD_LETTERED
+    assert process_one(pipeline.member, poison) == Outcome.DEAD_LETTERED
 
     [dead] = pipeline.broker.topics["profile-insert.DLT"]
     assert (dead.key, dead.value) == (b"the-key", value)
@@ -245,5 +246,5 @@ def test_event_contradicting_stored_state_is_dead_lettered(pipeline: InMemoryPip
         record.topic, record.key, record.value, [("ce_id", b"another-id")], 0, 99
     )
 
-    assert pipeline.member.process(replayed_with_new_id) == Outcome.DEAD_LETTERED
+    assert process_one(pipeline.member, replayed_with_new_id) == Outcome.DEAD_LETTERED
     assert count(pipeline.member_db, User) == 1, member_id
