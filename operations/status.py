@@ -45,7 +45,7 @@ from operations.sources import (
     in_parallel,
     read_database,
 )
-from shared.messaging.outbox import OutboxRecord, rfc3339
+from shared.messaging.outbox import OutboxRecord, rfc3339, unpublished_by_topic
 from shared.messaging.pipeline import TOPICS, Topic
 from shared.storage.db import failure_reason, utcnow
 
@@ -122,13 +122,14 @@ def _count_since(connection: Connection, table: Any, since: dt.datetime) -> int:
 
 
 def _outbox_backlog(connection: Connection, outbox: Any, since: dt.datetime) -> OutboxBacklog:
-    pending = connection.execute(
-        select(func.count(), func.min(outbox.created_at)).where(outbox.published_at.is_(None))
-    ).one()
+    pending = unpublished_by_topic(connection, outbox).values()
+    oldest = [at for _, at in pending if at is not None]
     published = connection.scalar(
         select(func.count()).select_from(outbox).where(outbox.published_at >= since)
     )
-    return OutboxBacklog(int(pending[0] or 0), pending[1], int(published or 0))
+    return OutboxBacklog(
+        sum(count for count, _ in pending), min(oldest, default=None), int(published or 0)
+    )
 
 
 def _stage_counts(stage: Stage, since: dt.datetime) -> Callable[[Connection], StageCounts]:

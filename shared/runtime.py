@@ -45,14 +45,13 @@ from shared.messaging.kafka import (
     missing_topics,
     use_security,
 )
-from shared.messaging.outbox import OutboxRecord, OutboxRelay
+from shared.messaging.outbox import OutboxBacklogCollector, OutboxRecord, OutboxRelay
 from shared.messaging.pipeline import TOPICS, E, Topic
 from shared.messaging.processor import EventProcessor, Handler
 from shared.storage.db import Database, failure_reason, redact_url
 from shared.storage.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.telemetry.logs import configure_logging
 from shared.telemetry.metrics import (
-    OutboxBacklogCollector,
     forget_process,
     metrics,
     use_multiprocess_directory,

@@ -2,8 +2,9 @@
 
 What a process counts (requests, events) lives in counters and histograms built once
 per process by `metrics()`. What is a fact about a database (the outbox backlog) is
-read when scraped, by `OutboxBacklogCollector`, so every copy of a process reports the same
-truth rather than its own share of it.
+read when scraped, by a collector (shared/messaging/outbox.py's
+`OutboxBacklogCollector`), so every copy of a process reports the same truth rather than
+its own share of it.
 
 An API runs as several gunicorn worker processes; its counters are kept in files in a
 directory of its own (prometheus-client's multiprocess mode, which `run_api` switches
@@ -28,11 +29,8 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from sqlalchemy import func, select
-
-from shared.storage.db import Database, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -185,45 +183,3 @@ def exposition(*extra: Any) -> tuple[bytes, str]:
     else:
         base = REGISTRY
     return generate_latest(_Collected([base, *extra])), CONTENT_TYPE_LATEST
-
-
-class OutboxBacklogCollector:
-    """Collector: unpublished outbox rows and the age of the oldest, read at scrape time."""
-
-    def __init__(self, database: Database, model: Any, topics: Iterable[str]) -> None:
-        self._database = database
-        self._model = model
-        self._topics = list(topics)
-
-    def collect(self) -> Iterator[Metric]:
-        backlog = GaugeMetricFamily(
-            "signup_outbox_backlog", "Outbox rows not yet published, by topic.", labels=["topic"]
-        )
-        age = GaugeMetricFamily(
-            "signup_outbox_oldest_unpublished_age_seconds",
-            "Age of the oldest unpublished outbox row (0 when none), by topic.",
-            labels=["topic"],
-        )
-        model = self._model
-        query = (
-            select(model.topic, func.count(), func.min(model.created_at))
-            .where(model.published_at.is_(None))
-            .group_by(model.topic)
-        )
-        try:
-            with self._database.engine.connect() as connection:
-                rows = {
-                    topic: (count, oldest) for topic, count, oldest in connection.execute(query)
-                }
-        except Exception as exc:  # a scrape must answer even with the database away
-            log.warning("outbox backlog unreadable: %s", exc)
-            return
-        now = utcnow()
-        for topic in sorted(set(self._topics) | set(rows)):
-            count, oldest = rows.get(topic, (0, None))
-            backlog.add_metric([topic], count)
-            if oldest is not None and oldest.tzinfo is None:  # SQLite through plain Core
-                oldest = oldest.replace(tzinfo=now.tzinfo)
-            age.add_metric([topic], (now - oldest).total_seconds() if oldest else 0.0)
-        yield backlog
-        yield age

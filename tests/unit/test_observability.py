@@ -23,6 +23,7 @@ from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
 from shared.config import ConfigError, log_settings
 from shared.messaging.consumer import ConsumerLoop
+from shared.messaging.outbox import OutboxBacklogCollector
 from shared.messaging.processor import EventProcessor
 from shared.storage.db import Database
 from shared.telemetry.logs import (
@@ -32,7 +33,7 @@ from shared.telemetry.logs import (
     log_context,
     scrub,
 )
-from shared.telemetry.metrics import OutboxBacklogCollector, exposition
+from shared.telemetry.metrics import exposition
 from shared.telemetry.tracecontext import current_traceparent, parse_traceparent, span, trace_id_of
 from tests.fakes import FakeBroker, FakeConsumer
 from tests.schema import create_tables

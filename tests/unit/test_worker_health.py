@@ -18,8 +18,8 @@ from devtools.broker import free_port
 from member_service.models import Base as MemberBase
 from member_service.models import OutboxEvent
 from shared.http.health import ConsumerState, HealthServer
+from shared.messaging.outbox import OutboxBacklogCollector
 from shared.storage.db import Database
-from shared.telemetry.metrics import OutboxBacklogCollector
 from tests.schema import create_tables
 
 
