@@ -192,7 +192,6 @@ DEFAULT_LIMITS = {
     "login-per-email": "10/900",
 }
 LIMIT_VARIABLES = RATE_LIMIT_VARIABLES  # kind -> AUTH_RATE_LIMIT_<KIND>
-assert set(DEFAULT_LIMITS) == set(LIMIT_VARIABLES)
 
 
 def rate_limiter(settings: RateLimitSettings, secret: bytes) -> RateLimiter | None:

@@ -32,8 +32,8 @@ from auth_service.models import OutboxEvent as AuthOutbox
 from bench import ceilings, stages
 from devtools.broker import BrokerError, LocalBroker
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
-from devtools.stack import SERVICES, Stack, StackError
-from shared.config import kafka_security, tool_settings
+from devtools.stack import Stack, StackError
+from shared.config import SERVICES, kafka_security, tool_settings
 from shared.messaging.kafka import create_topics, use_security
 from shared.messaging.outbox import cloudevent_headers, encode_event
 from shared.messaging.pipeline import PROFILE_INSERT

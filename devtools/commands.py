@@ -18,8 +18,8 @@ from typing import Any
 
 from devtools.broker import BrokerError
 from devtools.http_client import request
-from devtools.stack import SERVICES, Stack, StackError, write_line
-from shared.config import ConfigError, ToolSettings, tool_settings
+from devtools.stack import Stack, StackError, write_line
+from shared.config import SERVICES, ConfigError, ToolSettings, tool_settings
 
 
 def example_signup() -> dict[str, Any]:

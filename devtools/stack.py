@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from devtools.broker import LocalBroker, free_port
-from shared.config import DEV_MODE_VARIABLE, child_environment
-
-SERVICES = ("auth", "member", "batch")
+from shared.config import DEV_MODE_VARIABLE, SERVICES, child_environment
 
 
 class StackError(RuntimeError):

@@ -16,12 +16,11 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from shared.config import Settings
+from shared.config import SERVICES, Settings
 from shared.storage.db import failure_reason, redact_url
 
 T = TypeVar("T")
 
-SERVICES = ("auth", "member", "batch")
 WINDOW = dt.timedelta(seconds=60)
 DEFAULT_TIMEOUT = 3.0
 

@@ -56,7 +56,6 @@ ENVIRONMENT = (
 )
 # Read by the developer tools only (`signup-pipeline bench`), never by a pipeline process.
 BENCH_POSTGRES_VARIABLE = "BENCH_POSTGRES_URL"
-DEVELOPER_ENVIRONMENT = (BENCH_POSTGRES_VARIABLE,)
 
 SERVICES = ("auth", "member", "batch")
 

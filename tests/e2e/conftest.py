@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from devtools.stack import SERVICES, Stack
+from devtools.stack import Stack
+from shared.config import SERVICES
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from devtools.broker import LocalBroker
-from devtools.stack import SERVICES, Stack
+from devtools.stack import Stack
+from shared.config import SERVICES
 from tests.faults.harness import Registry, TcpProxy
 
 pytestmark = pytest.mark.faults

@@ -193,3 +193,11 @@ def test_rate_limits_can_be_switched_off() -> None:
 def test_an_unreachable_redis_lets_attempts_through() -> None:
     limiter = RateLimiter({"login-per-email": Limit(1, 60)}, RedisCounter("redis://127.0.0.1:9/0"))
     assert [limiter.check("login-per-email", "a@b.co") for _ in range(3)] == [None] * 3
+
+
+def test_every_limit_has_a_default_and_a_variable() -> None:
+    """A kind of limit added to shared.config without a default (or the reverse) would
+    be unconfigurable or unlimited."""
+    from auth_service.ratelimit import DEFAULT_LIMITS, LIMIT_VARIABLES
+
+    assert set(DEFAULT_LIMITS) == set(LIMIT_VARIABLES)

@@ -1,0 +1,40 @@
+"""Each topic's schema builds that topic's event type, and writes back the JSON it read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.messaging.pipeline import TOPICS, PartnerCreated, ProfileInsert, Topic
+
+MEMBER = "5f0c7f5e-8d0b-4a8e-9a53-2f4f1c2d9b71"
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "profile-insert": {
+        "uuid": MEMBER,
+        "role": "PARTNER",
+        "nickname": "minji-shop",
+        "favoriteStyles": [1, 4, 7],
+    },
+    "partner-created": {"partnerId": MEMBER},
+}
+
+
+def test_every_topic_has_an_example() -> None:
+    assert set(EXAMPLES) == {topic.name for topic in TOPICS}
+
+
+@pytest.mark.parametrize("topic", TOPICS, ids=lambda topic: topic.name)
+def test_a_topic_loads_its_own_event_type_and_dumps_the_same_json(topic: Topic[Any]) -> None:
+    event = topic.load(EXAMPLES[topic.name])
+
+    assert type(event) is topic.event
+    assert topic.dump(event) == EXAMPLES[topic.name]
+
+
+def test_events_read_as_attributes() -> None:
+    insert = TOPICS[0].load(EXAMPLES["profile-insert"])
+    created = TOPICS[1].load(EXAMPLES["partner-created"])
+
+    assert insert == ProfileInsert(MEMBER, "PARTNER", "minji-shop", [1, 4, 7])
+    assert created == PartnerCreated(partner_id=MEMBER)
