@@ -19,6 +19,7 @@ version=$(ls /etc/postgresql | sort -V | tail -n 1)
 conf=/etc/postgresql/$version/main
 # Tests connect as postgres over TCP without a password (trust on loopback only).
 if ! grep -q "^host all all 127.0.0.1/32 trust" "$conf/pg_hba.conf"; then
+  echo "ensure-postgres: letting local TCP connections in without a password (trust on 127.0.0.1 only) in $conf/pg_hba.conf" >&2
   sed -i '1i host all all 127.0.0.1/32 trust' "$conf/pg_hba.conf"
 fi
 grep -q "^listen_addresses" "$conf/postgresql.conf" ||
