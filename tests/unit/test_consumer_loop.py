@@ -734,3 +734,95 @@ def test_partition_revoked_and_given_back_starts_again_from_the_committed_offset
 
     assert consumer.commits == [2, 3]
     assert loop.counts[Outcome.APPLIED] == 3
+
+
+# --- several partitions through the loop ----------------------------------------------
+
+
+class TwoPartitionConsumer:
+    """The calls ConsumerLoop makes, on two partitions of one topic, strict as
+    kafka-python is about partitions not assigned."""
+
+    def __init__(self, logs: dict[TopicPartition, list[Message]]) -> None:
+        self.logs = logs
+        self.position_of = dict.fromkeys(logs, 0)
+        self.assigned = set(logs)
+        self.paused: set[TopicPartition] = set()
+        self.committed: dict[TopicPartition, int] = {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def _check(self, *partitions: TopicPartition) -> None:
+        assert set(partitions) <= self.assigned, f"not assigned: {partitions}"
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Message]]:
+        batch = {}
+        for partition in sorted(self.assigned - self.paused):
+            records = self.logs[partition][self.position_of[partition] :]
+            self.position_of[partition] += len(records)
+            if records:
+                batch[partition] = records
+        return batch
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._check(partition)
+        self.position_of[partition] = offset
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._check(*partitions)
+        self.paused |= set(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._check(*partitions)
+        self.paused -= set(partitions)
+
+    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self._check(*offsets)
+        self.committed |= {partition: meta.offset for partition, meta in offsets.items()}
+
+    def position(self, partition: TopicPartition, timeout_ms: int | None = None) -> int:
+        return self.position_of[partition]
+
+    def highwater(self, partition: TopicPartition) -> int:
+        return len(self.logs[partition])
+
+    def close(self, autocommit: bool = False) -> None:
+        pass
+
+
+def test_a_failing_partition_waits_while_the_other_flows_and_commits(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    broken = {"user10"}
+
+    def fails_for_user10(event: ProfileInsert, uow: UnitOfWork) -> None:
+        if event.nickname in broken:
+            raise RuntimeError("bug for this one")
+        PROFILE_INSERT_WORKER.handler(event, uow)
+
+    consumer = TwoPartitionConsumer(
+        {
+            P0: [record(0, 0, profile_insert(10), b"a0"), record(0, 1, profile_insert(11), b"a1")],
+            P1: [record(1, 0, profile_insert(20), b"b0"), record(1, 1, profile_insert(21), b"b1")],
+        }
+    )
+    loop = loop_on(consumer, processor_on(member_db, broker, fails_for_user10), clock)
+
+    loop.poll_once()
+
+    assert consumer.committed == {P1: 2}  # P1 flowed; nothing of P0 was acknowledged
+    assert consumer.paused == {P0} and consumer.position_of[P0] == 0
+    assert stored_users(member_db) == {uuid_of(20), uuid_of(21)}
+
+    loop.poll_once()  # still within P0's backoff: P1 keeps being polled, P0 stays paused
+    assert consumer.paused == {P0}
+
+    broken.clear()  # the bug is fixed
+    clock.advance(seconds_per_attempt(1))
+    loop.poll_once()
+
+    assert consumer.committed == {P0: 2, P1: 2}
+    assert consumer.paused == set()
+    assert stored_users(member_db) == {uuid_of(n) for n in (10, 11, 20, 21)}
+    assert broker.topics["profile-insert.DLT"] == []
