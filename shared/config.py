@@ -290,6 +290,13 @@ def _positive(env: Mapping[str, str], variable: str, default: float) -> float:
     return number
 
 
+def dev_broker_file() -> Path:
+    """Where `signup-pipeline dev` writes the address of the broker it started
+    (./var/dev-broker, beside the SQLite files), for the operator commands run in another
+    terminal of the same directory without KAFKA_BOOTSTRAP_SERVERS."""
+    return Path.cwd() / "var" / "dev-broker"
+
+
 def default_sqlite_url(service: str) -> str:
     """The embedded default: one SQLite file per service under ./var/."""
     path = Path.cwd() / "var" / f"{service}.db"
