@@ -18,6 +18,25 @@ DEV_EXTRA_HINT = (
 )
 
 
+# What each operator command reads from its environment, for its --help.
+_KAFKA_HELP = """\
+  KAFKA_BOOTSTRAP_SERVERS   the broker, host:port[,host:port]; when unset, the address
+                            `signup-pipeline dev` left in ./var/dev-broker (run from the
+                            directory dev runs in), else localhost:9092
+  KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD,
+  KAFKA_SSL_CAFILE          how to log in to the broker, as the services do"""
+_DATABASES_HELP = """\
+  AUTH_DATABASE_URL, MEMBER_DATABASE_URL, BATCH_DATABASE_URL
+                            the services' databases, read only (default: the SQLite files
+                            ./var/auth.db, ./var/member.db, ./var/batch.db)"""
+_RETENTION_HELP = """\
+  OUTBOX_RETENTION_HOURS    how long the services keep published outbox rows (default 24)"""
+
+
+def _epilog(*variables: str, exit_status: str) -> str:
+    return "environment:\n" + "\n".join(variables) + "\n\nexit status:\n" + exit_status
+
+
 def _developer_command(name: str) -> Callable[[argparse.Namespace], int]:
     """`dev` or `demo` from the developer tools, or a clear error when they are not installed."""
     try:
@@ -29,19 +48,42 @@ def _developer_command(name: str) -> Callable[[argparse.Namespace], int]:
     return command
 
 
+def _error(message: str, code: int) -> int:
+    """One line on stderr, and the exit code to return: 2 for a mistake in the command
+    or the configuration, 1 for something that failed outside."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _kafka_reason(exc: BaseException) -> str:
+    """kafka-python's errors print their class name first; the message alone reads better."""
+    return str(exc.args[0]) if exc.args and exc.args[0] else type(exc).__name__
+
+
 def dlt(args: argparse.Namespace) -> int:
     """`dlt list <topic>` and `dlt replay <topic> [--id CE_ID ...]`."""
-    from operations.dlt import format_age, list_dead_letters, replay
-    from shared.config import DEFAULT_BOOTSTRAP, ConfigError, bootstrap_servers
+    from kafka.errors import KafkaError
+
+    from operations.dlt import UnknownTopic, check_topic, format_age, list_dead_letters, replay
+    from operations.offsets import BrokerUnreachable
+    from shared.config import ConfigError, operator_broker
 
     try:
-        servers = bootstrap_servers() or [DEFAULT_BOOTSTRAP]
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    letters = list_dead_letters(servers, args.topic)
+        name = check_topic(args.topic)  # before anything touches the broker
+        broker = operator_broker()
+    except (UnknownTopic, ConfigError) as exc:
+        return _error(str(exc), 2)
+    servers = broker.servers
+    address = ",".join(servers)
+    _quiet_kafka()
+    try:
+        letters = list_dead_letters(servers, name)
+    except BrokerUnreachable as exc:
+        return _error(f"cannot reach Kafka at {exc.reasons} ({broker.origin})", 1)
+    except KafkaError as exc:
+        return _error(f"reading {name} from {address} failed: {_kafka_reason(exc)}", 1)
     if args.action == "list":
-        print(f"{len(letters)} dead-lettered record(s) in {args.topic.removesuffix('.DLT')}.DLT")
+        print(f"{len(letters)} dead-lettered record(s) in {name}")
         for letter in letters:
             key = (letter.message.key or b"").decode("utf-8", errors="replace")
             print(
@@ -55,25 +97,31 @@ def dlt(args: argparse.Namespace) -> int:
     chosen = [letter for letter in letters if not wanted or letter.event_id in wanted]
     unknown = wanted - {letter.event_id for letter in letters}
     if unknown:
-        print(f"error: no dead letter with ce_id {sorted(unknown)}", file=sys.stderr)
-        return 2
+        return _error(f"no dead letter with ce_id {sorted(unknown)} in {name}", 2)
     # The same event dead-lettered twice is replayed once.
     unique = list({letter.event_id: letter for letter in chosen}.values())
-    sent = replay(servers, unique)
+    try:
+        sent = replay(servers, unique)
+    except KafkaError as exc:
+        return _error(f"replaying to {address} failed: {_kafka_reason(exc)}", 1)
     print(f"replayed {len(sent)} record(s) to their original topics")
     return 0
 
 
-def _endpoints() -> Endpoints | None:
-    """Where the services keep their state, or None (after saying why) when misconfigured."""
+def _quiet_kafka() -> None:
+    """The command says in one line why Kafka cannot be read; kafka-python's own retry
+    chatter would only scroll it away."""
     import logging
 
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def _endpoints() -> Endpoints | None:
+    """Where the services keep their state, or None (after saying why) when misconfigured."""
     from operations.sources import Endpoints
     from shared.config import ConfigError
 
-    # The screen says why Kafka cannot be read; kafka-python's own retry chatter would
-    # only scroll it away.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    _quiet_kafka()
     try:
         return Endpoints.from_env()
     except ConfigError as exc:
@@ -121,7 +169,18 @@ def _seconds(text: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `signup-pipeline`."""
-    parser = argparse.ArgumentParser(prog="signup-pipeline")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="signup-pipeline",
+        formatter_class=raw,
+        epilog=_epilog(
+            _KAFKA_HELP,
+            _DATABASES_HELP,
+            _RETENTION_HELP,
+            exit_status="  0 done; 1 something outside failed (a broker or database could not\n"
+            "  be read); 2 a usage error. Each command's --help says what it reads.",
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     dev_parser = sub.add_parser(
         "dev", help="run the broker and all five processes locally until Ctrl-C"
@@ -137,15 +196,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         "demo", help="start everything, sign up a few members, show each step, stop"
     )
     demo_parser.add_argument("--count", type=int, default=6, help="how many signups")
-    dlt_parser = sub.add_parser("dlt", help="list or replay dead-lettered records")
+    dlt_epilog = _epilog(
+        _KAFKA_HELP,
+        exit_status="  0 done; 1 the broker could not be reached or read; 2 an unknown topic\n"
+        "  or ce_id, or another usage error",
+    )
+    dlt_parser = sub.add_parser(
+        "dlt",
+        help="list or replay dead-lettered records",
+        formatter_class=raw,
+        epilog=dlt_epilog,
+    )
     dlt_actions = dlt_parser.add_subparsers(dest="action", required=True)
-    dlt_list = dlt_actions.add_parser("list", help="show each dead-lettered record")
+    dlt_list = dlt_actions.add_parser(
+        "list", help="show each dead-lettered record", formatter_class=raw, epilog=dlt_epilog
+    )
     dlt_list.add_argument("topic", help="profile-insert or partner-created (or its .DLT)")
-    dlt_replay = dlt_actions.add_parser("replay", help="republish to the original topic")
+    dlt_replay = dlt_actions.add_parser(
+        "replay", help="republish to the original topic", formatter_class=raw, epilog=dlt_epilog
+    )
     dlt_replay.add_argument("topic", help="profile-insert or partner-created (or its .DLT)")
     dlt_replay.add_argument("--id", action="append", metavar="CE_ID", help="only these")
     status_parser = sub.add_parser(
-        "status", help="outbox backlog, consumer lag, dead letters and throughput, per stage"
+        "status",
+        help="outbox backlog, consumer lag, dead letters and throughput, per stage",
+        formatter_class=raw,
+        epilog=_epilog(
+            _KAFKA_HELP,
+            _DATABASES_HELP,
+            exit_status="  0 everything was read; 1 a part could not be read (the rest is shown,\n"
+            "  the last line says which); 2 a usage error; with --watch, 0 at Ctrl-C",
+        ),
     )
     status_parser.add_argument(
         "--watch",
@@ -156,7 +237,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="refresh in place every SECONDS (default 2) until Ctrl-C",
     )
     status_parser.add_argument("--json", action="store_true", help="machine-readable output")
-    trace_parser = sub.add_parser("trace", help="where one signup is, with each step's time")
+    trace_parser = sub.add_parser(
+        "trace",
+        help="where one signup is, with each step's time",
+        formatter_class=raw,
+        epilog=_epilog(
+            _DATABASES_HELP,
+            _RETENTION_HELP,
+            exit_status="  0 found, every database read; 1 no database knows the uuid, or one\n"
+            "  could not be read; 2 a usage error",
+        ),
+    )
     trace_parser.add_argument("uuid", type=_member_uuid, help="the member uuid signup returned")
     trace_parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser(

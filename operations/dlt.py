@@ -13,10 +13,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from operations.formatting import format_duration
+from operations.offsets import OffsetReader
 from shared.messaging import deadletters
 from shared.messaging.deadletters import original_of
-from shared.messaging.kafka import Message, make_producer, read_topic
+from shared.messaging.kafka import Message, make_producer
+from shared.messaging.pipeline import TOPICS
 from shared.messaging.processor import event_id_of
+
+# How long reading a dead-letter topic may take in all (a DLT is small; the broker's
+# reachability is checked first, within a few seconds, by OffsetReader).
+READ_TIMEOUT = 20.0
+CONNECT_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -59,9 +66,41 @@ def dead_letter_topic(topic: str) -> str:
     return topic if topic.endswith(".DLT") else f"{topic}.DLT"
 
 
-def list_dead_letters(bootstrap_servers: Sequence[str], topic: str) -> list[DeadLetter]:
-    """Every record of the topic's DLT, oldest first."""
-    return [DeadLetter(m) for m in read_topic(bootstrap_servers, dead_letter_topic(topic))]
+class UnknownTopic(ValueError):
+    """Not a topic of the pipeline nor its dead-letter topic; says which ones are."""
+
+
+def known_topics() -> list[str]:
+    """The names `dlt` takes: each pipeline topic and its `.DLT`."""
+    return [name for topic in TOPICS for name in (topic.name, topic.dead_letter)]
+
+
+def check_topic(topic: str) -> str:
+    """The dead-letter topic `topic` names; UnknownTopic (before any connection) when it
+    names none of the pipeline's."""
+    if topic not in known_topics():
+        valid = ", ".join(t.name for t in TOPICS)
+        raise UnknownTopic(f"unknown topic {topic!r}: use one of {valid} (or its .DLT)")
+    return dead_letter_topic(topic)
+
+
+def list_dead_letters(
+    bootstrap_servers: Sequence[str],
+    topic: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    timeout: float = READ_TIMEOUT,
+) -> list[DeadLetter]:
+    """Every record of the topic's DLT, oldest first; none when the broker has no such
+    topic yet (nothing was ever dead-lettered). Raises UnknownTopic before connecting,
+    kafka.errors.KafkaConnectionError within `connect_timeout` when no broker accepts a
+    connection, KafkaTimeoutError when the reading takes longer than `timeout`."""
+    name = check_topic(topic)
+    OffsetReader.check_reachable(bootstrap_servers, connect_timeout)
+    with OffsetReader(bootstrap_servers, timeout) as reader:
+        ranges = reader.log_ranges([name]).get(name, [])
+        records = reader.read(name, ranges)
+    return [DeadLetter(m) for m in sorted(records, key=lambda m: (m.partition, m.offset))]
 
 
 def replay(bootstrap_servers: Sequence[str], letters: Iterable[DeadLetter]) -> list[DeadLetter]:

@@ -30,7 +30,7 @@ from types import TracebackType
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-from shared.messaging.kafka import process_client_security
+from shared.messaging.kafka import Message, message_from_record, process_client_security
 
 # Tansu holds a fetch for its whole max wait even at the end of the log (see
 # shared.messaging.kafka.CONSUMER_DEFAULTS), and did not answer fetches that may not wait at all.
@@ -78,6 +78,14 @@ def partition_lags(
     ]
 
 
+class BrokerUnreachable(KafkaConnectionError):  # type: ignore[misc]
+    """No bootstrap server accepted a connection; `reasons`: each server's, one line."""
+
+    def __init__(self, reasons: str) -> None:
+        super().__init__(f"no broker accepts connections ({reasons})")
+        self.reasons = reasons
+
+
 def _check_reachable(servers: Sequence[str], timeout: float) -> None:
     """Fail at once, with the socket's reason, when no server accepts a connection:
     kafka-python would retry until its bootstrap timeout and then only say it could not."""
@@ -89,7 +97,7 @@ def _check_reachable(servers: Sequence[str], timeout: float) -> None:
                 return
         except (OSError, ValueError) as exc:
             reasons.append(f"{server}: {exc.strerror if isinstance(exc, OSError) else exc}")
-    raise KafkaConnectionError("no broker accepts connections (" + "; ".join(reasons) + ")")
+    raise BrokerUnreachable("; ".join(reasons))
 
 
 class OffsetReader:
@@ -107,6 +115,8 @@ class OffsetReader:
         self._groups: dict[str, KafkaConsumer] = {}
         _check_reachable(self._servers, timeout)
         self._reader = self._client(None)
+
+    check_reachable = staticmethod(_check_reachable)
 
     def _remaining_ms(self) -> int:
         left = int((self._deadline - time.monotonic()) * 1000)
@@ -165,6 +175,30 @@ class OffsetReader:
             # The records are not needed, only the fetch responses that carry them.
             self._reader.poll(timeout_ms=min(self._remaining_ms(), 100))
 
+    def read(self, topic: str, ranges: Sequence[LogRange]) -> list[Message]:
+        """Every record of `topic` within its `ranges` (read by `log_ranges`), in the
+        order fetched; stops at each partition's end, not at a quiet poll."""
+        held = {TopicPartition(topic, r.partition): r for r in ranges if r.records}
+        if not held:
+            return []
+        ends = {tp: r.end for tp, r in held.items()}
+        self._reader.assign(list(held))
+        for tp, r in held.items():
+            self._reader.seek(tp, r.beginning)
+        records: list[Message] = []
+        while any(
+            self._reader.position(tp, timeout_ms=self._remaining_ms()) < end
+            for tp, end in ends.items()
+        ):
+            batch = self._reader.poll(timeout_ms=min(self._remaining_ms(), 200))
+            records.extend(
+                message_from_record(r)
+                for tp, rs in batch.items()
+                for r in rs
+                if r.offset < ends[tp]
+            )
+        return records
+
     def committed(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
         """The group's committed offset on each partition (None where it never committed)."""
         client = self._groups.get(group)
@@ -197,4 +231,4 @@ class OffsetReader:
         self.close()
 
 
-__all__ = ["LogRange", "OffsetReader", "PartitionLag", "partition_lags"]
+__all__ = ["BrokerUnreachable", "LogRange", "OffsetReader", "PartitionLag", "partition_lags"]

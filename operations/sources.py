@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from shared.config import SERVICES, Settings
+from shared.config import SERVICES, Settings, operator_broker
 from shared.storage.db import failure_reason, redact_url
 
 T = TypeVar("T")
@@ -35,15 +35,20 @@ class Endpoints:
     database_urls: Mapping[str, str]
     bootstrap_servers: Sequence[str]
     outbox_retention: dt.timedelta = dt.timedelta(hours=24)
+    kafka_origin: str = ""  # where the broker's address came from (shared.config.OperatorBroker)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Endpoints:
-        """As the services read them; raises ConfigError for a malformed setting."""
+        """The databases as the services read them; the broker as the operator commands
+        find it (KAFKA_BOOTSTRAP_SERVERS, else the address `signup-pipeline dev` left in
+        ./var/dev-broker). Raises ConfigError for a malformed setting."""
         settings = {service: Settings.from_env(service, env) for service in SERVICES}
+        broker = operator_broker(env)
         return cls(
             database_urls={service: s.database_url for service, s in settings.items()},
-            bootstrap_servers=settings["auth"].bootstrap_servers,
+            bootstrap_servers=broker.servers,
             outbox_retention=settings["auth"].outbox_retention,
+            kafka_origin=broker.origin,
         )
 
     def sources(self) -> dict[str, str]:

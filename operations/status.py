@@ -115,6 +115,20 @@ class PipelineStatus:
     dead_letters: dict[str, int | Unavailable]  # by dead-letter topic
     took: float = 0.0  # seconds the reading took
 
+    def unavailable(self) -> list[str]:
+        """The sources that could not be read (a database, kafka, a missing topic), once
+        each, in the order the screen shows them."""
+        parts = [*self.stages.values(), *self.lag.values(), *self.dead_letters.values()]
+        return list(dict.fromkeys(p.source for p in parts if isinstance(p, Unavailable)))
+
+
+def incomplete_line(status: PipelineStatus) -> str | None:
+    """The last line of a status that could not read everything (it then exits 1)."""
+    missing = status.unavailable()
+    if not missing:
+        return None
+    return f"incomplete: could not read {', '.join(missing)} (exit status 1)"
+
 
 def _count_since(connection: Connection, table: Any, since: dt.datetime) -> int:
     query = select(func.count()).select_from(table).where(table.created_at >= since)
@@ -361,21 +375,29 @@ def show_status(
     topics: tuple[Topic[Any], ...] = TOPICS,
     timeout: float = DEFAULT_TIMEOUT,
     sleep: Callable[[float], None] = time.sleep,
+    err: TextIO | None = None,
 ) -> int:
     """Print the status once, or every `watch` seconds (in place on a terminal) until
-    Ctrl-C; with `as_json`, one JSON document (per line when watching). Always 0."""
+    Ctrl-C; with `as_json`, one JSON document (per line when watching).
+
+    Once: 0, or 1 when a part could not be read (the screen's last line says which; with
+    `as_json`, stderr, so that stdout stays one document). Watching: 0 at Ctrl-C, each
+    screen saying what it could not read."""
     out = out or sys.stdout
     interactive = watch is not None and not as_json and out.isatty()
     first = True
     try:
         while True:
             status = read_status(endpoints, topics=topics, timeout=timeout)
+            incomplete = incomplete_line(status)
             if as_json:
                 document = status_json(status)
                 out.write(json.dumps(document, indent=None if watch else 2) + "\n")
             elif interactive:
                 width = shutil.get_terminal_size().columns
                 screen = render_status(status, width)
+                if incomplete:
+                    screen += "\n" + incomplete
                 footer = f"every {format_duration(watch or 0)}; Ctrl-C to stop"
                 # Home, rewrite each line and clear what is left of the old screen: the
                 # screen updates without the flicker of clearing it first.
@@ -384,12 +406,20 @@ def show_status(
                 out.write(f"{clear}\x1b[H{body}\x1b[K\n\x1b[J")
             else:
                 out.write(render_status(status, shutil.get_terminal_size().columns) + "\n")
+                if incomplete:
+                    out.write(incomplete + "\n")
                 if watch is not None:
                     out.write("\n")
             out.flush()
             first = False
             if watch is None:
-                return 0
+                if incomplete is None:
+                    return 0
+                if as_json:
+                    err = err or sys.stderr
+                    err.write(f"error: {incomplete}\n")
+                    err.flush()
+                return 1
             sleep(watch)
     except KeyboardInterrupt:
         out.write("\n")

@@ -440,13 +440,24 @@ def show_trace(
     as_json: bool = False,
     out: TextIO | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    err: TextIO | None = None,
 ) -> int:
-    """Print where the signup `member_id` is; 1 when no database knows it."""
+    """Print where the signup `member_id` is: 0 when found with every database read, 1
+    when no database knows it or one could not be read (the last line says which). When
+    none could be read, one line on stderr says why instead (with `as_json`, the document
+    still goes to stdout)."""
     out = out or sys.stdout
+    err = err or sys.stderr
     trace = read_trace(endpoints, member_id, timeout=timeout)
     if as_json:
         out.write(json.dumps(trace_json(trace), indent=2) + "\n")
+    elif len(trace.unavailable) == len(endpoints.database_urls) and not trace.found:
+        down = "; ".join(f"{s}: {r}" for s, r in trace.unavailable.items())
+        err.write(f"error: no database could be read ({down})\n")
     else:
         out.write(render_trace(trace) + "\n")
+        if trace.found and trace.unavailable:
+            out.write(f"incomplete: could not read {', '.join(trace.unavailable)}\n")
     out.flush()
-    return 0 if trace.found else 1
+    err.flush()
+    return 0 if trace.found and not trace.unavailable else 1

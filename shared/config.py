@@ -3,9 +3,10 @@
 This is the only module that reads the process environment (a test checks it): every
 other module receives what it needs as values, built here by one function per concern
 (`Settings.from_env`, `kafka_security`, `log_settings`, `web_settings`,
-`worker_health_port`, `auth_settings`, `failpoint_spec`, `tool_settings`). A value that
-is only a shape here (an ATTEMPTS/SECONDS limit, an argon2 cost, a Kafka protocol) is
-checked by the module that uses it, with the same one-line ConfigError.
+`worker_health_port`, `auth_settings`, `failpoint_spec`, `tool_settings`,
+`operator_broker`). A value that is only a shape here (an ATTEMPTS/SECONDS limit, an
+argon2 cost, a Kafka protocol) is checked by the module that uses it, with the same
+one-line ConfigError.
 """
 
 from __future__ import annotations
@@ -295,6 +296,39 @@ def dev_broker_file() -> Path:
     (./var/dev-broker, beside the SQLite files), for the operator commands run in another
     terminal of the same directory without KAFKA_BOOTSTRAP_SERVERS."""
     return Path.cwd() / "var" / "dev-broker"
+
+
+@dataclass(frozen=True)
+class OperatorBroker:
+    """The broker the operator commands (status, trace, dlt) read, and where its address
+    came from (for their messages): KAFKA_BOOTSTRAP_SERVERS, the file `signup-pipeline
+    dev` left (`dev_broker_file()`), or the services' default."""
+
+    servers: list[str]
+    origin: str  # for a message: "from KAFKA_BOOTSTRAP_SERVERS", "from …/var/dev-broker, …"
+
+
+def operator_broker(env: Mapping[str, str] | None = None) -> OperatorBroker:
+    """KAFKA_BOOTSTRAP_SERVERS when set; else the address in ./var/dev-broker when a
+    `signup-pipeline dev` of this directory left one; else localhost:9092. The operator
+    commands only: a service never reads the file (a stale one must not redirect it)."""
+    servers = bootstrap_servers(env)
+    if servers:
+        return OperatorBroker(servers, "from KAFKA_BOOTSTRAP_SERVERS")
+    path = dev_broker_file()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    listed = [s.strip() for s in (lines[0] if lines else "").split(",") if s.strip()]
+    if listed:
+        origin = f"from {path}, left by signup-pipeline dev: is it still running?"
+        return OperatorBroker(listed, origin)
+    return OperatorBroker(
+        [DEFAULT_BOOTSTRAP],
+        "the default: KAFKA_BOOTSTRAP_SERVERS is not set and no signup-pipeline dev "
+        "left ./var/dev-broker",
+    )
 
 
 def default_sqlite_url(service: str) -> str:

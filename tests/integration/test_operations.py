@@ -7,6 +7,11 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +34,7 @@ from member_service.models import Base as MemberBase
 from member_service.models import OutboxEvent as MemberOutbox
 from member_service.models import Partner, User
 from operations.cli import main
+from operations.offsets import OffsetReader
 from operations.sources import Endpoints
 from operations.status import read_status, show_status
 from operations.trace import show_trace
@@ -184,9 +190,14 @@ def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> N
 
 
 def status_document(endpoints: Endpoints, topics: tuple[Topic, Topic]) -> dict[str, Any]:
-    out = io.StringIO()
-    assert show_status(endpoints, as_json=True, out=out, topics=topics) == 0
+    out, err = io.StringIO(), io.StringIO()
+    code = show_status(endpoints, as_json=True, out=out, err=err, topics=topics)
     document: dict[str, Any] = json.loads(out.getvalue())
+    # 1 exactly when a part could not be read, which stderr then names in one line.
+    assert code == (1 if document["unavailable"] else 0)
+    missing = ", ".join(document["unavailable"])
+    said = f"error: incomplete: could not read {missing} (exit status 1)\n" if missing else ""
+    assert err.getvalue() == said
     return document
 
 
@@ -477,3 +488,105 @@ def test_trace_of_an_unknown_uuid_exits_1(databases: dict[str, Database]) -> Non
     assert code == 1
     assert document["found"] is False
     assert document["unavailable"] == {}
+
+
+# --- the commands run as an operator runs them: unreachable broker, the dev broker file ---
+
+CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
+
+
+def closed_port() -> int:
+    """A port nothing listens on (just freed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_cli(
+    cwd: Path, *args: str, bootstrap: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    if bootstrap is not None:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+    started = time.monotonic()
+    shown = subprocess.run(
+        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+    return shown, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("dlt", "list", "profile-insert"), ("dlt", "replay", "partner-created.DLT")],
+)
+def test_dlt_with_the_broker_unreachable_is_one_line_naming_it_and_exit_1(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+
+    shown, took = run_cli(tmp_path, *args, bootstrap=address)
+
+    assert shown.returncode == 1, shown.stderr
+    assert took < 10
+    assert shown.stdout == ""
+    [line] = shown.stderr.splitlines()
+    assert "Traceback" not in line
+    assert line == (
+        f"error: cannot reach Kafka at {address}: Connection refused (from KAFKA_BOOTSTRAP_SERVERS)"
+    )
+
+
+def test_status_with_the_broker_unreachable_shows_the_rest_and_exits_1(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+
+    shown, took = run_cli(tmp_path, "status", bootstrap=address)
+
+    assert shown.returncode == 1, shown.stderr
+    assert took < 10
+    assert "Traceback" not in shown.stderr
+    assert "3 profile-insert → member-service  unavailable: kafka:" in shown.stdout
+    assert "Connection refused" in shown.stdout
+    assert shown.stdout.splitlines()[-1].startswith("incomplete: could not read")
+    assert shown.stdout.splitlines()[-1].endswith("kafka (exit status 1)")
+
+
+def test_without_kafka_bootstrap_servers_the_commands_find_the_dev_broker(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    create_topics([kafka_bootstrap], pipeline_topics())
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "dev-broker").write_text(kafka_bootstrap.split(",")[0] + "\n")
+
+    listed, took = run_cli(tmp_path, "dlt", "list", "profile-insert")
+    status, _ = run_cli(tmp_path, "status", "--json")
+
+    assert listed.returncode == 0, listed.stderr
+    assert re.match(r"\d+ dead-lettered record\(s\) in profile-insert\.DLT$", listed.stdout)
+    assert took < 10
+    document = json.loads(status.stdout)
+    assert "kafka" not in document["unavailable"]
+    assert document["sources"]["kafka"] == kafka_bootstrap.split(",")[0]
+    # A dev that has stopped left its address behind: said so, in one line.
+    (tmp_path / "var" / "dev-broker").write_text(f"127.0.0.1:{closed_port()}\n")
+    stale, _ = run_cli(tmp_path, "dlt", "list", "profile-insert")
+    assert stale.returncode == 1
+    [line] = stale.stderr.splitlines()
+    assert "left by signup-pipeline dev: is it still running?" in line
+
+
+def test_reading_a_topic_stops_at_each_partitions_end_with_every_record(
+    kafka_bootstrap: str,
+) -> None:
+    topic = unique_name("dead-letters")
+    create_topic(kafka_bootstrap, topic, partitions=3)
+    produce(kafka_bootstrap, topic, {0: 10, 2: 3})  # batches of many: Tansu's short end
+
+    started = time.monotonic()
+    with OffsetReader([kafka_bootstrap], 10) as reader:
+        records = reader.read(topic, reader.log_ranges([topic])[topic])
+
+    assert time.monotonic() - started < 5  # by the ends, not by waiting for a quiet poll
+    assert sorted((m.partition, m.offset) for m in records) == [
+        *((0, o) for o in range(10)),
+        *((2, o) for o in range(3)),
+    ]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from operations.cli import main
+from operations.dlt import UnknownTopic, check_topic
 from operations.formatting import format_duration, partition_lag_text
 from operations.offsets import LogRange, PartitionLag, partition_lags
 from operations.sources import Endpoints, Unavailable
@@ -36,6 +37,7 @@ from operations.trace import (
     step_intervals,
     trace_json,
 )
+from shared.config import Settings, dev_broker_file, operator_broker
 from shared.messaging.pipeline import TOPICS
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -391,8 +393,11 @@ def test_status_with_nothing_there_shows_why_and_creates_no_database_file(
     with pytest.raises(SystemExit) as exit_:
         main(["status", "--json"])
 
-    assert exit_.value.code == 0
-    document = json.loads(capsys.readouterr().out)
+    assert exit_.value.code == 1
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert captured.err.startswith("error: incomplete: could not read auth database")
+    assert len(captured.err.splitlines()) == 1
     assert set(document["unavailable"]) == {
         "auth database",
         "member database",
@@ -442,3 +447,157 @@ def test_watch_stops_on_ctrl_c_with_exit_0(monkeypatch: pytest.MonkeyPatch) -> N
     assert code == 0
     assert frames == [1]
     assert json.loads(out.getvalue().splitlines()[0])["lag"]["member-service"]["total"] == 3
+
+
+# --- where the broker is, what the commands read, and an operator's mistakes ----------
+
+
+def test_without_kafka_bootstrap_servers_the_operator_commands_use_the_dev_broker_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert dev_broker_file() == tmp_path / "var" / "dev-broker"
+    (tmp_path / "var").mkdir()
+    dev_broker_file().write_text("127.0.0.1:36777\n")
+
+    assert operator_broker({}).servers == ["127.0.0.1:36777"]
+    assert str(dev_broker_file()) in operator_broker({}).origin
+    assert list(Endpoints.from_env({}).bootstrap_servers) == ["127.0.0.1:36777"]
+    # The variable wins; and a service never reads the file.
+    assert operator_broker({"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}).servers == ["kafka:9092"]
+    assert Settings.from_env("member", {}).bootstrap_servers == ["localhost:9092"]
+
+
+def test_without_either_the_operator_commands_use_the_default_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    broker = operator_broker({})
+
+    assert broker.servers == ["localhost:9092"]
+    assert "KAFKA_BOOTSTRAP_SERVERS is not set" in broker.origin
+
+
+@pytest.mark.parametrize(
+    ("argv", "variables"),
+    [
+        (
+            [],
+            [
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "./var/dev-broker",
+                "KAFKA_SECURITY_PROTOCOL",
+                "AUTH_DATABASE_URL",
+                "MEMBER_DATABASE_URL",
+                "BATCH_DATABASE_URL",
+            ],
+        ),
+        (
+            ["status"],
+            [
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "./var/dev-broker",
+                "KAFKA_SASL_MECHANISM",
+                "AUTH_DATABASE_URL",
+                "MEMBER_DATABASE_URL",
+                "BATCH_DATABASE_URL",
+            ],
+        ),
+        (["trace"], ["AUTH_DATABASE_URL", "MEMBER_DATABASE_URL", "BATCH_DATABASE_URL"]),
+        (["dlt", "list"], ["KAFKA_BOOTSTRAP_SERVERS", "./var/dev-broker", "KAFKA_SSL_CAFILE"]),
+        (["dlt", "replay"], ["KAFKA_BOOTSTRAP_SERVERS", "./var/dev-broker", "KAFKA_SASL_USERNAME"]),
+    ],
+)
+def test_help_names_the_environment_each_command_reads(
+    argv: list[str], variables: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert [v for v in variables if v not in shown] == []
+    assert "exit status" in shown
+
+
+def no_connection(*_: Any, **__: Any) -> Any:
+    raise AssertionError("connected to the broker")
+
+
+@pytest.mark.parametrize("action", [["list"], ["replay", "--id", "x"]])
+def test_dlt_on_an_unknown_topic_names_the_valid_ones_and_exits_2_before_connecting(
+    action: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("socket.create_connection", no_connection)
+    monkeypatch.setattr("kafka.KafkaConsumer.__init__", no_connection)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["dlt", action[0], "nosuch", *action[1:]])
+
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line == (
+        "error: unknown topic 'nosuch': use one of profile-insert, partner-created (or its .DLT)"
+    )
+
+
+def test_dlt_takes_a_pipeline_topic_or_its_dead_letter_topic() -> None:
+    assert check_topic("profile-insert") == "profile-insert.DLT"
+    assert check_topic("partner-created.DLT") == "partner-created.DLT"
+    with pytest.raises(UnknownTopic):
+        check_topic("profile-insert.DLT.DLT")
+
+
+def test_status_says_in_its_last_line_what_it_could_not_read_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for service in ("AUTH", "MEMBER", "BATCH"):
+        monkeypatch.delenv(f"{service}_DATABASE_URL", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["status"])
+
+    assert exit_.value.code == 1
+    captured = capsys.readouterr()
+    assert "1 auth: signup accepted" in captured.out  # the screen is still shown
+    assert captured.out.splitlines()[-1] == (
+        "incomplete: could not read auth database, member database, batch database, kafka "
+        "(exit status 1)"
+    )
+    assert captured.err == ""
+
+
+def test_status_that_read_everything_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    from operations import status as operations
+
+    monkeypatch.setattr(operations, "read_status", lambda *_, **__: a_status())
+    out, err = io.StringIO(), io.StringIO()
+
+    assert operations.show_status(Endpoints({}, []), out=out, err=err) == 0
+    assert "incomplete" not in out.getvalue()
+    assert operations.show_status(Endpoints({}, []), as_json=True, out=out, err=err) == 0
+    assert err.getvalue() == ""
+
+
+def test_trace_with_no_database_to_read_is_one_line_on_stderr_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for service in ("AUTH", "MEMBER", "BATCH"):
+        monkeypatch.delenv(f"{service}_DATABASE_URL", raising=False)
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["trace", MEMBER])
+
+    assert exit_.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("error: no database could be read (auth database: no database file")
+    assert not (tmp_path / "var").exists()
