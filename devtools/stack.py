@@ -11,13 +11,14 @@ import contextlib
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -67,6 +68,12 @@ class ManagedProcess:
                 self.tail.append(line)
                 if self.echo is not None:
                     self.echo(f"[{self.name}] {line}")
+
+    def last_lines(self, count: int) -> list[str]:
+        """Its last `count` lines of output (all of them, once it has exited)."""
+        if self.popen is not None and self.popen.poll() is not None and self._reader is not None:
+            self._reader.join(2)
+        return list(self.tail)[-count:]
 
     @property
     def pid(self) -> int | None:
@@ -169,21 +176,42 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start(self, timeout: float = 60.0) -> Stack:
-        """Start the broker if none was given, migrate, start all five and wait until ready."""
+    def start(self, timeout: float = 60.0, progress: Callable[[str], None] | None = None) -> Stack:
+        """Start the broker if none was given, migrate, start all five and wait until every
+        one is ready; `progress` hears each step. If any step fails or a process exits
+        meanwhile, stops everything (without echoing their shutdown) and raises."""
+        step = progress or (lambda _: None)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             if not self.bootstrap_servers:
+                step("starting the local broker")
                 self.broker = LocalBroker(log_path=self.log_dir / "broker.log").start()
                 self.bootstrap_servers = self.broker.bootstrap_servers
+            step("migrating the three databases")
             self.migrate()
+            # An API port something else already listens on cannot prove our API ready:
+            # whatever answers there is not it (another `dev`, say), and ours will exit.
+            taken = {
+                f"{service}-api"
+                for service, port in self.ports.items()
+                if not _can_listen("127.0.0.1", port)
+            }
+            step("starting five processes")
             for name in ("auth-api", "member-worker", "member-api", "batch-worker", "batch-api"):
                 self.spawn(name)
-            self.wait_ready(timeout)
+            step("waiting until every API answers and every worker has joined its group")
+            self.wait_ready(timeout, untrusted=taken)
         except BaseException:
+            self.silence()  # the failure is the news, not how the others shut down
             self.stop()  # leave nothing behind, whatever failed
             raise
         return self
+
+    def silence(self) -> None:
+        """Stop echoing the processes' output (their log files still get it)."""
+        self.echo = None
+        for process in self.processes.values():
+            process.echo = None
 
     def migrate(self) -> None:
         """`python -m <service>_service migrate` for each service."""
@@ -235,27 +263,36 @@ class Stack:
         self.processes[key] = process
         return process
 
-    def wait_ready(self, timeout: float, names: list[str] | None = None) -> None:
+    def wait_ready(
+        self, timeout: float, names: list[str] | None = None, untrusted: Collection[str] = ()
+    ) -> None:
         """Until every process (or those in `names`) answers /health/ready: APIs with their
-        database, workers also joined to their consumer group. Raises if one died."""
+        database, workers also joined to their consumer group. Raises as soon as any
+        process of the stack has exited. An answer on the port of a process in
+        `untrusted` is not taken for its own."""
         deadline = time.monotonic() + timeout
         pending = set(names or self.processes)
         while pending:
             self.check_alive()
             for key in list(pending):
-                if http_status(self.health_url(key)) == 200:
+                if key not in untrusted and http_status(self.health_url(key)) == 200:
                     pending.discard(key)
             if time.monotonic() > deadline:
-                raise StackError(f"not ready within {timeout}s: {sorted(pending)}")
+                also = sorted(pending & set(untrusted))
+                raise StackError(
+                    f"not ready within {timeout}s: {sorted(pending)}"
+                    + (f" ({', '.join(also)}: its port was already in use)" if also else "")
+                )
             time.sleep(0.1)
 
     def check_alive(self) -> None:
         """Raise, with its last log lines, if a process of the stack has died."""
         for process in self.processes.values():
             if process.popen is not None and process.popen.poll() is not None:
-                last = "\n".join(list(process.tail)[-15:])
+                last = "\n".join(f"  {line}" for line in process.last_lines(15))
                 raise StackError(
-                    f"{process.name} exited with {process.popen.returncode}; last lines:\n{last}"
+                    f"{process.name} exited with {process.popen.returncode}; last lines "
+                    f"(all in {process.log_path}):\n{last}"
                 )
 
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
@@ -266,6 +303,17 @@ class Stack:
         if self.broker is not None:
             self.broker.stop()
         return codes
+
+
+def _can_listen(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (as gunicorn would: SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _sqlite_url_in(workdir: Path, service: str) -> str:

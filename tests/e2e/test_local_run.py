@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -80,59 +84,101 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(tmp_pat
         text=True,
     )
     assert dev.stdout is not None
-    curl = trace = None
-    output = []
+    output: list[str] = []
+    pasted: list[str] = []  # the lines under "try", as printed
     deadline = time.monotonic() + 90
     for line in dev.stdout:
         output.append(line)
-        if line.strip().startswith("curl -s -X POST"):
-            curl = line.strip()
-        if "signup-pipeline trace" in line:
-            trace = line.strip()
+        if pasted or line.startswith("try"):
+            pasted.append(line.strip())
         if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
             break
-    assert curl is not None, "".join(output)
+    assert any(line.startswith("ready after") for line in output), "".join(output)
+    commands = [line for line in pasted[1:] if line and not line.startswith("Ctrl-C")]
     tree = descendants(dev.pid)
     assert len(tree) >= 6  # broker + five processes (+ gunicorn workers)
+    broker_file = tmp_path / "var" / "dev-broker"
+    broker = broker_file.read_text().strip()
+    assert any(line.split()[:2] == ["broker", broker] for line in output), "".join(output)
 
-    signed_up = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
-    member_id = __import__("json").loads(signed_up.stdout)["uuid"]
-    _, member = wait_for_status(f"http://127.0.0.1:{base + 1}/members/{member_id}")
+    # Every printed command, pasted as printed into a shell of another directory, with
+    # nothing of the project's set in the environment.
+    cd, signup, member_curl, summary_curl, trace, status = commands
+    assert cd == f"cd {tmp_path}"
+    cli = str(Path(sys.executable).parent / "signup-pipeline")
+    assert trace == f"{cli} trace $UUID" and status == f"{cli} status --watch"
+    assert not any("KAFKA_BOOTSTRAP_SERVERS" in command for command in commands)
+    elsewhere = tmp_path.parent
+
+    def paste(*lines: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", "\n".join(lines)],
+            cwd=elsewhere,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    signed_up = paste(cd, signup)
+    member_id = signed_up.stdout.strip()
+    assert str(uuid.UUID(member_id)) == member_id, signed_up
+    again = paste(cd, signup)  # a fresh email each time: pasting twice signs up twice
+    assert again.stdout.strip() not in ("", member_id), again
+    wait_for_status(f"http://127.0.0.1:{base + 1}/members/{member_id}")
     wait_for_status(f"http://127.0.0.1:{base + 2}/partners/{member_id}/summary")
-    # The printed trace command, as a newcomer would paste it (from the same directory).
-    assert trace is not None, "".join(output)
-    variable, _, command = trace.partition(" ")
-    traced = subprocess.run(
-        [*CLI, *shlex.split(command.replace("<uuid>", member_id))[1:]],
-        cwd=tmp_path,
-        env={**clean_env(), variable.split("=")[0]: variable.split("=", 1)[1]},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    member = paste(cd, f"UUID={member_id}", member_curl)
+    summary = paste(cd, f"UUID={member_id}", summary_curl)
+    traced = paste(cd, f"UUID={member_id}", trace)
+    once = paste(cd, status.replace(" --watch", ""))
 
     dev.send_signal(signal.SIGINT)
     code = dev.wait(30)
     rest = dev.stdout.read()
     dev.stdout.close()
 
-    assert member["role"] == "PARTNER"
+    assert json.loads(member.stdout)["role"] == "PARTNER", member
+    assert member_id in summary.stdout, summary
     assert traced.returncode == 0, traced.stderr
     assert "5 summary created" in traced.stdout and "complete:" in traced.stdout, traced.stdout
+    assert broker in once.stdout, once
     # dev's processes log readable text lines, not JSON.
     assert any(" INFO " in line and not line.split(" ", 1)[-1].startswith("{") for line in output)
     assert code == 0, rest
     assert "non-zero" not in rest
     assert [pid for pid in tree if alive(pid)] == []
     assert (tmp_path / "var" / "member.db").exists()  # the embedded default location
+    assert not broker_file.exists()  # no stale address for the operator commands
     assert http_status(f"http://127.0.0.1:{base}/health/live", timeout=1) is None
 
 
-def test_dev_reports_a_process_that_dies_and_exits_non_zero(tmp_path: Path) -> None:
+class AnswersEverything(http.server.BaseHTTPRequestHandler):
+    """Another program on the port: 200 to any GET (as another `dev` would answer)."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("squatter", ["listening socket", "HTTP server answering 200"])
+def test_dev_stops_everything_when_a_process_fails_to_start(tmp_path: Path, squatter: str) -> None:
     base = three_free_ports()
-    with socket.socket() as squatter:  # the member API's port is taken
-        squatter.bind(("127.0.0.1", base + 1))
-        squatter.listen()
+    with contextlib.ExitStack() as taken:  # the member API's port is taken
+        if squatter == "listening socket":
+            sock = taken.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", base + 1))
+            sock.listen()
+        else:
+            server = http.server.HTTPServer(("127.0.0.1", base + 1), AnswersEverything)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            taken.callback(server.server_close)
+            taken.callback(server.shutdown)
+        started = time.monotonic()
         result = subprocess.run(
             [*CLI, "dev", "--base-port", str(base)],
             cwd=tmp_path,
@@ -141,9 +187,20 @@ def test_dev_reports_a_process_that_dies_and_exits_non_zero(tmp_path: Path) -> N
             text=True,
             timeout=120,
         )
-    assert result.returncode != 0
-    assert "member-api exited" in result.stdout
-    assert "last lines" in result.stdout
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert time.monotonic() - started < 60, output  # not after the 60 s readiness timeout
+    assert not any(line.startswith("ready") for line in output.splitlines()), output
+    assert not any(line.startswith("try") for line in output.splitlines()), output
+    assert "Ctrl-C" not in output, output
+    # The failing process, by name, and its own last lines (gunicorn's bind error).
+    assert "error: member-api exited with 1; last lines" in result.stdout, output
+    _, _, last = result.stdout.partition("error: member-api exited")
+    assert f"Connection in use: ('127.0.0.1', {base + 1})" in last, output
+    # Its failure is the end of the output: the others' shutdown is not echoed after it.
+    assert result.stdout.rstrip().endswith("nothing of this run is left running"), output
+    assert "Traceback" not in last, output
+    assert not (tmp_path / "var" / "dev-broker").exists()
 
 
 def test_demo_runs_to_completion_and_prints_the_table(tmp_path: Path) -> None:
@@ -156,10 +213,18 @@ def test_demo_runs_to_completion_and_prints_the_table(tmp_path: Path) -> None:
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # Not a terminal: a plain Markdown table, no colour codes.
+    assert "\x1b[" not in result.stdout
     rows = [
-        line for line in result.stdout.splitlines() if line.startswith("| ") and "uuid" not in line
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and "uuid" not in line
     ]
     assert len(rows) == 4
     assert all("MISSING" not in row for row in rows)
     assert sum("PARTNER" in row for row in rows) == 2
+    for n, (number, role, member_id, accepted, profile, summary) in enumerate(rows, 1):
+        assert number == str(n) and str(uuid.UUID(member_id)) == member_id
+        assert accepted.endswith(" ms") and profile.endswith(" ms")
+        assert summary.endswith(" ms") if role == "PARTNER" else summary == "-"
     assert "all signups went through; clean shutdown" in result.stdout
