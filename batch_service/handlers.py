@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from batch_service.models import PartnerSummary
 from shared.messaging.pipeline import PartnerCreated
+from shared.messaging.processor import Summary
 from shared.storage.db import UnitOfWork, utcnow
 
+OPENED = Summary("partner summary opened")
 
-def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> None:
+
+def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> Summary:
     """Open the new partner's summary with every counter at zero."""
     uow.insert(
         PartnerSummary,
@@ -21,3 +24,4 @@ def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> None:
             "created_at": utcnow(),
         },
     )
+    return OPENED

@@ -5,14 +5,16 @@ from __future__ import annotations
 from member_service.models import FavoriteStyle, OutboxEvent, Partner, User
 from shared.messaging.outbox import add_event
 from shared.messaging.pipeline import PARTNER_CREATED, PartnerCreated, ProfileInsert
+from shared.messaging.processor import Summary
 from shared.storage.db import UnitOfWork, utcnow
 from shared.telemetry.tracecontext import current_traceparent
 
 SOURCE = "member-service"
 
 
-def on_profile_insert(event: ProfileInsert, uow: UnitOfWork) -> None:
-    """Create the USER or PARTNER profile and its styles; announce a new partner."""
+def on_profile_insert(event: ProfileInsert, uow: UnitOfWork) -> Summary:
+    """Create the USER or PARTNER profile and its styles; announce a new partner. Says
+    what it did (role and counts only: the nickname is personal data)."""
     profile = User if event.role == "USER" else Partner
     uow.insert(profile, {"uuid": event.uuid, "nickname": event.nickname, "created_at": utcnow()})
     for style in event.favorite_styles:
@@ -27,3 +29,11 @@ def on_profile_insert(event: ProfileInsert, uow: UnitOfWork) -> None:
             source=SOURCE,
             traceparent=current_traceparent(),
         )
+    styles = len(event.favorite_styles)
+    return Summary(
+        "%s profile created (%d style%s)%s",
+        event.role,
+        styles,
+        "" if styles == 1 else "s",
+        ", partner-created queued" if profile is Partner else "",
+    )

@@ -1,6 +1,7 @@
 """Applying one topic's records: decode each into its typed event, apply a batch in one
 transaction with the inbox rows, retry what may succeed later, dead-letter what never
-will, and report per partition what may be committed.
+will, and report per partition what may be committed. Once a transaction committed, each
+applied event gets a flow line saying what its handler did (shared.telemetry.logs).
 
 The guarantee lives here: the effects of an event and its inbox row are committed in
 one transaction, so a redelivered event finds its row and changes nothing, and two
@@ -38,11 +39,12 @@ from shared.messaging.inbox import InboxRecord, claim_events
 from shared.messaging.kafka import Message, Producer
 from shared.messaging.pipeline import Topic
 from shared.storage.db import Database, UnitOfWork
-from shared.telemetry.logs import log_context
+from shared.telemetry.logs import FLOW_LOGGER, flow_level, log_context
 from shared.telemetry.metrics import metrics
 from shared.telemetry.tracecontext import SpanKind, span, trace_id_of
 
 log = logging.getLogger(__name__)
+flow_log = logging.getLogger(FLOW_LOGGER)
 
 
 class PermanentError(Exception):
@@ -102,8 +104,25 @@ class EventContext:
 
 E = TypeVar("E")
 
-Handler = Callable[[E, UnitOfWork], None]
-"""What a service does with one event of its topic, inside the consumer's transaction."""
+
+class Summary:
+    """What a handler did with one event, in a few words for the worker's flow line
+    (`USER profile created (3 styles)`): a template and its arguments, formatted only if
+    the line is logged. Never personal data (a nickname is): ids, roles, counts."""
+
+    __slots__ = ("args", "template")
+
+    def __init__(self, template: str, *args: object) -> None:
+        self.template = template
+        self.args = args
+
+    def __str__(self) -> str:
+        return self.template % self.args if self.args else self.template
+
+
+Handler = Callable[[E, UnitOfWork], Summary | None]
+"""What a service does with one event of its topic, inside the consumer's transaction;
+it may say what it did (a Summary), which the worker logs once the transaction committed."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -294,6 +313,8 @@ class EventProcessor(Generic[E]):
         ]
         group = self.topic.consumer_group
         durations = []
+        done: list[tuple[Message, Summary | None]] = []
+        started_at = time.perf_counter()
         with self._database.unit_of_work(self._after_commit) as uow:
             # dict.fromkeys: the same event twice in one batch is claimed once.
             wanted = dict.fromkeys((c.event_id, c.message.topic) for c in contexts)
@@ -307,11 +328,13 @@ class EventProcessor(Generic[E]):
                 failpoint("handle", message.value.decode("utf-8", errors="replace"))
                 with self._event_scope(message, context):
                     started = time.perf_counter()
-                    self._handler(event, uow)
+                    done.append((message, self._handler(event, uow)))
                     durations.append(time.perf_counter() - started)
                     log.debug("handled %s", _where(message))
                 outcomes.append(Outcome.APPLIED)
             uow.commit()
+        # Committed (a rolled-back batch raised above and says nothing here).
+        self._log_flow(done, time.perf_counter() - started_at)
         failpoint("after-db-commit")
         # Only once committed: a batch rolled back and applied again record by record
         # must not count its handlers twice.
@@ -319,6 +342,27 @@ class EventProcessor(Generic[E]):
         for duration in durations:
             handler_duration.observe(duration)
         return outcomes
+
+    def _log_flow(self, done: list[tuple[Message, Summary | None]], took: float) -> None:
+        """One line per applied event: `profile-insert <key> → <summary> in 4.1 ms` (the
+        transaction's time, claim to commit; shared by the events of a batch, which the
+        line then says). One level check per batch; the lines are formatted only if shown."""
+        level = flow_level()
+        if not done or not flow_log.isEnabledFor(level):
+            return
+        ms = took * 1000
+        shared = f" (batch of {len(done)})" if len(done) > 1 else ""
+        for message, summary in done:
+            key = message.key.decode("utf-8", errors="replace") if message.key else "-"
+            flow_log.log(
+                level,
+                "%s %s → %s in %.1f ms%s",
+                message.topic,
+                key,
+                summary or "applied",
+                ms,
+                shared,
+            )
 
     @contextlib.contextmanager
     def _event_scope(self, message: Message, context: EventContext) -> Iterator[None]:

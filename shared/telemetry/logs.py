@@ -4,7 +4,14 @@ process role and, where there is one, the member uuid, the event's `ce_id` and t
 trace id.
 
 The ids come from a context (`log_context`) set where the work starts: an HTTP request,
-a consumed event. Personal data never belongs in a log line; as a last line of defence
+a consumed event.
+
+The flow lines (logger `FLOW_LOGGER`: what a worker did with each event, once committed)
+are for watching the pipeline work in a terminal: at INFO in text mode, where a text
+line shows them as `... INFO member-worker: profile-insert <uuid> → ...`; at DEBUG in
+JSON mode, so production logs keep their content (and volume) unless LOG_LEVEL=DEBUG.
+
+Personal data never belongs in a log line; as a last line of defence
 every line is scrubbed of anything shaped like an email address or a password hash.
 """
 
@@ -24,6 +31,10 @@ from typing import Any
 from shared.config import ConfigError, LogSettings
 
 FORMATS = ("json", "text")
+
+# What the workers did with each event, one line per event (see `flow_level`).
+FLOW_LOGGER = "signup.flow"
+_flow_level = logging.DEBUG  # until configure_logging says the format is text
 
 # The ids a line may carry, in the order a text line shows them.
 CONTEXT_FIELDS = ("member_uuid", "ce_id", "trace_id")
@@ -84,13 +95,23 @@ class JsonFormatter(logging.Formatter):
         return scrub(json.dumps(document, ensure_ascii=False, default=str))
 
 
+def flow_level() -> int:
+    """The level of the flow lines: INFO when the process logs text, DEBUG in JSON."""
+    return _flow_level
+
+
 class TextFormatter(logging.Formatter):
-    """`time LEVEL service-role logger: message [member_uuid=… ce_id=… trace_id=…]`."""
+    """`time LEVEL service-role logger: message [member_uuid=… ce_id=… trace_id=…]`; a
+    flow line short, as a person reads it: `time INFO member-worker: message` (it names
+    the event's key itself; JSON lines keep every id)."""
 
     def __init__(self, service: str, role: str) -> None:
         super().__init__(f"%(asctime)s %(levelname)s {service}-{role} %(name)s: %(message)s")
+        self._flow = logging.Formatter(f"%(asctime)s %(levelname)s {service}-{role}: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.name == FLOW_LOGGER:
+            return scrub(self._flow.format(record))
         line = super().format(record)
         tags = {**_context.get(), **(getattr(record, "fields", None) or {})}
         if tags:
@@ -106,6 +127,8 @@ def configure_logging(service: str, role: str, settings: LogSettings) -> None:
     form = (settings.format or "json").lower()
     if form not in FORMATS:
         raise ConfigError(f"LOG_FORMAT={form!r} is not a format: use json or text")
+    global _flow_level
+    _flow_level = logging.INFO if form == "text" else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     formatter = JsonFormatter if form == "json" else TextFormatter
     handler.setFormatter(formatter(service, role))
