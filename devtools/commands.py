@@ -221,7 +221,7 @@ def _result_table(signups: list[DemoSignup], markdown: bool) -> Table:
             collapse_padding=True,
             caption="milliseconds from the signup request",
         )
-        steps = ["signup\naccepted", "profile\ncreated", "partner summary\ncreated"]
+        steps = ["signup\naccepted", "profile\ncreated", "partner\nsummary"]
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("role", no_wrap=True)
     table.add_column("member uuid", overflow="fold")
