@@ -340,8 +340,13 @@ def write_line(stream: IO[str]) -> Callable[[str], None]:
 
     def emit(line: str) -> None:
         with lock:
-            stream.write(line + "\n")
-            stream.flush()
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                # The reader went away (`dev | tee` and Ctrl-C, a closed terminal): what
+                # is said is lost, but nothing may stop the stack from being stopped.
+                pass
 
     return emit
 

@@ -4,6 +4,7 @@ the dev extra installed, also run the whole pipeline locally (dev, demo, bench).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -275,6 +276,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if argv is None:
+        # `signup-pipeline dlt list ... | head`: an operator command ends quietly when its
+        # reader stops reading, as a shell command does, instead of a BrokenPipeError
+        # traceback. (Not dev: it must outlive its reader long enough to stop its stack.)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(commands[args.command](args))
 
 
