@@ -156,6 +156,7 @@ def run_worker(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(database.engine.dispose)
         state = ConsumerState()
+        health = None
         if args.health_port is not None:
             health = HealthServer(
                 database,
@@ -173,6 +174,8 @@ def run_worker(
         if spec.outbox is not None:
             relay = OutboxRelay(database, spec.outbox, lambda: make_producer(servers)).start()
             cleanup.callback(relay.stop)
+            if health is not None:
+                health.relay = relay  # its /health/ready answers 503 while the relay stalls
         housekeeper = Housekeeper(
             database,
             spec.outbox,

@@ -1,6 +1,7 @@
 """The HTTP port of a worker process, which has no web framework of its own:
 `/health/live` (the process answers), `/health/ready` (database and broker reachable,
-consumer joined to its group, no partition stuck) and `/metrics` (Prometheus)."""
+consumer joined to its group, no partition stuck, its outbox relay not stalled) and
+`/metrics` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -70,8 +71,11 @@ class HealthServer:
         *,
         bootstrap_servers: list[str] | None = None,
         collectors: tuple[Any, ...] = (),
+        relay: Any = None,
     ) -> None:
         self._database = database
+        # An OutboxRelay (anything with `stalled()`), set now or once it exists.
+        self.relay = relay
         self._state = state
         self._bootstrap_servers = bootstrap_servers
         self._collectors = collectors
@@ -130,6 +134,9 @@ class HealthServer:
                 "error": "unavailable",
                 "message": f"Partitions {self._state.stuck} have been failing for too long.",
             }
+        stall = self.relay.stalled() if self.relay is not None else None
+        if stall is not None:
+            return 503, {"error": "unavailable", "message": str(stall)}
         try:
             check_connection(self._database.engine)
         except Exception:

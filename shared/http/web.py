@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -181,7 +181,9 @@ def _flatten(problems: Any, where: str = "") -> list[str]:
 
 
 def health_blueprint(database: Database) -> Blueprint:
-    """`/health/live` (the process answers) and `/health/ready` (its database answers)."""
+    """`/health/live` (the process answers) and `/health/ready` (its database answers, and
+    the outbox relay in `app.extensions["outbox_relay"]`, if any, is not stalled: rows
+    waiting with nothing published for longer than its bound)."""
     health = Blueprint("health", __name__, url_prefix="/health")
 
     @health.get("/live")
@@ -195,6 +197,10 @@ def health_blueprint(database: Database) -> Blueprint:
         except Exception as exc:
             log.warning("not ready: %s", exc)
             return error_response(503, "unavailable", "The database is unreachable.")
+        relay = current_app.extensions.get("outbox_relay")
+        stall = relay.stalled() if relay is not None else None
+        if stall is not None:  # the relay logged the episode once; a probe adds no line
+            return error_response(503, "unavailable", str(stall))
         return jsonify(status="ok")
 
     return health

@@ -11,6 +11,12 @@ Guarantees:
   `FOR UPDATE SKIP LOCKED` and holds the lock until the rows are marked, so no two relays
   send the same row. SQLite has no row locks; there a second relay may re-send a row,
   which the inbox absorbs.
+- The relay outlives anything the broker does. A producer in a state it cannot leave (a
+  fatal error, a producer id the broker no longer knows after it restarted empty, or
+  sends failing for longer than `recreate_after`) is closed and made again, with
+  backoff. A failure episode logs one line when it starts and one when it ends, never a
+  line per row per pass; a relay with rows waiting and nothing published for longer
+  than `stall_after` says so through `stalled()`, which the readiness probes answer 503 on.
 """
 
 from __future__ import annotations
@@ -20,10 +26,19 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from kafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpochError,
+    InvalidProducerIdMappingError,
+    OutOfOrderSequenceNumberError,
+    ProducerFencedError,
+    UnknownProducerIdError,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Connection, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -160,11 +175,59 @@ class OutboxBacklogCollector:
         yield age
 
 
+# Errors after which an idempotent producer never sends again: it keeps a producer id
+# and epoch the broker rejects (or has forgotten, when the broker restarted empty).
+FATAL_PRODUCER_ERRORS: tuple[type[Exception], ...] = (
+    UnknownProducerIdError,
+    OutOfOrderSequenceNumberError,
+    InvalidProducerEpochError,
+    InvalidProducerIdMappingError,
+    ProducerFencedError,
+    IllegalStateError,
+)
+
+
+def is_fatal_producer_error(exc: BaseException) -> bool:
+    """Whether `exc` leaves the producer that raised it unable to send again."""
+    if isinstance(exc, FATAL_PRODUCER_ERRORS):
+        return True
+    # kafka-python reports a failed InitProducerId as a bare KafkaError, and then fails
+    # every send with it for the producer's lifetime.
+    return isinstance(exc, KafkaError) and "ProducerId" in str(exc)
+
+
+# Between passes while a failure episode lasts (doubling from 0.1 s).
+MAX_RETRY_DELAY = 2.0
+
+
+class RelayStall:
+    """Why a relay is not keeping up: rows wait and nothing was published for `seconds`."""
+
+    def __init__(self, seconds: float, failed_sends: int, last_error: str | None) -> None:
+        self.seconds = seconds
+        self.failed_sends = failed_sends
+        self.last_error = last_error
+
+    def __str__(self) -> str:
+        reason = f": {self.last_error}" if self.last_error else ""
+        return (
+            f"The outbox relay has published nothing for {self.seconds:.0f} s while rows "
+            f"wait ({self.failed_sends} failed sends{reason})."
+        )
+
+
 class OutboxRelay:
     """Copies committed outbox rows to Kafka, in id order, and marks them published.
 
     `wake()` after a commit sends at once; without it the relay still looks every
     `poll_interval` seconds, which is how rows left behind by a crash get sent.
+
+    The producer is made again (the old one closed without waiting) after a fatal
+    producer error, or when a row's sends have kept failing for `recreate_after` seconds
+    on the same producer; successive recreations in one episode wait 0, 1, 2, 4 ... 30 s.
+    While failing, a pass is retried on its own short backoff, not on every `wake()`.
+    `stalled()` tells the readiness probes when rows have waited with nothing published
+    for `stall_after` seconds.
     """
 
     def __init__(
@@ -176,6 +239,9 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 1.0,
         send_timeout: float = 35.0,
+        stall_after: float = 30.0,
+        recreate_after: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._database = database
         self._model = model
@@ -186,14 +252,50 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._send_timeout = send_timeout
+        self._stall_after = stall_after
+        self._recreate_after = recreate_after
+        self._clock = clock
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._row_locks = database.engine.dialect.name == "postgresql"
+        # Progress, for recovery and readiness: when the relay last published a row or
+        # found nothing to publish; since when a pass has been sending; the episode of
+        # failures under way (since when, how many failed sends, the last error).
+        self._progress_at = clock()
+        self._busy_since: float | None = None
+        self._failing_since: float | None = None
+        self._failed_sends = 0
+        self._last_error: str | None = None
+        self._recreations = 0
+        self._episode_recreations = 0
+        self._reconnect_at = 0.0
+        self._producer_made_at = 0.0
+        self._retry_delay = 0.0
 
     def wake(self) -> None:
         """Ask the relay to look for new rows now."""
         self._wakeup.set()
+
+    def stalled(self) -> RelayStall | None:
+        """Rows wait and nothing was published for longer than `stall_after`: why; else
+        None. Read by the readiness probes from other threads."""
+        if self._failing_since is None and self._busy_since is None:
+            return None
+        seconds = self._clock() - self._progress_at
+        if seconds <= self._stall_after:
+            return None
+        return RelayStall(seconds, self._failed_sends, self._last_error)
+
+    def stalled_for(self) -> float | None:
+        """Seconds without a publish while rows wait, once past `stall_after`; else None."""
+        stall = self.stalled()
+        return None if stall is None else stall.seconds
+
+    @property
+    def recreations(self) -> int:
+        """How many times the producer was made again after failures."""
+        return self._recreations
 
     def publish_pending(self) -> int:
         """Send one batch of unpublished rows; return how many were acknowledged."""
@@ -230,43 +332,129 @@ class OutboxRelay:
         published = metrics().events_published
         for topic, count in collections.Counter(row.topic for row in acked).items():
             published.labels(topic).inc(count)
+        if acked or not rows:
+            self._progress_at = self._clock()
+        if rows and len(acked) == len(rows):
+            self._recovered()
+        elif not rows and self._failing_since is not None:
+            self._recovered()  # what failed was sent by another relay, or cleaned up
         return len(acked)
 
     def _connected_producer(self) -> Producer:
         if self._producer is None:
             self._producer = self._connect()
+            self._producer_made_at = self._clock()
         return self._producer
 
     def _send(self, rows: Any) -> list[Any]:
         if not rows:
             return []
-        producer = self._connected_producer()
+        self._busy_since = self._clock()
+        try:
+            return self._send_rows(rows)
+        finally:
+            self._busy_since = None
+
+    def _send_rows(self, rows: Any) -> list[Any]:
+        if self._producer is None and self._clock() < self._reconnect_at:
+            return []  # backing off before making the producer again; the rows wait
+        try:
+            producer = self._connected_producer()
+        except Exception as exc:
+            self._failed(len(rows), exc, fatal=False)
+            return []
         failpoint("relay-before-send")
-        pending = [
-            (
-                row,
-                producer.send(
+        pending: list[tuple[Any, Any]] = []
+        failures: list[tuple[Any, BaseException]] = []
+        for index, row in enumerate(rows):
+            try:
+                delivery = producer.send(
                     row.topic,
                     value=row.payload.encode("utf-8"),
                     key=row.key.encode("utf-8"),
                     headers=cloudevent_headers(row),
-                ),
-            )
-            for row in rows
-        ]
-        producer.flush(timeout=self._send_timeout)
+                )
+            except Exception as exc:  # no metadata in max_block_ms, a producer in error
+                failures.extend((later, exc) for later in rows[index:])
+                break
+            pending.append((row, delivery))
+        try:
+            producer.flush(timeout=self._send_timeout)
+        except Exception as exc:  # what was not acknowledged fails below
+            log.debug("relay producer flush failed: %s", exc)
         acked = []
         for row, delivery in pending:
             try:
                 delivery.get(timeout=0)
-            except KafkaError as exc:
-                with log_context(
-                    ce_id=row.event_id, member_uuid=row.key, trace_id=trace_id_of(row.traceparent)
-                ):
-                    log.warning("outbox row %s not acknowledged, will retry: %s", row.id, exc)
+            except Exception as exc:
+                failures.append((row, exc))
                 continue
             acked.append(row)
+        if failures:
+            row, first = failures[0]
+            with log_context(
+                ce_id=row.event_id, member_uuid=row.key, trace_id=trace_id_of(row.traceparent)
+            ):
+                self._failed(
+                    len(failures),
+                    first,
+                    fatal=any(is_fatal_producer_error(exc) for _, exc in failures),
+                )
         return acked
+
+    def _failed(self, count: int, exc: BaseException, *, fatal: bool) -> None:
+        """`count` sends failed with (first) `exc`: one line when an episode starts, and
+        the producer made again when it cannot recover on its own."""
+        now = self._clock()
+        self._failed_sends += count
+        metrics().outbox_send_failures.inc(count)
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning(
+                "outbox relay cannot publish (%s); retrying quietly until it can",
+                self._last_error,
+            )
+        # Judged from the later of the episode's start and the current producer's birth:
+        # a new producer gets the whole bound before it is made again.
+        failing_for = now - max(self._failing_since, self._producer_made_at)
+        if fatal or failing_for > self._recreate_after:
+            self._recreate(self._last_error)
+
+    def _recreate(self, reason: str) -> None:
+        """Close the producer without waiting; the next pass makes a new one, after a
+        backoff that grows with each recreation in this episode (0, 1, 2, 4 ... 30 s)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception as exc:
+                log.debug("old relay producer did not close cleanly: %s", exc)
+        attempt = self._episode_recreations
+        delay = 0.0 if attempt == 0 else min(2.0 ** (attempt - 1), 30.0)
+        self._reconnect_at = self._clock() + delay
+        self._recreations += 1
+        metrics().outbox_producer_recreations.inc()
+        self._episode_recreations += 1
+        log.debug("relay producer recreated (%s); next connect in %.1f s", reason, delay)
+
+    def _recovered(self) -> None:
+        """Everything the last pass read went out: end the failure episode, if any."""
+        if self._failing_since is not None:
+            log.info(
+                "outbox relay publishing again after %.1f s and %d failed sends "
+                "(producer made again %d times; last error: %s)",
+                self._clock() - self._failing_since,
+                self._failed_sends,
+                self._episode_recreations,
+                self._last_error,
+            )
+        self._failing_since = None
+        self._failed_sends = 0
+        self._last_error = None
+        self._episode_recreations = 0
+        self._reconnect_at = 0.0
+        self._retry_delay = 0.0
 
     def _mark_published(self, session: Session, rows: list[Any]) -> None:
         if rows:
@@ -278,23 +466,35 @@ class OutboxRelay:
             )
 
     def run(self) -> None:
-        """Relay until `stop()`; errors are logged and retried with backoff."""
-        backoff = 0.0
+        """Relay until `stop()`; errors are logged once per episode and retried with backoff."""
         while not self._stopping.is_set():
             try:
                 sent = self.publish_pending()
-                backoff = 0.0
-            except Exception:  # the relay must outlive any one failure
-                log.exception("outbox relay failed; retrying")
-                backoff = min(max(backoff * 2, 0.2), 10.0)
-                self._stopping.wait(backoff)
+            except Exception as exc:  # the relay must outlive any one failure
+                if self._failing_since is None:
+                    log.exception("outbox relay failed; retrying quietly until it can")
+                    self._failing_since = self._clock()
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._stopping.wait(self._next_retry_delay())
                 continue
+            if self._failing_since is not None:
+                # Failing: retry on a growing delay, not on every wake(), so a burst of
+                # commits cannot turn a dead broker into a busy loop.
+                self._stopping.wait(self._next_retry_delay())
+                continue
+            self._retry_delay = 0.0
             if sent >= self._batch_size:
                 continue
             self._wakeup.wait(self._poll_interval)
             # Cleared before the next pass reads, so a wake() during that pass is kept.
             self._wakeup.clear()
         self._drain()
+
+    def _next_retry_delay(self) -> float:
+        self._retry_delay = min(max(self._retry_delay * 2, 0.1), MAX_RETRY_DELAY)
+        if self._producer is None and self._reconnect_at:
+            return max(min(self._reconnect_at - self._clock(), 30.0), self._retry_delay)
+        return self._retry_delay
 
     def _drain(self) -> None:
         if self._producer is None:

@@ -62,6 +62,15 @@ class PipelineMetrics:
             "Outbox rows the broker acknowledged, by topic.",
             ["topic"],
         )
+        self.outbox_send_failures = Counter(
+            "signup_outbox_send_failures_total",
+            "Outbox row sends the broker did not acknowledge (the rows are retried).",
+        )
+        self.outbox_producer_recreations = Counter(
+            "signup_outbox_producer_recreations_total",
+            "Times an outbox relay closed its producer and made a new one, after a fatal "
+            "producer error or failures lasting past its bound.",
+        )
         self.events_consumed = Counter(
             "signup_events_consumed_total",
             "Records received from the broker, redeliveries included, by topic.",
