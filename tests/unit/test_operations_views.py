@@ -382,13 +382,19 @@ def test_endpoints_default_to_the_services_sqlite_files(
     assert "secret" not in json.dumps(endpoints.sources())
 
 
-def test_status_with_nothing_there_shows_why_and_creates_no_database_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(tmp_path)
+def nothing_there(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from an empty `directory`: no database URL set (the SQLite defaults under it
+    do not exist) and Kafka on a closed port."""
+    monkeypatch.chdir(directory)
     for service in ("AUTH", "MEMBER", "BATCH"):
         monkeypatch.delenv(f"{service}_DATABASE_URL", raising=False)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+
+
+def test_status_with_nothing_there_shows_why_and_creates_no_database_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nothing_there(tmp_path, monkeypatch)
 
     with pytest.raises(SystemExit) as exit_:
         main(["status", "--json"])
@@ -555,10 +561,7 @@ def test_dlt_takes_a_pipeline_topic_or_its_dead_letter_topic() -> None:
 def test_status_says_in_its_last_line_what_it_could_not_read_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    for service in ("AUTH", "MEMBER", "BATCH"):
-        monkeypatch.delenv(f"{service}_DATABASE_URL", raising=False)
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    nothing_there(tmp_path, monkeypatch)
 
     with pytest.raises(SystemExit) as exit_:
         main(["status"])
