@@ -27,6 +27,7 @@ fi
 
 scripts/ensure-postgres.sh
 scripts/ensure-redis.sh
+scripts/ensure-kafka-jars.sh
 
 # The deployment tier validates docker-compose.yml (and its SASL override) with Debian's
 # docker-compose, lints the broker scripts with shellcheck, and loads the broker's TLS
