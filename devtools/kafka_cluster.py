@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
 import time
@@ -28,6 +27,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from devtools.broker import free_port
+from shared.config import KAFKA_JARS_VARIABLE, child_environment, kafka_jars_dir
 
 KAFKA_VERSION = "4.4.0"
 KAFKA_MAIN = "kafka.Kafka"
@@ -69,10 +69,7 @@ class KafkaClusterError(RuntimeError):
 
 def default_jars_dir() -> Path:
     """Where scripts/ensure-kafka-jars.sh keeps the jars ($KAFKA_JARS_DIR overrides it)."""
-    if override := os.environ.get("KAFKA_JARS_DIR"):
-        return Path(override)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "signup-pipeline" / f"kafka-{KAFKA_VERSION}"
+    return kafka_jars_dir(f"kafka-{KAFKA_VERSION}")
 
 
 def jars_ready(jars_dir: Path) -> bool:
@@ -89,7 +86,7 @@ def ensure_jars(jars_dir: Path | None = None) -> Path:
         return target
     result = subprocess.run(
         ["bash", str(ENSURE_SCRIPT)],
-        env=os.environ | {"KAFKA_JARS_DIR": str(target)},
+        env=child_environment() | {KAFKA_JARS_VARIABLE: str(target)},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -57,6 +57,10 @@ ENVIRONMENT = (
 )
 # Read by the developer tools only (`signup-pipeline bench`), never by a pipeline process.
 BENCH_POSTGRES_VARIABLE = "BENCH_POSTGRES_URL"
+# Read by the developer tools' local Apache Kafka (devtools/kafka_cluster.py) only: where
+# scripts/ensure-kafka-jars.sh keeps Kafka's jars, and the XDG cache it defaults under.
+KAFKA_JARS_VARIABLE = "KAFKA_JARS_DIR"
+XDG_CACHE_VARIABLE = "XDG_CACHE_HOME"
 
 SERVICES = ("auth", "member", "batch")
 
@@ -270,6 +274,16 @@ def tool_settings(env: Mapping[str, str] | None = None) -> ToolSettings:
         log_format=env.get("LOG_FORMAT") or None,
         bench_postgres_url=env.get(BENCH_POSTGRES_VARIABLE) or None,
     )
+
+
+def kafka_jars_dir(default_name: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where the local Apache Kafka's jars are kept: KAFKA_JARS_DIR, or
+    `signup-pipeline/<default_name>` under the XDG cache (~/.cache)."""
+    env = _environment(env)
+    if override := env.get(KAFKA_JARS_VARIABLE):
+        return Path(override)
+    cache = env.get(XDG_CACHE_VARIABLE) or str(Path.home() / ".cache")
+    return Path(cache) / "signup-pipeline" / default_name
 
 
 def child_environment() -> dict[str, str]:
