@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -248,6 +249,15 @@ class LocalKafkaCluster:
             "log.cleaner.threads": "1",
         }
 
+    def format_arguments(self, node: NodeLayout) -> list[str]:
+        """Extra arguments for `kafka-storage format` (a secured cluster adds its SCRAM
+        users here: KRaft has no ZooKeeper to create them in later)."""
+        return []
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python options (security) for this module's own admin clients."""
+        return {}
+
     def _write_config(self, node: NodeLayout) -> None:
         node.directory.mkdir(parents=True, exist_ok=True)
         lines = [f"{key}={value}" for key, value in self.properties(node).items()]
@@ -286,6 +296,7 @@ class LocalKafkaCluster:
                 "--config",
                 str(node.config),
                 "--ignore-formatted",
+                *self.format_arguments(node),
             )
             pending.append(
                 (
@@ -360,6 +371,7 @@ class LocalKafkaCluster:
             or self.bootstrap_list,
             request_timeout_ms=5_000,
             bootstrap_timeout_ms=5_000,
+            **self.client_options(),
         )
         try:
             result: dict[str, Any] = admin.describe_cluster()
@@ -406,6 +418,8 @@ class LocalKafkaCluster:
         code: int | None = None
         if process is not None:
             if process.poll() is None:
+                if sig != signal.SIGKILL:
+                    process.send_signal(signal.SIGCONT)
                 process.send_signal(sig)
                 try:
                     process.wait(timeout)
@@ -422,6 +436,7 @@ class LocalKafkaCluster:
         `timeout`). Their data directories stay."""
         for process in self._processes.values():
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a paused node could not hear SIGTERM
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for index in list(self._processes):
@@ -433,6 +448,30 @@ class LocalKafkaCluster:
                 process.wait()
             del self._processes[index]
             self._close_log(index)
+
+    def pause(self) -> None:
+        """Freeze every running node (SIGSTOP): connections stay open, nothing answers."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw the nodes pause() froze (SIGCONT); their state is intact."""
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+
+    def wipe(self) -> None:
+        """Stop every node and delete all their data: the next start() formats a new,
+        empty cluster (a new cluster id) on the same ports, as if rebuilt from nothing."""
+        self.stop()
+        for node in self.layout:
+            shutil.rmtree(node.data_dir, ignore_errors=True)
+        self.cluster_id = new_cluster_id()
+        state_file = self.workdir / "cluster.json"
+        state = json.loads(state_file.read_text())
+        state["cluster_id"] = self.cluster_id
+        state_file.write_text(json.dumps(state, indent=2) + "\n")
 
     def _close_log(self, index: int) -> None:
         log = self._logs.pop(index, None)
