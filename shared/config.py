@@ -48,6 +48,7 @@ ENVIRONMENT = (
     "WEB_CONCURRENCY",
     "WEB_THREADS",
     "WORKER_HEALTH_PORT",
+    "WORKER_JOIN_TIMEOUT_SECONDS",
     "LOG_LEVEL",
     "LOG_FORMAT",
     "PROMETHEUS_MULTIPROC_DIR",
@@ -179,6 +180,16 @@ def web_settings(env: Mapping[str, str] | None = None) -> WebSettings:
 def worker_health_port(env: Mapping[str, str] | None = None) -> int | None:
     """WORKER_HEALTH_PORT: a worker's health port when --health-port is not given."""
     return env_int("WORKER_HEALTH_PORT", None, env)
+
+
+WORKER_JOIN_TIMEOUT_VARIABLE = "WORKER_JOIN_TIMEOUT_SECONDS"
+
+
+def worker_join_timeout(env: Mapping[str, str] | None = None) -> float:
+    """WORKER_JOIN_TIMEOUT_SECONDS (default 120): how long a worker may stay outside its
+    consumer group (joining, or rebalancing) with the broker reachable before its
+    `/health/live` fails, so that an orchestrator replaces it."""
+    return _positive(_environment(env), WORKER_JOIN_TIMEOUT_VARIABLE, 120.0)
 
 
 # The auth API's rate limits, each overridable by its own variable.

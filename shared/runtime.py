@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn
 
@@ -32,6 +32,7 @@ from shared.config import (
     log_settings,
     web_settings,
     worker_health_port,
+    worker_join_timeout,
 )
 from shared.http.health import ConsumerState, HealthServer
 from shared.messaging import failpoints
@@ -91,8 +92,20 @@ def open_database(settings: Settings, metadata: MetaData) -> Database:
     return database
 
 
-def check_broker(settings: Settings) -> None:
-    """Reach the broker and check the pipeline's topics exist; in dev mode create them.
+def process_topics(service: str, spec: WorkerSpec[Any] | None = None) -> list[str]:
+    """The topics a process of `service` uses: those its outbox publishes to, and for a
+    worker (`spec`) the topic it consumes and its dead-letter topic. With SASL these are
+    all its principal may see (deploy/kafka/grants.txt), so the start-up check asks for
+    no more."""
+    names = [topic.name for topic in TOPICS if topic.producer == f"{service}-service"]
+    if spec is not None:
+        names = [spec.topic.name, spec.topic.dead_letter] + (names if spec.outbox else [])
+    return names
+
+
+def check_broker(settings: Settings, topics: Collection[str] | None = None) -> None:
+    """Reach the broker and check the topics this process uses (`topics`; by default
+    every topic of the pipeline) exist; in dev mode create every missing pipeline topic.
 
     Outside dev mode topics are the operator's (partitions, replication, retention), as
     docker-compose's kafka-topics job does; a process does not create them on its own."""
@@ -101,9 +114,9 @@ def check_broker(settings: Settings) -> None:
     kafka_log.setLevel(logging.CRITICAL)  # the one line below says it all
     servers = settings.bootstrap_servers
     try:
-        missing = missing_topics(servers)
+        missing = missing_topics(servers, names=topics)
         if missing and settings.dev_mode:
-            create_topics(servers, missing)
+            create_topics(servers, missing_topics(servers))
             missing = []
     except KafkaError as exc:
         raise ConfigError(
@@ -151,7 +164,7 @@ def run_worker(
     use_process_memory()
     metrics()  # built before the relay, health and consumer threads can race to build it
     database = open_database(settings, metadata)
-    check_broker(settings)
+    check_broker(settings, process_topics(settings.service, spec))
     servers = settings.bootstrap_servers
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(database.engine.dispose)
@@ -165,6 +178,7 @@ def run_worker(
                 args.health_port,
                 bootstrap_servers=servers,
                 collectors=outbox_collectors(settings.service, database, spec.outbox),
+                join_timeout=worker_join_timeout(),
             ).start()
             cleanup.callback(health.stop)
             log.info("health on http://%s:%d/health/ready", args.health_host, health.port)
@@ -217,7 +231,7 @@ def run_api(
     """Serve `build(database, relay)` with gunicorn; with an outbox, each worker runs a relay."""
     open_database(settings, metadata).engine.dispose()
     if outbox is not None:
-        check_broker(settings)
+        check_broker(settings, process_topics(settings.service))
     servers = settings.bootstrap_servers
     # Before any metric exists, and inherited by the forked workers: one scrape of any
     # worker then sums the counts of all of them. A directory of this API's own (under

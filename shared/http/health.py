@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,11 +31,15 @@ HUNG_AFTER_SECONDS = 300.0
 class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
     """Set by the consumer's rebalance listener; read by the readiness probe."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self.joined = threading.Event()
         self.assigned: list[Any] = []
         self.stuck: list[str] = []
         self.polled_at: float | None = None
+        # Since when the consumer has been outside its group: from the start until its
+        # first assignment, and from each revocation (a rebalance begins) until the next.
+        self.outside_since: float | None = clock()
 
     def report_stuck(self, partitions: list[str]) -> None:
         """ConsumerLoop hook, after every poll: partitions whose record has been failing
@@ -46,17 +51,27 @@ class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def seconds_since_poll(self) -> float | None:
         """How long the consume loop has not polled (None before its first poll)."""
-        return None if self.polled_at is None else time.monotonic() - self.polled_at
+        return None if self.polled_at is None else self._clock() - self.polled_at
+
+    def seconds_outside_group(self) -> float | None:
+        """How long the consumer has been joining or rebalancing (None while it is in its
+        group, with its assignment)."""
+        since = self.outside_since
+        return None if since is None else self._clock() - since
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        """kafka-python ConsumerRebalanceListener hook."""
+        """kafka-python ConsumerRebalanceListener hook: the join (or rebalance) completed."""
         self.assigned = sorted(assigned)
+        self.outside_since = None
         self.joined.set()
         log.info("assigned partitions %s", [f"{tp.topic}[{tp.partition}]" for tp in self.assigned])
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        """kafka-python ConsumerRebalanceListener hook; offsets are committed per batch."""
+        """kafka-python ConsumerRebalanceListener hook, as a rebalance begins; offsets are
+        committed per batch."""
         self.assigned = []
+        if self.outside_since is None:
+            self.outside_since = self._clock()
 
 
 class HealthServer:
@@ -72,8 +87,10 @@ class HealthServer:
         bootstrap_servers: list[str] | None = None,
         collectors: tuple[Any, ...] = (),
         relay: Any = None,
+        join_timeout: float = 120.0,
     ) -> None:
         self._database = database
+        self._join_timeout = join_timeout
         # An OutboxRelay (anything with `stalled()`), set now or once it exists.
         self.relay = relay
         self._state = state
@@ -115,13 +132,31 @@ class HealthServer:
                     "error": "unavailable",
                     "message": f"The consume loop has not polled for {idle:.0f} s.",
                 }
+            # A group join that never completes while the broker answers is the group's
+            # state, not the broker's (seen on the bundled broker during a rolling deploy):
+            # a new process with a new member id is the way out. With the broker down a
+            # restart would not help, so the process stays live and waits.
+            outside = self._state.seconds_outside_group()
+            if (
+                outside is not None
+                and outside > self._join_timeout
+                and (not self._bootstrap_servers or broker_reachable(self._bootstrap_servers))
+            ):
+                return 503, {
+                    "error": "unavailable",
+                    "message": f"The consumer has been outside its group for {outside:.0f} s "
+                    "with the broker reachable.",
+                }
             return 200, {"status": "ok"}
         if path != "/health/ready":
             return 404, {"error": "not_found", "message": f"No route {path}."}
-        if not self._state.joined.is_set():
+        outside = self._state.seconds_outside_group()
+        if outside is not None:
             return 503, {
                 "error": "unavailable",
-                "message": "The consumer has not joined its group.",
+                "message": "The consumer has not joined its group"
+                + (" (rebalancing" if self._state.joined.is_set() else " (joining")
+                + f" for {outside:.0f} s).",
             }
         if idle is None or idle > SLOW_POLL_SECONDS:
             return 503, {

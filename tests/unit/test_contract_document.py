@@ -286,6 +286,9 @@ def test_worker_health_routes_are_the_ones_a_worker_serves() -> None:
     }
     server = HealthServer.__new__(HealthServer)  # its answers, without binding a port
     server._state = ConsumerState()
+    server._state.on_partitions_assigned([])
+    server._join_timeout = 120.0
+    server._bootstrap_servers = None
 
     status, body = server.answer("/no-such-route")
 

@@ -122,3 +122,64 @@ def test_a_loop_hung_past_the_poll_interval_is_no_longer_live(
     finally:
         health.stop()
     assert status == 503 and "has not polled for 301 s" in json.loads(body)["message"]
+
+
+def test_a_rebalance_makes_the_worker_unready_until_its_next_assignment(
+    database: Database, listening_broker: str
+) -> None:
+    state = joined()
+    health = serve(database, state, [listening_broker])
+    try:
+        state.on_partitions_revoked([])  # a rebalance begins
+        status, _, body = get(f"http://127.0.0.1:{health.port}/health/ready")
+        assert status == 503 and "rebalancing" in json.loads(body)["message"]
+        state.on_partitions_assigned([])
+        assert get(f"http://127.0.0.1:{health.port}/health/ready")[0] == 200
+    finally:
+        health.stop()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("phase", ["first join", "rebalance"])
+def test_a_group_join_stalled_past_the_bound_fails_liveness_while_the_broker_answers(
+    database: Database, listening_broker: str, phase: str
+) -> None:
+    clock = Clock()
+    state = ConsumerState(clock)
+    if phase == "rebalance":
+        state.on_partitions_assigned([])
+        state.report_stuck([])
+        clock.now += 5
+        state.on_partitions_revoked([])
+    health = serve(database, state, [listening_broker], join_timeout=120)
+    live = f"http://127.0.0.1:{health.port}/health/live"
+    try:
+        clock.now += 119
+        assert get(live)[0] == 200  # within the bound: joining takes what it takes
+        clock.now += 2
+        status, _, body = get(live)
+        assert status == 503
+        assert "outside its group for 121 s" in json.loads(body)["message"]
+        state.on_partitions_assigned([])  # it got in after all
+        assert get(live)[0] == 200
+    finally:
+        health.stop()
+
+
+def test_a_group_join_stalled_with_the_broker_down_stays_live(database: Database) -> None:
+    """With the broker gone a new process would not join either: no point restarting."""
+    clock = Clock()
+    state = ConsumerState(clock)
+    health = serve(database, state, [f"127.0.0.1:{free_port()}"], join_timeout=120)
+    try:
+        clock.now += 600
+        assert get(f"http://127.0.0.1:{health.port}/health/live")[0] == 200
+    finally:
+        health.stop()
