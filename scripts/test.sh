@@ -12,6 +12,17 @@ cd "$(dirname "$0")/.."
 
 TIERS=(unit integration deployment e2e faults fuzz)
 
+# The broker each tier runs against (tests/brokers.py): the end-to-end and fault tiers on a
+# local three-node Apache Kafka cluster with production topic settings, the others on the
+# bundled Tansu broker. TEST_KAFKA (tansu, apache, apache:N) or KAFKA_BOOTSTRAP_SERVERS,
+# when set, choose for every tier.
+broker_for() {
+  case "$1" in
+    e2e | faults) echo "${TEST_KAFKA:-apache:3}" ;;
+    *) echo "${TEST_KAFKA:-tansu}" ;;
+  esac
+}
+
 # With a selection of one's own (-k, -m, --deselect, a node id), a tier where it selects
 # nothing is fine; without one, a tier that collects nothing is a broken tier.
 selecting=0
@@ -91,10 +102,12 @@ summary() {
 }
 
 for tier in "${TIERS[@]}"; do
-  echo "== $tier: starting"
+  broker=$(broker_for "$tier")
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then broker="KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS"; fi
+  echo "== $tier: starting (broker: $broker)"
   started=$SECONDS
   status=0
-  .venv/bin/python -m pytest "tests/$tier" --junitxml="$reports/$tier.xml" "$@" || status=$?
+  TEST_KAFKA=$(broker_for "$tier") .venv/bin/python -m pytest "tests/$tier" --junitxml="$reports/$tier.xml" "$@" || status=$?
   elapsed=$((SECONDS - started))
   read -r passed failed skipped < <(counts "$reports/$tier.xml")
   total_passed=$((total_passed + passed))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import MetaData
 
-from devtools.broker import LocalBroker
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
 from shared.storage.db import Database
+from tests.brokers import BrokerChoiceError, TestBroker, broker_choice, start_test_broker
 from tests.schema import create_tables
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", LOCAL_POSTGRES_URL)
@@ -64,16 +64,22 @@ def make_database(database_url: str) -> Iterator[Callable[[MetaData], Database]]
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Kafka-compatible broker: KAFKA_BOOTSTRAP_SERVERS, or a local Tansu."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured
-        return
-    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
+def test_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
+    """The session's broker, as TEST_KAFKA or KAFKA_BOOTSTRAP_SERVERS choose (tests/brokers.py):
+    the bundled Tansu by default, or a local Apache Kafka cluster started here."""
     try:
-        broker = LocalBroker(log_path=log_path).start()
+        choice = broker_choice()
+    except BrokerChoiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        broker = start_test_broker(choice, tmp_path_factory.mktemp("broker"))
     except Exception as exc:
-        pytest.fail(f"could not start the local broker: {exc}", pytrace=False)
-    yield broker.bootstrap_servers
+        pytest.fail(f"could not start {choice.label}: {exc}", pytrace=False)
+    yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(test_broker: TestBroker) -> str:
+    """The session broker's address (`host:port[,host:port]`)."""
+    return test_broker.bootstrap_servers

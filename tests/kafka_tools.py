@@ -19,14 +19,14 @@ def unique_name(prefix: str) -> str:
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
+        admin.create_topics([NewTopic(name, partitions, -1)])  # the broker's replication
     finally:
         admin.close()
 
 
 def read_topic(bootstrap: str, topic: str, expect: int = 0, timeout: float = 20.0) -> list[Message]:
     """Every record of `topic` (see shared.messaging.kafka.read_topic)."""
-    return kafka_read_topic([bootstrap], topic, expect, timeout)
+    return kafka_read_topic(bootstrap.split(","), topic, expect, timeout)
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:

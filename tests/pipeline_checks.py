@@ -40,7 +40,7 @@ def duplicates(health_port: int, topic: str) -> float:
 def dead_letters(bootstrap: str, topic: str, keys: Collection[str] | None = None) -> list[Message]:
     """The records in `topic`'s dead-letter topic; only those keyed by one of `keys` when
     given (the broker may be shared with other tests' poison records)."""
-    records = read_topic([bootstrap], f"{topic}.DLT", timeout=10)
+    records = read_topic(bootstrap.split(","), f"{topic}.DLT", timeout=10)
     if keys is None:
         return records
     wanted = {key.encode() for key in keys}
@@ -52,7 +52,7 @@ def event_ids(bootstrap: str, topic: str, keys: Collection[str]) -> set[str]:
     wanted = {key.encode() for key in keys}
     return {
         str(record.header("ce_id"))
-        for record in read_topic([bootstrap], topic, expect=len(wanted))
+        for record in read_topic(bootstrap.split(","), topic, expect=len(wanted))
         if record.key in wanted
     }
 
@@ -79,7 +79,7 @@ def caught_up(bootstrap: str, group: str, topic: str) -> bool:
     Compared with the records read, not end offsets: the bundled Tansu reports a batch's
     end offset as its base offset + 1."""
     ends: dict[int, int] = {}
-    for record in read_topic([bootstrap], topic, timeout=10):
+    for record in read_topic(bootstrap.split(","), topic, timeout=10):
         ends[record.partition] = record.offset + 1
     committed = committed_offsets(bootstrap, group, topic)
     return all(committed.get(partition) == end for partition, end in ends.items())

@@ -1,5 +1,6 @@
-"""One stack for the fault suite: real processes, a private broker, real PostgreSQL with
-the member and batch databases behind cuttable TCP proxies. Every test leaves it healthy
+"""One stack for the fault suite: real processes, a private broker (the one TEST_KAFKA
+chooses: see tests/brokers.py), real PostgreSQL with the member and batch databases behind
+cuttable TCP proxies. Every test leaves it healthy
 and ends with a reconciliation of everything the module accepted so far."""
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from devtools.broker import LocalBroker
 from devtools.stack import Stack
 from shared.config import SERVICES
+from tests.brokers import TestBroker, broker_choice, start_test_broker
 from tests.faults.harness import Registry, TcpProxy
 
 pytestmark = pytest.mark.faults
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.faults
 @dataclass
 class FaultStack:
     stack: Stack
-    broker: LocalBroker
+    broker: TestBroker
     registry: Registry
     proxies: dict[str, TcpProxy]
     real_urls: dict[str, str]
@@ -42,7 +43,14 @@ def faults(tmp_path_factory: pytest.TempPathFactory, postgres) -> Iterator[Fault
         proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
         proxies[service] = proxy
         urls[service] = parsed.set(port=proxy.port).render_as_string(hide_password=False)
-    broker = LocalBroker(log_path=workdir / "broker.log").start()
+    choice = broker_choice()
+    if not choice.can_stop:
+        pytest.fail(
+            f"the fault suite pauses and stops its broker, so it starts its own: unset "
+            f"KAFKA_BOOTSTRAP_SERVERS and choose one with TEST_KAFKA (not {choice.label})",
+            pytrace=False,
+        )
+    broker = start_test_broker(choice, workdir)
     stack = Stack(workdir, database_urls=urls, bootstrap_servers=broker.bootstrap_servers)
     try:
         stack.start()

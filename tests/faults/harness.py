@@ -241,4 +241,4 @@ def inbox_counts(real_urls: dict[str, str]) -> dict[str, int]:
 def dead_letters(stack: Stack, topic: str) -> list[Any]:
     """Records in `topic`'s DLT."""
     assert stack.bootstrap_servers
-    return read_topic([stack.bootstrap_servers], f"{topic}.DLT", timeout=5)
+    return read_topic((stack.bootstrap_servers or "").split(","), f"{topic}.DLT", timeout=5)

@@ -73,11 +73,11 @@ def test_applies_records_dead_letters_poison_and_commits_offsets_after(
             producer.send(topic.name, b"not json", member_id.encode(), headers=[("ce_id", b"p")])
     producer.flush()
     producer.close()
-    dlt_producer = make_producer([kafka_bootstrap])
+    dlt_producer = make_producer(kafka_bootstrap.split(","))
     processor = EventProcessor(
         topic, PROFILE_INSERT_WORKER.handler, database, PROFILE_INSERT_WORKER.inbox, dlt_producer
     )
-    consumer = make_consumer([kafka_bootstrap], topic.consumer_group, [topic.name])
+    consumer = make_consumer(kafka_bootstrap.split(","), topic.consumer_group, [topic.name])
     loop = ConsumerLoop(consumer, processor)
 
     consume_until(loop, 11)
@@ -109,7 +109,7 @@ def test_a_second_group_replaying_the_topic_changes_nothing(
         producer.send(topic.name, profile(member_id), headers=[("ce_id", f"e{n}".encode())])
     producer.flush()
     producer.close()
-    dlt_producer = make_producer([kafka_bootstrap])
+    dlt_producer = make_producer(kafka_bootstrap.split(","))
 
     outcomes = []
     for group in (topic.consumer_group, unique_name("replay")):
@@ -120,7 +120,7 @@ def test_a_second_group_replaying_the_topic_changes_nothing(
             PROFILE_INSERT_WORKER.inbox,
             dlt_producer,
         )
-        consumer = make_consumer([kafka_bootstrap], group, [topic.name])
+        consumer = make_consumer(kafka_bootstrap.split(","), group, [topic.name])
         loop = ConsumerLoop(consumer, processor)
         consume_until(loop, 5)
         consumer.close(autocommit=False)
@@ -141,11 +141,11 @@ def test_run_stops_on_signal_and_leaves_the_group(
     topic,
     kafka_bootstrap: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    dlt_producer = make_producer([kafka_bootstrap])
+    dlt_producer = make_producer(kafka_bootstrap.split(","))
     processor = EventProcessor(
         topic, PROFILE_INSERT_WORKER.handler, database, PROFILE_INSERT_WORKER.inbox, dlt_producer
     )
-    consumer = make_consumer([kafka_bootstrap], topic.consumer_group, [topic.name])
+    consumer = make_consumer(kafka_bootstrap.split(","), topic.consumer_group, [topic.name])
     stop = threading.Event()
     loop = ConsumerLoop(consumer, processor, stop)
     thread = threading.Thread(target=loop.run)

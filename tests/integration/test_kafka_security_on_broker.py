@@ -16,7 +16,7 @@ def test_the_settings_reach_the_client_that_talks_to_the_broker(
 ) -> None:
     """The bundled broker speaks PLAINTEXT only: a client told to use SASL cannot talk to
     it, which shows the setting was applied (and without it the same call works)."""
-    answered = missing_topics([kafka_bootstrap], timeout_ms=5000)  # talks PLAINTEXT fine
+    answered = missing_topics(kafka_bootstrap.split(","), timeout_ms=5000)  # talks PLAINTEXT fine
     assert set(answered) <= set(pipeline_topics())
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "member-service")
@@ -24,6 +24,6 @@ def test_the_settings_reach_the_client_that_talks_to_the_broker(
     use_security(kafka_security())  # as a process's entry point does, from shared.config
     try:
         with pytest.raises(KafkaError):
-            missing_topics([kafka_bootstrap], timeout_ms=3000)
+            missing_topics(kafka_bootstrap.split(","), timeout_ms=3000)
     finally:
         use_security(kafka_security({}))

@@ -99,7 +99,7 @@ def endpoints_of(databases: dict[str, Database], bootstrap: str) -> Endpoints:
             service: d.engine.url.render_as_string(hide_password=False)
             for service, d in databases.items()
         },
-        bootstrap_servers=[bootstrap],
+        bootstrap_servers=bootstrap.split(","),
     )
 
 
@@ -270,7 +270,7 @@ def test_status_command_reads_the_databases_and_broker_the_services_are_given(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    create_topics([kafka_bootstrap], pipeline_topics())  # as the workers do at start
+    create_topics(kafka_bootstrap.split(","), pipeline_topics())  # as the workers do at start
     add_rows(databases["auth"], Member, [member_row(m, "USER", utcnow()) for m in ids(2)])
     for service, database in databases.items():
         url = database.engine.url.render_as_string(hide_password=False)
@@ -343,7 +343,7 @@ def test_reading_status_does_not_make_the_consumer_group_rebalance(
                 changes.append(f"revoked {sorted(tp.partition for tp in revoked)}")
 
     consumer = make_consumer(
-        [kafka_bootstrap], topic.consumer_group, [topic.name], listener=Listener()
+        kafka_bootstrap.split(","), topic.consumer_group, [topic.name], listener=Listener()
     )
     try:
         deadline = time.monotonic() + 30
@@ -355,7 +355,9 @@ def test_reading_status_does_not_make_the_consumer_group_rebalance(
                 consumer.commit()
         assert consumed == 3
         assigned = set(consumer.assignment())
-        endpoints = Endpoints({s: f"sqlite:///{tmp_path / s}.db" for s in BASES}, [kafka_bootstrap])
+        endpoints = Endpoints(
+            {s: f"sqlite:///{tmp_path / s}.db" for s in BASES}, kafka_bootstrap.split(",")
+        )
 
         readings = [read_status(endpoints, topics=topics) for _ in range(3)]
         for _ in range(10):  # a rebalance would show up within a few heartbeats
@@ -553,7 +555,7 @@ def test_status_with_the_broker_unreachable_shows_the_rest_and_exits_1(tmp_path:
 def test_without_kafka_bootstrap_servers_the_commands_find_the_dev_broker(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    create_topics([kafka_bootstrap], pipeline_topics())
+    create_topics(kafka_bootstrap.split(","), pipeline_topics())
     (tmp_path / "var").mkdir()
     (tmp_path / "var" / "dev-broker").write_text(kafka_bootstrap.split(",")[0] + "\n")
 
@@ -582,7 +584,7 @@ def test_reading_a_topic_stops_at_each_partitions_end_with_every_record(
     produce(kafka_bootstrap, topic, {0: 10, 2: 3})  # batches of many: Tansu's short end
 
     started = time.monotonic()
-    with OffsetReader([kafka_bootstrap], 10) as reader:
+    with OffsetReader(kafka_bootstrap.split(","), 10) as reader:
         records = reader.read(topic, reader.log_ranges([topic])[topic])
 
     assert time.monotonic() - started < 5  # by the ends, not by waiting for a quiet poll

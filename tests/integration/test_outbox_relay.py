@@ -58,7 +58,7 @@ def test_relay_publishes_committed_rows_in_order_and_marks_them(
     topic = unique_name("relay")
     create_topic(kafka_bootstrap, topic, partitions=1)
     event_ids = stage(database, topic, 25)
-    relay = OutboxRelay(database, OutboxEvent, lambda: make_producer([kafka_bootstrap]))
+    relay = OutboxRelay(database, OutboxEvent, lambda: make_producer(kafka_bootstrap.split(",")))
 
     assert relay.publish_pending() == 25
     relay.stop()
@@ -81,7 +81,7 @@ def test_woken_relay_thread_sends_right_after_commit(
     topic = unique_name("wake")
     create_topic(kafka_bootstrap, topic)
     relay = OutboxRelay(
-        database, OutboxEvent, lambda: make_producer([kafka_bootstrap]), poll_interval=60
+        database, OutboxEvent, lambda: make_producer(kafka_bootstrap.split(",")), poll_interval=60
     ).start()
     try:
         stage(database, topic, 1)
@@ -99,7 +99,7 @@ def test_rows_left_by_a_crash_are_sent_when_a_relay_starts(
     create_topic(kafka_bootstrap, topic)
     stage(database, topic, 3)  # committed, never relayed: the process died here
     relay = OutboxRelay(
-        database, OutboxEvent, lambda: make_producer([kafka_bootstrap]), poll_interval=0.2
+        database, OutboxEvent, lambda: make_producer(kafka_bootstrap.split(",")), poll_interval=0.2
     ).start()
     try:
         records = read_topic(kafka_bootstrap, topic, expect=3, timeout=10)
@@ -120,7 +120,9 @@ def test_competing_relays_on_postgres_send_each_row_once(
     for _ in range(10):
         stage(database, topic, 50)
     relays = [
-        OutboxRelay(database, OutboxEvent, lambda: make_producer([kafka_bootstrap]), batch_size=20)
+        OutboxRelay(
+            database, OutboxEvent, lambda: make_producer(kafka_bootstrap.split(",")), batch_size=20
+        )
         for _ in range(3)
     ]
     threads = [threading.Thread(target=drain, args=(relay,)) for relay in relays]
