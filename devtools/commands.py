@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,16 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from devtools.apache_kafka import (
+    ChoiceError,
+    KafkaUnavailable,
+    OneNodeKafka,
+    chosen_broker,
+    prepare_jars,
+)
 from devtools.broker import BrokerError
 from devtools.http_client import request
+from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
 from devtools.stack import Stack, StackError, write_line
 from shared.config import SERVICES, ConfigError, ToolSettings, dev_broker_file, tool_settings
 
@@ -83,7 +92,7 @@ def _take_back_broker_address(path: Path, address: str) -> None:
             path.unlink()
 
 
-def _banner(stack: Stack, broker_file: Path, seconds: float) -> str:
+def _banner(stack: Stack, broker_file: Path, seconds: float, broker_note: str = "") -> str:
     """What is running and commands that work when pasted, from any directory."""
     cli = _console_script()
     python = shlex.quote(os.path.abspath(sys.executable))
@@ -111,8 +120,8 @@ def _banner(stack: Stack, broker_file: Path, seconds: float) -> str:
     return (
         f"\nready after {seconds:.1f} s (every API answers /health/ready, "
         "every worker has joined its group):\n"
-        f"  {'broker':<14}{stack.bootstrap_servers}   (in {broker_file}, where status, "
-        "trace and dlt find it)\n"
+        f"  {'broker':<14}{stack.bootstrap_servers}   ({broker_note}in {broker_file}, "
+        "where status, trace and dlt find it)\n"
         + apis
         + "  each API also /health/ready, /metrics, /openapi.json\n"
         + workers
@@ -130,16 +139,56 @@ def _banner(stack: Stack, broker_file: Path, seconds: float) -> str:
 
 
 def dev(args: argparse.Namespace) -> int:
-    """Run broker + five processes until Ctrl-C; non-zero if a process fails to start or
-    dies, with its last log lines and without any 'ready'."""
+    """Run broker + five processes until Ctrl-C (or SIGTERM, SIGHUP); non-zero if a
+    process fails to start or dies, with its last log lines and without any 'ready'.
+    With `--kafka apache` the broker is one local Apache Kafka node, its data kept in
+    ./var/kafka from one run to the next; it is stopped last, after the processes."""
     emit = write_line(sys.stdout)
     shell = _shell_settings()
     if shell is None:
         return 2
+    kafka = _local_kafka(args, shell, dev_broker_file().parent / "kafka", emit)
+    if isinstance(kafka, int):
+        return kafka
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        # SIGHUP: the terminal went away; stop as at Ctrl-C rather than die with the
+        # processes (and a broker) left running.
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        return _dev(args, shell, kafka, stop, emit)
+    finally:
+        if kafka is not None:
+            kafka.stop()  # already done unless something failed; then nothing is left
+
+
+def _local_kafka(
+    args: argparse.Namespace, shell: ToolSettings, workdir: Path, emit: Callable[[str], None]
+) -> OneNodeKafka | None | int:
+    """The local Apache Kafka `--kafka apache` asks for (not started yet), None for the
+    bundled broker or KAFKA_BOOTSTRAP_SERVERS, or 2 after saying in one line why it
+    cannot be had (no Java; no jars and no way to fetch them; a broker chosen twice)."""
+    try:
+        kind = chosen_broker(getattr(args, "kafka", None), shell.bootstrap_servers)
+        if kind != "apache":
+            return None
+        return OneNodeKafka(workdir, prepare_jars(say=lambda step: emit(f"... {step}")))
+    except (ChoiceError, KafkaUnavailable, KafkaClusterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dev(
+    args: argparse.Namespace,
+    shell: ToolSettings,
+    kafka: OneNodeKafka | None,
+    stop: threading.Event,
+    emit: Callable[[str], None],
+) -> int:
     stack = Stack(
         Path.cwd(),
         database_urls=shell.database_urls,
-        bootstrap_servers=_servers(shell),
+        bootstrap_servers=kafka.bootstrap_servers if kafka is not None else _servers(shell),
         ports={s: args.base_port + n for n, s in enumerate(SERVICES)},
         echo=emit,
         api_workers=args.workers,
@@ -147,36 +196,63 @@ def dev(args: argparse.Namespace) -> int:
         extra_env={"LOG_FORMAT": shell.log_format or "text"},
         rate_limits=True,  # as in production; AUTH_RATE_LIMITS=off in the shell turns them off
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.perf_counter()
-    emit("starting the broker, the databases and five processes...")
+    note = ""
+    if kafka is not None:
+        where = _relative(kafka.workdir)
+        note = f"Apache Kafka {KAFKA_VERSION}, one node, its data in {where}; "
+        emit(f"starting Apache Kafka {KAFKA_VERSION} (one node, its data kept in {where})...")
+        try:
+            kafka.start()
+        except KafkaClusterError as exc:
+            # start() has already stopped the node.
+            emit(f"error: {exc}")
+            emit("stopped everything; nothing of this run is left running")
+            return 1
+        if stop.is_set():
+            kafka.stop()
+            emit("stopped")
+            return 0
+    emit(f"starting {'the broker, ' if kafka is None else ''}the databases and five processes...")
     try:
         stack.start(progress=lambda step: emit(f"... {step}"))
     except (StackError, BrokerError) as exc:
         # start() has already stopped whatever it had started.
+        if kafka is not None:
+            kafka.stop()
         emit(f"error: {exc}")
         emit("stopped everything; nothing of this run is left running")
         return 1
     address = stack.bootstrap_servers or ""
     broker_file = _leave_broker_address(address)
     try:
-        emit(_banner(stack, broker_file, time.perf_counter() - started))
+        emit(_banner(stack, broker_file, time.perf_counter() - started, note))
         while not stop.wait(0.5):
             stack.check_alive()
     except StackError as exc:
         stack.silence()
         emit(f"error: {exc}")
         stack.stop()
+        if kafka is not None:
+            kafka.stop()
         return 1
     finally:
         _take_back_broker_address(broker_file, address)
     emit("stopping...")
     codes = stack.stop()
+    if kafka is not None:
+        kafka.stop()  # last: the processes' last commits and goodbyes still reach it
     failed = {name: code for name, code in codes.items() if code not in (0, None)}
     emit("stopped" + (f" (non-zero exits: {failed})" if failed else ""))
     return 1 if failed else 0
+
+
+def _relative(path: Path) -> str:
+    """`path` as ./relative when it is under the current directory."""
+    try:
+        return f"./{path.relative_to(Path.cwd())}"
+    except ValueError:
+        return str(path)
 
 
 @dataclass
@@ -275,9 +351,30 @@ def demo(args: argparse.Namespace) -> int:
         # Plain text, as wide as the table needs (not cut to 80 columns).
         console = Console(highlight=False, width=200)
     workdir = Path(tempfile.mkdtemp(prefix="signup-demo-"))
-    stack = Stack(workdir, database_urls=shell.database_urls, bootstrap_servers=_servers(shell))
+    kafka = _local_kafka(args, shell, workdir / "kafka", lambda line: console.print(line))
+    if isinstance(kafka, int):
+        shutil.rmtree(workdir, ignore_errors=True)
+        return kafka
+    try:
+        return _demo(args, shell, console, workdir, kafka, wall)
+    finally:
+        if kafka is not None:
+            kafka.stop()  # already done unless something failed
+
+
+def _demo(
+    args: argparse.Namespace,
+    shell: ToolSettings,
+    console: Console,
+    workdir: Path,
+    kafka: OneNodeKafka | None,
+    wall: float,
+) -> int:
+    servers = kafka.bootstrap_servers if kafka is not None else _servers(shell)
+    stack = Stack(workdir, database_urls=shell.database_urls, bootstrap_servers=servers)
+    broker = "the broker" if kafka is None else f"Apache Kafka {KAFKA_VERSION} (one node)"
     console.print(
-        "starting the broker and the five processes (SQLite under a temporary directory)",
+        f"starting {broker} and the five processes (SQLite under a temporary directory)",
         markup=False,
     )
     signups = [
@@ -286,6 +383,9 @@ def demo(args: argparse.Namespace) -> int:
     ][: args.count]
     try:
         with _Talker(console) as talker:
+            if kafka is not None:
+                talker.say(f"starting Apache Kafka {KAFKA_VERSION}")
+                kafka.start()
             stack.start(progress=talker.say)
         console.print(f"ready after {time.perf_counter() - wall:.1f} s; signing up:")
         with _Talker(console) as talker:
@@ -307,7 +407,9 @@ def demo(args: argparse.Namespace) -> int:
                     )
             talker.say("stopping")
             codes = stack.stop()
-    except (StackError, BrokerError) as exc:
+            if kafka is not None:
+                kafka.stop()
+    except (StackError, BrokerError, KafkaClusterError) as exc:
         print(f"error: {exc}\n(the processes' logs: {stack.log_dir})", file=sys.stderr)
         return 1
     finally:

@@ -197,6 +197,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "demo", help="start everything, sign up a few members, show each step, stop"
     )
     demo_parser.add_argument("--count", type=int, default=6, help="how many signups")
+    for developer, where in (
+        (dev_parser, "its data kept in ./var/kafka from one run to the next"),
+        (demo_parser, "in a temporary directory"),
+    ):
+        developer.add_argument(
+            "--kafka",
+            choices=("tansu", "apache"),
+            default=None,
+            help="the broker: tansu, the bundled one (in memory, needs no Java; the "
+            "default), or apache, one local Apache Kafka node run from the jars "
+            f"scripts/ensure-kafka-jars.sh caches (needs Java 17+), {where}. Leave it out "
+            "when KAFKA_BOOTSTRAP_SERVERS names a running Kafka",
+        )
     dlt_epilog = _epilog(
         _KAFKA_HELP,
         exit_status="  0 done; 1 the broker could not be reached or read; 2 an unknown topic\n"
