@@ -207,8 +207,14 @@ def pipeline_topics() -> dict[str, int]:
     return wanted
 
 
-def missing_topics(bootstrap_servers: Sequence[str], timeout_ms: int = 10_000) -> list[str]:
-    """The pipeline's topics the broker does not have; raises KafkaError if unreachable."""
+def missing_topics(
+    bootstrap_servers: Sequence[str],
+    timeout_ms: int = 10_000,
+    names: Iterable[str] | None = None,
+) -> list[str]:
+    """Those of `names` (by default every topic of the pipeline) the broker does not have,
+    or does not show this process: with ACLs a broker lists only the topics the client may
+    describe. Raises KafkaError if unreachable."""
     consumer = KafkaConsumer(
         bootstrap_servers=list(bootstrap_servers),
         bootstrap_timeout_ms=timeout_ms,
@@ -219,7 +225,7 @@ def missing_topics(bootstrap_servers: Sequence[str], timeout_ms: int = 10_000) -
         existing = consumer.topics()
     finally:
         consumer.close()
-    return sorted(set(pipeline_topics()) - existing)
+    return sorted(set(pipeline_topics() if names is None else names) - existing)
 
 
 def create_topics(
