@@ -136,6 +136,7 @@ class Stack:
         ports: Mapping[str, int] | None = None,
         echo: Callable[[str], None] | None = None,
         extra_env: Mapping[str, str] | None = None,
+        process_env: Mapping[str, Mapping[str, str]] | None = None,
         api_workers: int = 1,
         rate_limits: bool = False,
         python: str = sys.executable,
@@ -154,6 +155,9 @@ class Stack:
         self.ports = {service: (ports or {}).get(service) or free_port() for service in SERVICES}
         self.echo = echo
         self.extra_env = dict(extra_env or {})
+        # Per process name (`auth-api`, ...): variables only that process gets, on top of
+        # env() (say, its own Kafka user); spawn()'s extra_env still goes on top.
+        self.process_env = {name: dict(env) for name, env in (process_env or {}).items()}
         self.api_workers = api_workers
         # Off unless asked for: tests and the benchmark sign up far faster than a person.
         self.rate_limits = rate_limits
@@ -246,7 +250,8 @@ class Stack:
         self, name: str, instance: str | None = None, extra_env: Mapping[str, str] | None = None
     ) -> ManagedProcess:
         """Start (or restart) process `name`; `instance` names an extra copy; `extra_env`
-        is added to this process's environment only."""
+        is added to this process's environment only, after the stack's `process_env` for
+        `name`."""
         key = instance or name
         self.log_dir.mkdir(parents=True, exist_ok=True)
         health_port = None
@@ -255,7 +260,7 @@ class Stack:
         process = ManagedProcess(
             name=key,
             argv=self.command(name, health_port),
-            env={**self.env(), **(extra_env or {})},
+            env={**self.env(), **self.process_env.get(name, {}), **(extra_env or {})},
             log_path=self.log_dir / f"{key}.log",
             echo=self.echo,
         )
