@@ -32,3 +32,16 @@ ssl.truststore.location=${cafile}
 PROPERTIES
   )
 }
+
+# The principals of the grants table (deploy/kafka/grants.txt), one a line, each once, in
+# the order they first appear.
+grant_principals() {
+  awk '!/^[[:space:]]*(#|$)/ && !seen[$1]++ {print $1}' "$(dirname "${BASH_SOURCE[0]}")/grants.txt"
+}
+
+# The variable holding principal $1's password: KAFKA_<PRINCIPAL>_PASSWORD, upper case,
+# "-" as "_" (auth-service: KAFKA_AUTH_SERVICE_PASSWORD).
+password_variable() {
+  local name=${1^^}
+  printf 'KAFKA_%s_PASSWORD\n' "${name//-/_}"
+}

@@ -3,8 +3,8 @@
 # topics with the partition counts of shared/messaging/pipeline.py and their dead-letter topics.
 #
 # With docker-compose.sasl.yml (KAFKA_ADMIN_PASSWORD set) it logs in as the admin user
-# and grants the application's user (KAFKA_APP_USERNAME) what its processes do, no more:
-# read, write and describe on these four topics, read on the two consumer groups.
+# and creates the ACLs of deploy/kafka/grants.txt, one kafka-acls call per line: each
+# process's principal gets what that process does, no more.
 set -euo pipefail
 here=$(dirname "$0")
 # shellcheck source=deploy/kafka/common.sh
@@ -14,7 +14,6 @@ bin=${KAFKA_HOME:-/opt/kafka}/bin
 bootstrap=${KAFKA_BOOTSTRAP:-kafka:9092}
 replication=${KAFKA_REPLICATION_FACTOR:-1}
 topics=(profile-insert:6 partner-created:6 profile-insert.DLT:1 partner-created.DLT:1)
-groups=(member-service batch-service)
 
 login=()
 if [[ -n ${KAFKA_ADMIN_PASSWORD:-} ]]; then
@@ -31,14 +30,11 @@ for spec in "${topics[@]}"; do
 done
 
 if [[ -n ${KAFKA_ADMIN_PASSWORD:-} ]]; then
-  acl=("$bin/kafka-acls.sh" --bootstrap-server "$bootstrap" "${login[@]}" --add
-    --allow-principal "User:${KAFKA_APP_USERNAME:?KAFKA_APP_USERNAME is not set}")
-  names=()
-  for spec in "${topics[@]}"; do names+=(--topic "${spec%%:*}"); done
-  "${acl[@]}" "${names[@]}" --operation Read --operation Write --operation Describe
-  members=()
-  for group in "${groups[@]}"; do members+=(--group "$group"); done
-  "${acl[@]}" "${members[@]}" --operation Read
-  # Idempotent producers: Kafka 3.x also accepts Write on a topic; older brokers need this.
-  "${acl[@]}" --cluster --operation IdempotentWrite
+  while read -r principal resource name operations; do
+    [[ -z $principal || $principal == \#* ]] && continue
+    ops=()
+    for operation in ${operations//,/ }; do ops+=(--operation "$operation"); done
+    "$bin/kafka-acls.sh" --bootstrap-server "$bootstrap" "${login[@]}" --add \
+      --allow-principal "User:$principal" "--$resource" "$name" "${ops[@]}"
+  done <"$here/grants.txt"
 fi

@@ -30,16 +30,30 @@ import pytest
 import yaml
 from kafka.net.transport import KafkaSSLTransport
 
+from devtools.kafka_security import (
+    PROCESS_PRINCIPALS,
+    acl_bindings,
+    load_grants,
+    password_variable,
+    principals,
+)
 from shared.config import ENVIRONMENT, kafka_security
 from shared.messaging.kafka import client_security, pipeline_topics
-from shared.messaging.pipeline import TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.deployment
 SCRIPTS = ROOT / "deploy" / "kafka"
 LONG_RUNNING = ["auth-api", "member-worker", "member-api", "batch-worker", "batch-api"]
 ADMIN_PASSWORD = "a" * 12 + "0123456789abcdef"
-APP_PASSWORD = "b" * 12 + "fedcba9876543210"
+GRANTS = load_grants()
+# One password per principal of deploy/kafka/grants.txt, each different.
+PASSWORDS = {
+    principal: f"{index}" * 12 + "fedcba9876543210"
+    for index, principal in enumerate(principals(GRANTS), 1)
+}
+PASSWORD_VARIABLES = {"KAFKA_ADMIN_PASSWORD": ADMIN_PASSWORD} | {
+    password_variable(principal): password for principal, password in PASSWORDS.items()
+}
 
 
 def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -70,11 +84,7 @@ def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    result = compose_config(
-        AUTH_JWT_SECRET="x" * 64,
-        KAFKA_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        KAFKA_APP_PASSWORD=APP_PASSWORD,
-    )
+    result = compose_config(AUTH_JWT_SECRET="x" * 64, **PASSWORD_VARIABLES)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
@@ -107,28 +117,31 @@ def run_script(
 # -- the merged compose file --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("missing", ["KAFKA_ADMIN_PASSWORD", "KAFKA_APP_PASSWORD"])
-def test_the_override_refuses_to_start_without_either_password(missing: str) -> None:
-    env = {
-        "AUTH_JWT_SECRET": "x" * 64,
-        "KAFKA_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "KAFKA_APP_PASSWORD": APP_PASSWORD,
-    }
+@pytest.mark.parametrize("missing", sorted(PASSWORD_VARIABLES))
+def test_the_override_refuses_to_start_without_any_of_the_passwords(missing: str) -> None:
+    env = {"AUTH_JWT_SECRET": "x" * 64} | PASSWORD_VARIABLES
     del env[missing]
     result = compose_config(**env)
     assert result.returncode != 0
     assert missing in result.stderr
 
 
-def test_every_pipeline_process_logs_in_over_sasl_ssl_as_the_application_user(
+def test_each_process_logs_in_over_sasl_ssl_as_its_own_principal(
     compose: dict[str, Any], tmp_path: Path
 ) -> None:
     for name in LONG_RUNNING:
         service = compose["services"][name]
         env = service["environment"]
         assert set(env) <= set(ENVIRONMENT), name
-        cafile = env["KAFKA_SSL_CAFILE"]
+        principal = PROCESS_PRINCIPALS[name]
         volumes = mounts(service)
+        assert "kafka-tls" not in {source for source, _ in volumes.values()}, name
+        if principal is None:
+            # A read API never talks to Kafka: no user, no password, no CA.
+            assert not {k for k in env if k.startswith(("KAFKA_S", "KAFKA_SASL"))}, name
+            assert "kafka-ca" not in {source for source, _ in volumes.values()}, name
+            continue
+        cafile = env["KAFKA_SSL_CAFILE"]
         mount = next(m for target, m in volumes.items() if cafile.startswith(target + "/"))
         assert mount == ("kafka-ca", True), name
         # The code that every producer and consumer goes through accepts these settings.
@@ -138,11 +151,23 @@ def test_every_pipeline_process_logs_in_over_sasl_ssl_as_the_application_user(
         assert settings == {
             "security_protocol": "SASL_SSL",
             "sasl_mechanism": "SCRAM-SHA-512",
-            "sasl_plain_username": "signup",
-            "sasl_plain_password": APP_PASSWORD,
+            "sasl_plain_username": principal,
+            "sasl_plain_password": PASSWORDS[principal],
             "ssl_cafile": str(local_ca),
         }, name
-        assert "kafka-tls" not in {source for source, _ in volumes.values()}, name
+
+
+def test_the_operator_service_logs_in_as_the_operator_and_is_not_started_by_up(
+    compose: dict[str, Any],
+) -> None:
+    operator = compose["services"]["operator"]
+    assert operator["profiles"] == ["operator"]
+    assert operator["entrypoint"] == ["signup-pipeline"]
+    env = operator["environment"]
+    assert set(env) <= set(ENVIRONMENT)
+    assert env["KAFKA_SASL_USERNAME"] == "operator"
+    assert env["KAFKA_SASL_PASSWORD"] == PASSWORDS["operator"]
+    assert mounts(operator)[env["KAFKA_SSL_CAFILE"].rsplit("/", 1)[0]] == ("kafka-ca", True)
 
 
 def test_the_broker_key_is_mounted_only_where_it_is_needed(compose: dict[str, Any]) -> None:
@@ -165,8 +190,8 @@ def test_the_broker_waits_for_its_certificate_and_the_setup_job_logs_in_as_admin
     assert "--command-config" in " ".join(kafka["healthcheck"]["test"])
     topics = services["kafka-topics"]["environment"]
     assert topics["KAFKA_ADMIN_PASSWORD"] == ADMIN_PASSWORD
-    assert topics["KAFKA_APP_USERNAME"] == "signup"
-    assert "KAFKA_ADMIN_PASSWORD" not in str([services[name] for name in LONG_RUNNING])
+    assert set(PASSWORD_VARIABLES) <= set(services["kafka"]["environment"])
+    assert ADMIN_PASSWORD not in str([services[name] for name in [*LONG_RUNNING, "operator"]])
 
 
 # -- TLS files: made by keytool, loaded as Kafka loads them, dialled as kafka-python dials -
@@ -308,11 +333,8 @@ def start_env(tls: dict[str, Path], kafka_home: Path, tmp_path: Path) -> dict[st
         "KAFKA_TLS_DIR": str(tls["broker"]),
         "KAFKA_DATA_DIR": str(data),
         "KAFKA_CONFIG_DIR": str(tmp_path / "config"),
-        "KAFKA_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "KAFKA_APP_USERNAME": "signup",
-        "KAFKA_APP_PASSWORD": APP_PASSWORD,
         "RECORD": str(tmp_path / "record.jsonl"),
-    }
+    } | PASSWORD_VARIABLES
 
 
 def test_the_broker_listens_on_the_network_only_with_sasl_ssl_and_denies_by_default(
@@ -336,11 +358,13 @@ def test_the_broker_listens_on_the_network_only_with_sasl_ssl_and_denies_by_defa
     assert config["ssl.keystore.password"] == (tls["broker"] / "keystore-password").read_text()
     assert config["authorizer.class.name"].endswith("StandardAuthorizer")
     assert config["allow.everyone.if.no.acl.found"] == "false"
-    assert config["super.users"] == "User:admin;User:ANONYMOUS"
-    assert "User:signup" not in config["super.users"]
+    # The controller's port takes SASL PLAIN as admin: ANONYMOUS is nobody special.
+    assert protocols[config["controller.listener.names"]] == "SASL_PLAINTEXT"
+    assert config["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert config["super.users"] == "User:admin"
 
 
-def test_first_start_formats_the_storage_with_both_scram_users_and_later_starts_do_not(
+def test_first_start_formats_the_storage_with_every_scram_user_and_later_starts_do_not(
     start_env: dict[str, str],
 ) -> None:
     record = Path(start_env["RECORD"])
@@ -352,9 +376,9 @@ def test_first_start_formats_the_storage_with_both_scram_users_and_later_starts_
     ]
     assert len(formats) == 1
     scram = [formats[0][i + 1] for i, arg in enumerate(formats[0]) if arg == "--add-scram"]
-    assert scram == [
-        f"SCRAM-SHA-512=[name=admin,password={ADMIN_PASSWORD}]",
-        f"SCRAM-SHA-512=[name=signup,password={APP_PASSWORD}]",
+    assert scram == [f"SCRAM-SHA-512=[name=admin,password={ADMIN_PASSWORD}]"] + [
+        f"SCRAM-SHA-512=[name={principal},password={password}]"
+        for principal, password in PASSWORDS.items()
     ]
     assert formats[0][formats[0].index("--cluster-id") + 1] == "cluster-id-from-kafka-storage"
 
@@ -377,8 +401,8 @@ def test_a_storage_formatted_without_scram_users_is_refused_with_what_to_do(
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("KAFKA_APP_PASSWORD", "short"),
-        ("KAFKA_APP_PASSWORD", 'has"quote-and-more-characters'),
+        ("KAFKA_MEMBER_SERVICE_PASSWORD", "short"),
+        ("KAFKA_OPERATOR_PASSWORD", 'has"quote-and-more-characters'),
         ("KAFKA_ADMIN_PASSWORD", "has,comma]and-more-characters"),
         ("KAFKA_ADMIN_PASSWORD", ""),
     ],
@@ -419,7 +443,7 @@ def test_the_topic_job_creates_the_pipelines_topics_with_their_partition_counts(
     assert made == pipeline_topics()
 
 
-def test_with_sasl_the_topic_job_grants_the_application_only_what_it_uses(
+def test_with_sasl_the_topic_job_grants_each_principal_exactly_the_table(
     kafka_home: Path, tls: dict[str, Path], tmp_path: Path
 ) -> None:
     record = tmp_path / "record.jsonl"
@@ -427,7 +451,6 @@ def test_with_sasl_the_topic_job_grants_the_application_only_what_it_uses(
         "KAFKA_HOME": str(kafka_home),
         "RECORD": str(record),
         "KAFKA_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "KAFKA_APP_USERNAME": "signup",
         "KAFKA_SSL_CAFILE": str(tls["ca"] / "ca.pem"),
     }
     run_script("create-topics.sh", env=env)
@@ -437,19 +460,27 @@ def test_with_sasl_the_topic_job_grants_the_application_only_what_it_uses(
         assert login["security.protocol"] == "SASL_SSL", call
     assert sum(c["tool"] == "kafka-topics.sh" for c in recorded) == len(pipeline_topics())
 
-    grants: dict[tuple[str, str], set[str]] = {}
+    granted: set[tuple[str, str, str, str]] = set()
     for call in (c["args"] for c in recorded if c["tool"] == "kafka-acls.sh"):
-        assert call[call.index("--allow-principal") + 1] == "User:signup"
+        principal = call[call.index("--allow-principal") + 1]
         operations = {call[i + 1] for i, arg in enumerate(call) if arg == "--operation"}
-        for i, arg in enumerate(call):
-            if arg in ("--topic", "--group"):
-                grants.setdefault((arg[2:], call[i + 1]), set()).update(operations)
-            if arg == "--cluster":
-                grants.setdefault(("cluster", ""), set()).update(operations)
-    expected = {("topic", name): {"Read", "Write", "Describe"} for name in pipeline_topics()}
-    expected |= {("group", topic.consumer_group): {"Read"} for topic in TOPICS}
-    expected[("cluster", "")] = {"IdempotentWrite"}
-    assert grants == expected
+        resources = [
+            (arg[2:], call[i + 1]) for i, arg in enumerate(call) if arg in ("--topic", "--group")
+        ]
+        assert "--cluster" not in call, "no cluster-wide grant (IdempotentWrite comes with Write)"
+        granted |= {(principal, kind, name, op) for kind, name in resources for op in operations}
+    # What devtools/kafka_security.py grants on the local Apache Kafka, from the same table.
+    expected = {
+        (
+            acl.principal,
+            acl.resource_pattern.resource_type.name.lower(),
+            acl.resource_pattern.resource_name,
+            acl.operation.name.capitalize(),
+        )
+        for acl in acl_bindings(GRANTS)
+    }
+    assert granted == expected
+    assert ("User:member-service", "topic", "profile-insert", "Write") not in granted
 
 
 def test_the_scripts_pass_shellcheck() -> None:
