@@ -1,11 +1,15 @@
 """`signup-pipeline bench` (or `python -m bench`): every stage's speed beside the raw
 limits of the same machine, measured in the same run.
 
-    signup-pipeline bench [--quick] [--output bench-results.json] [--postgres-url URL]
+    signup-pipeline bench [--quick] [--kafka tansu|apache] [--output bench-results.json]
+                          [--postgres-url URL]
 
 PostgreSQL: throwaway databases are created (and dropped) on the server at
---postgres-url (default: the local one). Kafka: a fresh bundled broker per phase, or the
-cluster in KAFKA_BOOTSTRAP_SERVERS. Writes every figure to a JSON file and prints a
+--postgres-url (default: the local one). Kafka: a fresh bundled Tansu broker per phase
+(`--kafka tansu`, the default); one local Apache Kafka node for the whole run, started
+from the cached jars in a temporary directory with the pipeline's topics created
+(`--kafka apache`, needs Java 17+); or the cluster in KAFKA_BOOTSTRAP_SERVERS. Writes
+every figure, and which broker they were measured on, to a JSON file and prints a
 Markdown table of each figure beside its ceiling and its target. It never fails on a
 missed target: it reports.
 """
@@ -27,14 +31,25 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from auth_service.models import OutboxEvent as AuthOutbox
 from bench import ceilings, stages
+from devtools.apache_kafka import (
+    BROKERS,
+    ChoiceError,
+    KafkaUnavailable,
+    OneNodeKafka,
+    chosen_broker,
+    describe_broker,
+    prepare_jars,
+)
 from devtools.broker import BrokerError, LocalBroker
+from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
 from devtools.stack import Stack, StackError
 from shared.config import SERVICES, kafka_security, tool_settings
-from shared.messaging.kafka import create_topics, use_security
+from shared.messaging.kafka import create_topics, pipeline_topics, use_security
 from shared.messaging.outbox import cloudevent_headers, encode_event
 from shared.messaging.pipeline import PROFILE_INSERT
 from shared.storage.db import utcnow
@@ -103,7 +118,7 @@ def skip_group_to_end(servers: list[str], group: str, topic: str) -> None:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         consumer.seek_to_end()
-        consumer.commit({tp: consumer.position(tp) for tp in partitions})
+        consumer.commit({tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in partitions})
     finally:
         consumer.close()
 
@@ -370,13 +385,30 @@ def markdown(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def machine(external: list[str] | None) -> dict[str, Any]:
+def machine(broker: dict[str, Any]) -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "platform": platform.platform(terse=True),
         "python": platform.python_version(),
-        "broker": "KAFKA_BOOTSTRAP_SERVERS" if external else "bundled Tansu (memory)",
+        "broker": broker["summary"],
     }
+
+
+@contextlib.contextmanager
+def run_broker(kind: str, external: list[str] | None, workdir: Path) -> Iterator[list[str] | None]:
+    """The cluster every phase uses (None: a fresh bundled broker per phase): the one in
+    KAFKA_BOOTSTRAP_SERVERS, or for `apache` one local Apache Kafka node started here,
+    with the pipeline's topics, and stopped at the end."""
+    if kind != "apache":
+        yield external
+        return
+    kafka = OneNodeKafka(workdir / "kafka", prepare_jars())
+    try:
+        kafka.start()
+        create_topics(kafka.bootstrap_list, pipeline_topics())
+        yield kafka.bootstrap_list
+    finally:
+        kafka.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,24 +423,46 @@ def main(argv: list[str] | None = None) -> int:
         default=shell.bench_postgres_url or LOCAL_POSTGRES_URL,
         help="a PostgreSQL server where throwaway databases may be created",
     )
+    parser.add_argument(
+        "--kafka",
+        choices=BROKERS,
+        default=None,
+        help="the broker: tansu, the bundled one, fresh for each phase (the default), or "
+        f"apache, one local Apache Kafka {KAFKA_VERSION} node for the whole run, from the "
+        "jars scripts/ensure-kafka-jars.sh caches (needs Java 17+). Leave it out when "
+        "KAFKA_BOOTSTRAP_SERVERS names a running Kafka",
+    )
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
-    external = shell.bootstrap_servers
+    try:
+        kind = chosen_broker(args.kafka, shell.bootstrap_servers)
+        if kind == "apache":
+            prepare_jars()  # here, so that what is missing is one line before any work
+    except (ChoiceError, KafkaUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     use_security(kafka_security())  # an external cluster's login, as the services use it
     progress = Progress()
     started = time.perf_counter()
     figures: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "date": utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(external),
         "scale": scale.__dict__,
     }
     postgres = PostgresServer(args.postgres_url)
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         try:
-            figures.update(measure_ceilings(scale, postgres, external, Path(workdir), progress))
-            figures.update(measure_pipeline(scale, postgres, external, Path(workdir), progress))
-        except (BrokerError, StackError) as exc:
+            if kind == "apache":
+                progress.phase(f"starting Apache Kafka {KAFKA_VERSION} (one node)")
+            with run_broker(kind, shell.bootstrap_servers, Path(workdir)) as external:
+                servers = ",".join(external or [])
+                nodes = None if kind == "external" else 1
+                figures["broker"] = describe_broker(kind, servers, nodes)
+                figures["machine"] = machine(figures["broker"])
+                progress.phase(f"broker: {figures['broker']['summary']}")
+                figures.update(measure_ceilings(scale, postgres, external, Path(workdir), progress))
+                figures.update(measure_pipeline(scale, postgres, external, Path(workdir), progress))
+        except (BrokerError, StackError, KafkaClusterError, KafkaUnavailable) as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 2
         finally:
