@@ -322,3 +322,20 @@ def test_dev_apache_without_java_or_jars_says_so_in_one_line_and_exits_2(
     assert "Traceback" not in result.stdout + result.stderr
     assert not (workdir / "var" / "dev-broker").exists()
     assert not (workdir / "var" / "kafka").exists()
+
+
+def test_demo_on_apache_kafka_goes_through_and_leaves_nothing(tmp_path: Path) -> None:
+    env = clean_env() | {"TMPDIR": str(tmp_path)}  # the demo's directory, to look into after
+    result = subprocess.run(
+        [*CLI, "demo", "--kafka", "apache", "--count", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=READY_WITHIN + 60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "starting Apache Kafka 4.4.0 (one node)" in result.stdout
+    assert "all signups went through; clean shutdown" in result.stdout
+    assert kafka_processes(tmp_path) == []
+    assert list(tmp_path.glob("signup-demo-*")) == []  # its broker's data went with it
