@@ -114,7 +114,8 @@ class TestBroker:
         if self.tansu is not None:
             self.tansu.stop()
         elif self.cluster is not None:
-            self.cluster.stop()
+            # All at once: no quorum is left for a controlled shutdown, so do not wait long.
+            self.cluster.stop(timeout=15)
 
 
 def start_test_broker(choice: BrokerChoice, workdir: Path) -> TestBroker:

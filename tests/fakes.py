@@ -142,6 +142,10 @@ class FakeConsumer:
         self._check_assigned(partition)
         self.next_offset = offset
 
+    def seek_to_beginning(self, *partitions: Any) -> None:
+        self._check_assigned(*partitions)
+        self.next_offset = 0
+
     def commit(self, offsets: dict[Any, Any]) -> None:
         if set(offsets) - self.assigned:
             raise CommitFailedError("the group rebalanced: partition no longer assigned")

@@ -24,11 +24,14 @@ from typing import Any
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from shared.messaging.kafka import Message, message_from_record
+from shared.messaging.kafka import Message, message_from_record, topic_identities
 from shared.messaging.processor import BatchReport, EventProcessor, Outcome
 from shared.telemetry.metrics import metrics
 
 log = logging.getLogger(__name__)
+
+# The longest pause between polls that raised (the broker or the group coordinator gone).
+MAX_POLL_RETRY_DELAY = 2.0
 
 
 def backoff_delay(
@@ -86,6 +89,9 @@ class ConsumerLoop:
         }
         self._lag_reported: set[TopicPartition] = set()
         self._lag_due = 0.0
+        self._topic_ids: dict[str, Any] = {}
+        self._poll_failing_since: float | None = None
+        self._poll_failures = 0
 
     def run(self) -> None:
         """Consume until `stop` is set, then commit what was applied and leave the group."""
@@ -103,11 +109,28 @@ class ConsumerLoop:
         if self._resume_at:
             wake = min(self._resume_at.values())
             timeout_ms = max(0, min(timeout_ms, int((wake - now) * 1000) + 1))
-        records = self._consumer.poll(timeout_ms=timeout_ms)
+        try:
+            records = self._consumer.poll(timeout_ms=timeout_ms)
+        except KafkaError as exc:
+            # kafka-python lets a lost coordinator or broker escape poll() (seen when every
+            # node of a cluster went away): the consumer stays usable, so wait and poll
+            # again; the broker's return is the consumer's business, not a restart's.
+            self._poll_failed(exc)
+            return
+        if self._poll_failing_since is not None:
+            log.info(
+                "polling %s again after %.1f s of failures",
+                self._processor.topic.name,
+                self._clock() - self._poll_failing_since,
+            )
+            self._poll_failing_since = None
+        recreated = self._recreated_topics()
+        if recreated:
+            self._read_again_from_the_start(recreated)
         batch = {
             partition: [message_from_record(record) for record in polled]
             for partition, polled in records.items()
-            if polled
+            if polled and partition.topic not in recreated
         }
         received = sum(len(messages) for messages in batch.values())
         if received:
@@ -115,6 +138,48 @@ class ConsumerLoop:
             self._settle(batch, self._processor.apply(batch, self.attempt_of))
         self._report_stuck()
         self._report_lag()
+
+    def _poll_failed(self, exc: KafkaError) -> None:
+        """One line when polls start failing; then a growing pause between tries (at most
+        `MAX_POLL_RETRY_DELAY`), cut short by `stop`."""
+        if self._poll_failing_since is None:
+            self._poll_failing_since = self._clock()
+            self._poll_failures = 0
+            log.warning("polling %s failed (%s); retrying", self._processor.topic.name, exc)
+        self._poll_failures += 1
+        self.stop.wait(min(0.1 * 2 ** (self._poll_failures - 1), MAX_POLL_RETRY_DELAY))
+
+    def _recreated_topics(self) -> set[str]:
+        """Topics whose id changed since the last poll: created again, or the broker
+        rebuilt empty. The positions the consumer holds point into a log that is gone;
+        kept, they would skip the new log's first records (or, past its end, wait)."""
+        seen = topic_identities(self._consumer, [self._processor.topic.name])
+        recreated = {
+            topic
+            for topic, identity in seen.items()
+            if identity is not None and self._topic_ids.get(topic) not in (None, identity)
+        }
+        self._topic_ids.update({t: i for t, i in seen.items() if i is not None})
+        return recreated
+
+    def _read_again_from_the_start(self, topics: set[str]) -> None:
+        """Drop this poll's records of `topics` (fetched at positions from the old log)
+        and read their assigned partitions again from the beginning; the inbox skips
+        whatever was applied already."""
+        partitions = [tp for tp in self._consumer.assignment() if tp.topic in topics]
+        log.warning(
+            "topic %s was created again (its id changed): reading partitions %s from the "
+            "beginning; the inbox skips what was applied before",
+            ", ".join(sorted(topics)),
+            sorted(tp.partition for tp in partitions),
+        )
+        for partition in partitions:
+            self._resume_at.pop(partition, None)
+            self._failing_since.pop(partition, None)
+            self._forget(partition, before=2**63)
+        if partitions:
+            self._consumer.resume(*partitions)
+            self._consumer.seek_to_beginning(*partitions)
 
     def attempt_of(self, partition: TopicPartition, offset: int) -> int:
         """Which try this is of the record at (partition, offset): 1 + its failed ones."""

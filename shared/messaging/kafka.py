@@ -207,6 +207,18 @@ def pipeline_topics() -> dict[str, int]:
     return wanted
 
 
+def topic_identities(consumer: Any, topics: Iterable[str]) -> dict[str, Any]:
+    """The broker's id of each of `topics` as `consumer`'s metadata last saw it (None while
+    unknown). A changed id means the topic was deleted and created again, or the broker
+    was rebuilt: offsets into the old one mean nothing in the new one. Empty for a
+    consumer that keeps no such metadata (kafka-python's is read from its client)."""
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    topic_id = getattr(cluster, "topic_id", None)
+    if not callable(topic_id):
+        return {}
+    return {topic: topic_id(topic) for topic in topics}
+
+
 def missing_topics(
     bootstrap_servers: Sequence[str],
     timeout_ms: int = 10_000,
@@ -314,6 +326,7 @@ __all__ = [
     "make_producer",
     "message_from_record",
     "missing_topics",
+    "topic_identities",
     "pipeline_topics",
     "process_client_security",
     "read_topic",

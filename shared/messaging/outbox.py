@@ -12,8 +12,9 @@ Guarantees:
   send the same row. SQLite has no row locks; there a second relay may re-send a row,
   which the inbox absorbs.
 - The relay outlives anything the broker does. A producer in a state it cannot leave (a
-  fatal error, a producer id the broker no longer knows after it restarted empty, or
-  sends failing for longer than `recreate_after`) is closed and made again, with
+  fatal error, a producer id the broker no longer knows after it restarted empty, sends
+  neither acknowledged nor failed within `recreate_after`, or sends failing for longer
+  than `recreate_after`) is closed and made again, with
   backoff. A failure episode logs one line when it starts and one when it ends, never a
   line per row per pass; a relay with rows waiting and nothing published for longer
   than `stall_after` says so through `stalled()`, which the readiness probes answer 503 on.
@@ -35,6 +36,7 @@ from kafka.errors import (
     IllegalStateError,
     InvalidProducerEpochError,
     InvalidProducerIdMappingError,
+    KafkaTimeoutError,
     OutOfOrderSequenceNumberError,
     ProducerFencedError,
     UnknownProducerIdError,
@@ -378,12 +380,22 @@ class OutboxRelay:
                 failures.extend((later, exc) for later in rows[index:])
                 break
             pending.append((row, delivery))
+        # Waited for at most `recreate_after`: a producer that has neither delivered nor
+        # failed a send by then is in a state it does not report (kafka-python takes a
+        # producer id a rebuilt broker no longer knows for a retention gap and retries
+        # on its own until delivery_timeout_ms), so it is made again at once below.
+        waited = min(self._send_timeout, self._recreate_after)
         try:
-            producer.flush(timeout=self._send_timeout)
+            producer.flush(timeout=waited)
         except Exception as exc:  # what was not acknowledged fails below
             log.debug("relay producer flush failed: %s", exc)
         acked = []
+        unanswered = False
         for row, delivery in pending:
+            if not getattr(delivery, "is_done", True):
+                unanswered = True
+                failures.append((row, KafkaTimeoutError(f"not acknowledged within {waited:.0f} s")))
+                continue
             try:
                 delivery.get(timeout=0)
             except Exception as exc:
@@ -398,7 +410,7 @@ class OutboxRelay:
                 self._failed(
                     len(failures),
                     first,
-                    fatal=any(is_fatal_producer_error(exc) for _, exc in failures),
+                    fatal=unanswered or any(is_fatal_producer_error(e) for _, e in failures),
                 )
         return acked
 
@@ -410,7 +422,8 @@ class OutboxRelay:
         metrics().outbox_send_failures.inc(count)
         self._last_error = f"{type(exc).__name__}: {exc}"
         if self._failing_since is None:
-            self._failing_since = now
+            # The episode began when the pass that failed began sending.
+            self._failing_since = self._busy_since if self._busy_since is not None else now
             log.warning(
                 "outbox relay cannot publish (%s); retrying quietly until it can",
                 self._last_error,

@@ -6,12 +6,14 @@ instead of sleeping for it."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaConnectionError
 from kafka.structs import TopicPartition
 from sqlalchemy import select
 from sqlalchemy.exc import (
@@ -826,3 +828,105 @@ def test_a_failing_partition_waits_while_the_other_flows_and_commits(
     assert consumer.paused == set()
     assert stored_users(member_db) == {uuid_of(n) for n in (10, 11, 20, 21)}
     assert broker.topics["profile-insert.DLT"] == []
+
+
+class Cluster:
+    """kafka-python's cluster metadata, as far as topic ids go."""
+
+    def __init__(self) -> None:
+        self.ids = {TOPIC: "id-1"}
+
+    def topic_id(self, topic: str) -> str | None:
+        return self.ids.get(topic)
+
+
+class Client:
+    def __init__(self) -> None:
+        self.cluster = Cluster()
+
+
+class IdentifiedConsumer(FakeConsumer):
+    """A FakeConsumer whose metadata carries topic ids, as kafka-python's does."""
+
+    def __init__(self, broker: FakeBroker, topic: str) -> None:
+        super().__init__(broker, topic)
+        self._client = Client()
+
+
+def test_a_topic_created_again_is_read_again_from_its_beginning_not_from_the_old_position(
+    broker: FakeBroker, member_db: Database, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen with the broker restarted empty: the consumer kept its positions into the
+    old log and skipped the first records of the new one."""
+    consumer = IdentifiedConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+    loop.poll_once()
+    assert consumer.committed == 3 and len(stored_users(member_db)) == 3
+
+    # The broker is rebuilt: the topic holds five new events; its id is new.
+    broker.topics[TOPIC] = []
+    for number in range(10, 15):
+        broker.append(TOPIC, profile_insert(number), b"k", [("ce_id", b"e%d" % number)])
+    consumer._client.cluster.ids[TOPIC] = "id-2"
+    with caplog.at_level(logging.WARNING, logger="shared.messaging.consumer"):
+        loop.poll_once()  # fetched from offset 3 of the new log: dropped, sought to 0
+        loop.poll_once()
+
+    assert stored_users(member_db) == {uuid_of(n) for n in [0, 1, 2, *range(10, 15)]}
+    assert consumer.committed == 5
+    assert any("created again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_topic_id_first_learned_changes_nothing(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    consumer = IdentifiedConsumer(broker, TOPIC)
+    consumer._client.cluster.ids = {}
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+    loop.poll_once()
+    consumer._client.cluster.ids[TOPIC] = "id-1"  # metadata arrives
+    broker.append(TOPIC, profile_insert(3), b"k", [("ce_id", b"e3")])
+    loop.poll_once()
+    assert consumer.commits == [3, 4]
+
+
+class FlakyConsumer(FakeConsumer):
+    """Its first `failures` polls raise, as kafka-python's does when every broker is gone
+    and the group coordinator cannot be found."""
+
+    def __init__(self, broker: FakeBroker, topic: str, failures: int) -> None:
+        super().__init__(broker, topic)
+        self.failures = failures
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Message]]:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("[Errno 104] Connection reset by peer")
+        return super().poll(timeout_ms, max_records)
+
+
+def test_polls_that_raise_are_retried_and_the_worker_carries_on(
+    broker: FakeBroker, member_db: Database, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = FlakyConsumer(broker, TOPIC, failures=3)
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+    with caplog.at_level(logging.INFO, logger="shared.messaging.consumer"):
+        for _ in range(4):
+            loop.poll_once()
+    assert consumer.committed == 3 and len(stored_users(member_db)) == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.messaging.consumer"]
+    assert len(lines) == 2, lines  # one when the failures start, one when they end
+    assert "failed" in lines[0] and "again" in lines[1]
+
+
+def test_a_worker_told_to_stop_while_polls_fail_stops_and_closes(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    consumer = FlakyConsumer(broker, TOPIC, failures=10**6)
+    stop = threading.Event()
+    loop = loop_on(consumer, processor_on(member_db, broker), clock, stop)
+    runner = threading.Thread(target=loop.run)
+    runner.start()
+    stop.set()
+    runner.join(5)
+    assert not runner.is_alive() and consumer.closed

@@ -112,6 +112,58 @@ def test_a_fatal_producer_error_makes_a_new_producer_and_the_rows_go_out(
     assert "publishing again" in lines[1] and "50 failed sends" in lines[1]
 
 
+class Unanswered:
+    """A send neither delivered nor failed: kafka-python's, while it retries a producer
+    id the rebuilt broker does not know, until delivery_timeout_ms."""
+
+    is_done = False
+
+    def get(self, timeout: float | None = None) -> Any:
+        raise AssertionError("the relay must not wait on a send that was never answered")
+
+
+class SilentProducer(FakeProducer):
+    """Every send stays unanswered; flush returns after its timeout without a word."""
+
+    def __init__(self, broker: FakeBroker) -> None:
+        super().__init__(broker)
+        self.flush_timeouts: list[float | None] = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None) -> Any:
+        return Unanswered()
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flush_timeouts.append(timeout)
+
+
+def test_sends_left_unanswered_past_the_bound_make_a_new_producer_at_once(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen on a broker restarted empty: the member relay's producer took the unknown
+    producer id for a retention gap and retried quietly for 30 s, then again."""
+    broker = FakeBroker()
+    made: list[FakeProducer] = []
+
+    def connect() -> FakeProducer:
+        made.append(SilentProducer(broker) if not made else FakeProducer(broker))
+        return made[-1]
+
+    relay = OutboxRelay(
+        database, OutboxEvent, connect, clock=FakeClock(), send_timeout=35, recreate_after=10
+    )
+    stage(database, 5)
+    with caplog.at_level(logging.INFO, logger="shared.messaging.outbox"):
+        assert relay.publish_pending() == 0
+        silent = made[0]
+        assert isinstance(silent, SilentProducer)
+        assert silent.flush_timeouts == [10]  # waited the bound, not the send timeout
+        assert silent.closed and relay.recreations == 1  # made again on that first pass
+        assert relay.publish_pending() == 5
+    assert len(broker.topics[PARTNER_CREATED.name]) == 5
+    lines = relay_lines(caplog)
+    assert "not acknowledged within 10 s" in lines[0], lines
+
+
 def test_the_init_producer_id_failure_of_the_issue_is_fatal() -> None:
     error = KafkaError("Unexpected error in InitProducerIdResponse: [Error -1] UnknownError")
     assert is_fatal_producer_error(error)
