@@ -163,6 +163,9 @@ class LocalKafkaCluster:
         self._jars_dir = jars_dir
         self._java = java
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        # Every process this object started, kept until stop() has reaped it: none is
+        # ever dropped while it may still run (and none left to the garbage collector).
+        self._started: list[subprocess.Popen[bytes]] = []
         self._logs: dict[int, IO[bytes]] = {}
         self.cluster_id, self.layout = self._load_or_plan()
 
@@ -298,19 +301,20 @@ class LocalKafkaCluster:
                 "--ignore-formatted",
                 *self.format_arguments(node),
             )
-            pending.append(
-                (
-                    node,
-                    subprocess.Popen(
-                        command,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                    ),
-                )
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
+            self._started.append(process)
+            pending.append((node, process))
         for node, process in pending:
-            output, _ = process.communicate(timeout=120)
+            try:
+                output, _ = process.communicate(timeout=120)
+            except BaseException:
+                self._reap_all()
+                raise
             if process.returncode != 0:
                 raise KafkaClusterError(
                     f"formatting node {node.node_id}'s storage failed "
@@ -348,13 +352,15 @@ class LocalKafkaCluster:
         log.write(f"\n===== starting node {node.node_id} at {time.ctime()} =====\n".encode())
         log.flush()
         self._logs[node.node_id] = log
-        self._processes[node.node_id] = subprocess.Popen(
+        process = subprocess.Popen(
             self._java_command(KAFKA_MAIN, str(node.config)),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=node.directory,
         )
+        self._started.append(process)
+        self._processes[node.node_id] = process
 
     def running(self, index: int) -> bool:
         process = self._processes.get(index)
@@ -448,6 +454,16 @@ class LocalKafkaCluster:
                 process.wait()
             del self._processes[index]
             self._close_log(index)
+        self._reap_all()
+
+    def _reap_all(self) -> None:
+        """Kill and wait for any process this object started that still runs (none
+        should, after the waits above), and forget those that have exited."""
+        for process in self._started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self._started = [p for p in self._started if p.returncode is None]
 
     def pause(self) -> None:
         """Freeze every running node (SIGSTOP): connections stay open, nothing answers."""
