@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 from kafka.errors import (
     GroupAuthorizationFailedError,
     KafkaError,
@@ -170,9 +171,12 @@ def read(kafka: SecureLocalKafkaCluster, user: str, topic: str) -> int:
         consumer.close()
 
 
-def join(kafka: SecureLocalKafkaCluster, user: str, group: str) -> set[TopicPartition]:
-    """The partitions `user` is assigned after joining `group` on the group's topic;
-    GroupAuthorizationFailedError when the broker refuses it the group."""
+def join(
+    kafka: SecureLocalKafkaCluster, user: str, group: str, topic: str | None = None
+) -> set[TopicPartition]:
+    """The partitions `user` is assigned after joining `group` on `topic` (by default the
+    topic the pipeline's group consumes); GroupAuthorizationFailedError when the broker
+    refuses it the group."""
     consumer = KafkaConsumer(
         bootstrap_servers=kafka.bootstrap_list,
         group_id=group,
@@ -182,7 +186,7 @@ def join(kafka: SecureLocalKafkaCluster, user: str, group: str) -> set[TopicPart
         **kafka.client_security(user),
     )
     try:
-        consumer.subscribe([GROUP_TOPICS[group]])
+        consumer.subscribe([topic or GROUP_TOPICS[group]])
         deadline = time.monotonic() + 20
         while not consumer.assignment() and time.monotonic() < deadline:
             consumer.poll(timeout_ms=300)
@@ -262,6 +266,26 @@ def test_what_the_issue_forbids_is_refused_by_the_broker(
         probe = lambda: read(cluster, principal, name)  # noqa: E731
         refusal = "TopicAuthorizationFailedError"
     assert attempt(probe) == refusal
+
+
+def test_what_no_grant_names_is_denied_too(cluster: SecureLocalKafkaCluster) -> None:
+    """allow.everyone.if.no.acl.found=false: a group or topic no ACL names is nobody's,
+    so a principal can neither consume in a group of its own choosing nor make topics."""
+    with pytest.raises(GroupAuthorizationFailedError):
+        join(cluster, "member-service", "a-group-nobody-granted", "profile-insert")
+    admin = KafkaAdminClient(
+        bootstrap_servers=cluster.bootstrap_list, **cluster.client_security("operator")
+    )
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            admin.create_topics([NewTopic("a-topic-nobody-granted", 1, 1)])
+    finally:
+        admin.close()
+    admin = cluster.admin()
+    try:
+        assert "a-topic-nobody-granted" not in admin.list_topics()
+    finally:
+        admin.close()
 
 
 def test_a_principal_sees_only_the_topics_it_was_granted(
