@@ -126,10 +126,17 @@ def check_broker(settings: Settings, topics: Collection[str] | None = None) -> N
     finally:
         kafka_log.setLevel(level)
     if missing:
+        user = settings.kafka_security.sasl_username
         raise ConfigError(
             f"Kafka at {','.join(servers)} lacks topics {missing}: create them "
             "(see docker-compose.yml's kafka-topics job), or set SIGNUP_PIPELINE_DEV=1 "
             "to have them created with the broker's defaults"
+            + (
+                f"; or they exist but Kafka user {user!r} may not describe them: grant it "
+                "what deploy/kafka/grants.txt does"
+                if user
+                else ""
+            )
         )
 
 
