@@ -75,6 +75,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # here (send -> consumed p50; idle CPU of one worker): 100 ms: 16.4 ms, 2.4%;
     # 25 ms: 6.4 ms, 7%; 5 ms: 7.0 ms, 18.5% (and the broker 15% busy while idle).
     "fetch_max_wait_ms": 25,
+    # Topics are the operator's (partitions, replication): asking about one never creates
+    # it, even on a broker that would (the bundled Tansu does, with its own partition
+    # count, which then stood in for the pipeline's after it restarted empty).
+    "allow_auto_create_topics": False,
 }
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -85,6 +89,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "max_block_ms": 10_000,
     "request_timeout_ms": 10_000,
     "delivery_timeout_ms": 30_000,
+    "allow_auto_create_topics": False,
 }
 
 
