@@ -28,7 +28,7 @@ from shared.messaging.pipeline import PROFILE_INSERT
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
-READY_WITHIN = 240  # a JVM's start on a busy two-core machine, then the five processes
+READY_WITHIN = 180  # a JVM's start on a busy two-core machine, then the five processes
 
 
 def three_free_ports() -> int:
@@ -210,6 +210,7 @@ def sign_up_partner(base: int) -> str:
     return member_id
 
 
+@pytest.mark.timeout(600)  # two starts of a JVM and of the stack, on a shared machine
 def test_dev_on_apache_kafka_signs_up_keeps_its_topics_and_leaves_no_java_behind(
     tmp_path: Path,
 ) -> None:
