@@ -85,20 +85,12 @@ def prepare_jars(say: Callable[[str], None] | None = None) -> Path:
 
 
 class OneNodeKafka(LocalKafkaCluster):
-    """One local Apache Kafka node whose JVM runs in a session of its own (`setsid`), as
-    the stack's processes do: a Ctrl-C at the terminal reaches the command that started
-    it, which stops the pipeline first and the broker last, rather than the broker
-    shutting down under the services at the same instant. Only its starter stops it."""
+    """One local Apache Kafka node (its JVM in a session of its own, as every node of a
+    LocalKafkaCluster: a Ctrl-C at the terminal reaches the command that started it,
+    which stops the pipeline first and the broker last). Only its starter stops it."""
 
     def __init__(self, workdir: Path, jars_dir: Path) -> None:
         super().__init__(1, workdir, jars_dir)
-
-    def _java_command(self, main: str, *args: str) -> list[str]:
-        command = super()._java_command(main, *args)
-        setsid = shutil.which("setsid")
-        # setsid(1) does not fork when its caller leads no process group (a child of
-        # Popen does not): the pid Popen knows stays the JVM's, so stop() signals it.
-        return [setsid, *command] if setsid else command
 
     def describe_broker(self) -> dict[str, Any]:
         return describe_broker("apache", self.bootstrap_servers, nodes=self.nodes)

@@ -358,6 +358,10 @@ class LocalKafkaCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=node.directory,
+            # A session of its own, as the stack's processes have: a Ctrl-C at the
+            # terminal reaches whoever started the node, which stops the services first
+            # and the broker last, not the broker under the services at the same instant.
+            start_new_session=True,
         )
         self._started.append(process)
         self._processes[node.node_id] = process
