@@ -102,8 +102,13 @@ def ensure_jars(jars_dir: Path | None = None) -> Path:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, never starting
+    with "-" (kafka-storage would take it for an option; Kafka's own Uuid.randomUuid()
+    draws again in that case, and so does this)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

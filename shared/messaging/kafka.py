@@ -79,6 +79,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # it, even on a broker that would (the bundled Tansu does, with its own partition
     # count, which then stood in for the pipeline's after it restarted empty).
     "allow_auto_create_topics": False,
+    # kafka-python backs off reconnecting (and so refreshing metadata) up to 30 s by
+    # default; the Java client's ceiling is 1 s. With 30 s a consumer and a relay came
+    # back up to 42 s after every broker had returned (a whole cluster stopped 20 s).
+    "reconnect_backoff_max_ms": 1_000,
 }
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -90,6 +94,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "request_timeout_ms": 10_000,
     "delivery_timeout_ms": 30_000,
     "allow_auto_create_topics": False,
+    "reconnect_backoff_max_ms": 1_000,
 }
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import re
 import threading
 import time
@@ -26,7 +25,7 @@ from kafka.errors import KafkaError
 from sqlalchemy import create_engine, text
 
 from devtools.http_client import request
-from devtools.kafka_cluster import LocalKafkaCluster, new_cluster_id
+from devtools.kafka_cluster import LocalKafkaCluster
 from devtools.stack import Stack
 from shared.messaging.kafka import read_topic
 from tests.faults.harness import Registry, Signup, reconcile
@@ -38,19 +37,6 @@ PUBLISHERS = {"profile-insert": "auth", "partner-created": "member"}
 GROUPS = {"member-service": "profile-insert", "batch-service": "partner-created"}
 OFFSETS_TOPIC = "__consumer_offsets"
 T = TypeVar("T")
-
-
-def usable_cluster_id(cluster: LocalKafkaCluster) -> None:
-    """Give `cluster` a new id if its id starts with "-": `kafka-storage format
-    --cluster-id -xyz` takes it for an option and fails (one new id in 64, base64url).
-    Call after making a LocalKafkaCluster and after wipe(), before start(). (To be fixed
-    in devtools/kafka_cluster.py, which passes the id as a separate argument.)"""
-    while cluster.cluster_id.startswith("-"):
-        cluster.cluster_id = new_cluster_id()
-        state_file = cluster.workdir / "cluster.json"
-        state = json.loads(state_file.read_text())
-        state["cluster_id"] = cluster.cluster_id
-        state_file.write_text(json.dumps(state, indent=2) + "\n")
 
 
 # -- the cluster, seen through an admin client ------------------------------------------

@@ -48,7 +48,6 @@ from tests.faults.cluster_harness import (
     revive,
     summary,
     unpublished,
-    usable_cluster_id,
     wait_fully_replicated,
 )
 from tests.faults.harness import Registry, inbox_counts
@@ -104,7 +103,6 @@ def cs(tmp_path_factory: pytest.TempPathFactory, postgres) -> Iterator[ClusterSt
         pytest.fail(f"{exc}\n(run scripts/ensure-kafka-jars.sh)", pytrace=False)
     workdir: Path = tmp_path_factory.mktemp("kafka-cluster-faults")
     cluster = LocalKafkaCluster(NODES, workdir / "kafka", jars)
-    usable_cluster_id(cluster)
     cluster.start()
     try:
         create_pipeline_topics(cluster)
@@ -337,7 +335,6 @@ def test_cluster_rebuilt_empty_every_signup_arrives_within_30s_of_the_topics(
     assert drained.problems == [], drained.problems
     with load(cs.stack, cs.registry) as generator:
         cs.cluster.wipe()
-        usable_cluster_id(cs.cluster)
         cs.since = database_now(cs.urls["auth"])
         generator.wait_for(5)
         cs.cluster.start()
