@@ -24,7 +24,12 @@ from typing import Any
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from shared.messaging.kafka import Message, message_from_record, topic_identities
+from shared.messaging.kafka import (
+    Message,
+    message_from_record,
+    request_rejoin,
+    topic_identities,
+)
 from shared.messaging.processor import BatchReport, EventProcessor, Outcome
 from shared.telemetry.metrics import metrics
 
@@ -163,9 +168,12 @@ class ConsumerLoop:
         return recreated
 
     def _read_again_from_the_start(self, topics: set[str]) -> None:
-        """Drop this poll's records of `topics` (fetched at positions from the old log)
-        and read their assigned partitions again from the beginning; the inbox skips
-        whatever was applied already."""
+        """Drop this poll's records of `topics` (fetched at positions from the old log),
+        read their assigned partitions again from the beginning (the inbox skips whatever
+        was applied already), and join the group again: while the topic was missing the
+        group may have been assigned none of it, and kafka-python re-assigns only when a
+        partition count changes (seen on a cluster rebuilt empty: the member worker kept
+        an empty assignment for minutes)."""
         partitions = [tp for tp in self._consumer.assignment() if tp.topic in topics]
         log.warning(
             "topic %s was created again (its id changed): reading partitions %s from the "
@@ -180,6 +188,7 @@ class ConsumerLoop:
         if partitions:
             self._consumer.resume(*partitions)
             self._consumer.seek_to_beginning(*partitions)
+        request_rejoin(self._consumer)
 
     def attempt_of(self, partition: TopicPartition, offset: int) -> int:
         """Which try this is of the record at (partition, offset): 1 + its failed ones."""

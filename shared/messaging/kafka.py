@@ -229,6 +229,17 @@ def topic_identities(consumer: Any, topics: Iterable[str]) -> dict[str, Any]:
     return {topic: topic_id(topic) for topic in topics}
 
 
+def request_rejoin(consumer: Any) -> None:
+    """Have `consumer` join its group again at its next poll (kafka-python's coordinator
+    has no public call for it). A group leader re-assigns only when a topic's partition
+    count changes: a topic created again with the same count, after the group was
+    assigned nothing while it was missing, would otherwise stay unassigned for good."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    rejoin = getattr(coordinator, "request_rejoin", None)
+    if callable(rejoin):
+        rejoin()
+
+
 def missing_topics(
     bootstrap_servers: Sequence[str],
     timeout_ms: int = 10_000,
@@ -336,6 +347,7 @@ __all__ = [
     "make_producer",
     "message_from_record",
     "missing_topics",
+    "request_rejoin",
     "topic_identities",
     "pipeline_topics",
     "process_client_security",

@@ -845,12 +845,21 @@ class Client:
         self.cluster = Cluster()
 
 
+class Coordinator:
+    def __init__(self) -> None:
+        self.rejoins = 0
+
+    def request_rejoin(self) -> None:
+        self.rejoins += 1
+
+
 class IdentifiedConsumer(FakeConsumer):
     """A FakeConsumer whose metadata carries topic ids, as kafka-python's does."""
 
     def __init__(self, broker: FakeBroker, topic: str) -> None:
         super().__init__(broker, topic)
         self._client = Client()
+        self._coordinator = Coordinator()
 
 
 def test_a_topic_created_again_is_read_again_from_its_beginning_not_from_the_old_position(
@@ -875,6 +884,21 @@ def test_a_topic_created_again_is_read_again_from_its_beginning_not_from_the_old
     assert stored_users(member_db) == {uuid_of(n) for n in [0, 1, 2, *range(10, 15)]}
     assert consumer.committed == 5
     assert any("created again" in r.getMessage() for r in caplog.records)
+    assert consumer._coordinator.rejoins == 1  # the group is assigned the new topic anew
+
+
+def test_a_topic_created_again_while_nothing_of_it_is_assigned_makes_the_consumer_rejoin(
+    broker: FakeBroker, member_db: Database, clock: FakeClock
+) -> None:
+    """Seen on a cluster rebuilt empty: the group was assigned nothing while the topic was
+    missing, and its leader never re-assigned it once the topic was back (same count)."""
+    consumer = IdentifiedConsumer(broker, TOPIC)
+    loop = loop_on(consumer, processor_on(member_db, broker), clock)
+    loop.poll_once()
+    consumer.revoke()  # the rebalance while the topic was missing assigned nothing
+    consumer._client.cluster.ids[TOPIC] = "id-2"
+    loop.poll_once()
+    assert consumer._coordinator.rejoins == 1
 
 
 def test_a_topic_id_first_learned_changes_nothing(
