@@ -19,8 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from devtools.broker import LocalBroker
-from devtools.kafka_cluster import KAFKA_VERSION, LocalKafkaCluster
+from devtools.kafka_cluster import (
+    KAFKA_VERSION,
+    KafkaClusterError,
+    LocalKafkaCluster,
+    ensure_jars,
+)
 from shared.messaging.kafka import create_topics, pipeline_topics
 
 TEST_KAFKA_VARIABLE = "TEST_KAFKA"
@@ -132,3 +139,12 @@ def start_test_broker(choice: BrokerChoice, workdir: Path) -> TestBroker:
             raise
         return TestBroker(choice, cluster=cluster)
     return TestBroker(choice)
+
+
+def kafka_jars() -> Path:
+    """Apache Kafka's jars (fetched once by scripts/ensure-kafka-jars.sh); the test fails,
+    saying how to get them, when they cannot be had."""
+    try:
+        return ensure_jars()
+    except KafkaClusterError as exc:
+        pytest.fail(f"{exc}\n(run scripts/ensure-kafka-jars.sh)", pytrace=False)

@@ -9,76 +9,25 @@ import datetime
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devtools.broker import free_port
+from devtools.commands import example_signup
 from devtools.http_client import request, wait_for_status
 from devtools.kafka_cluster import KafkaClusterError, ensure_jars
 from shared.messaging.kafka import read_topic
 from shared.messaging.pipeline import PROFILE_INSERT
+from tests.local_processes import alive, clean_env, descendants, three_free_ports
 
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
 READY_WITHIN = 180  # a JVM's start on a busy two-core machine, then the five processes
-
-
-def three_free_ports() -> int:
-    """A port with the next two free too: the auth, member and batch APIs'."""
-    while True:
-        base = free_port()
-        try:
-            for port in (base + 1, base + 2):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not)."""
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without the project's database and broker settings."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    return env
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -193,17 +142,7 @@ def worker_stopped(logs: Path, worker: str) -> datetime.datetime:
 
 
 def sign_up_partner(base: int) -> str:
-    body = {
-        "email": f"member-{uuid.uuid4().hex[:8]}@example.com",
-        "password": "correct horse battery staple",
-        "name": "Kim Minji",
-        "phone": "+82-10-1234-5678",
-        "birth": "1994-05-17",
-        "gender": "FEMALE",
-        "role": "PARTNER",
-        "nickname": "minji-shop",
-        "favoriteStyles": [1, 4, 7],
-    }
+    body = example_signup()
     status, answer = request("POST", f"http://127.0.0.1:{base}/auth/signup", body)
     assert status == 201, answer
     member_id: str = answer["uuid"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -17,60 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from devtools.broker import free_port
 from devtools.http_client import wait_for_status
 from devtools.stack import http_status
+from tests.local_processes import alive, clean_env, descendants, three_free_ports
 
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
-
-
-def three_free_ports() -> int:
-    while True:
-        base = free_port()
-        try:
-            for port in (base + 1, base + 2):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    return env
 
 
 def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from devtools.http_client import request, wait_for_status
-from devtools.kafka_cluster import KafkaClusterError, ensure_jars
 from devtools.kafka_security import OPERATOR, PROCESS_PRINCIPALS, SecureLocalKafkaCluster
 from devtools.stack import Stack
+from tests.brokers import kafka_jars
 from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
 from tests.waiting import wait_until
@@ -42,10 +42,7 @@ KAFKA_SECURITY_VARIABLES = (
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureLocalKafkaCluster]:
     """One secured Apache Kafka node with the pipeline's topics and grants."""
-    try:
-        jars = ensure_jars()
-    except KafkaClusterError as exc:
-        pytest.fail(f"{exc}\n(run scripts/ensure-kafka-jars.sh)", pytrace=False)
+    jars = kafka_jars()
     kafka = SecureLocalKafkaCluster(1, tmp_path_factory.mktemp("sasl-kafka"), jars)
     kafka.start()
     try:

@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 from kafka.errors import KafkaError
 
-from devtools.kafka_cluster import KafkaClusterError, LocalKafkaCluster, ensure_jars
+from devtools.kafka_cluster import LocalKafkaCluster
 from devtools.stack import Stack
 from shared.config import SERVICES
 from shared.messaging.kafka import create_topics, make_producer, pipeline_topics
+from tests.brokers import kafka_jars
 from tests.faults.cluster_harness import (
     GROUPS,
     LoadGenerator,
@@ -97,10 +98,7 @@ def create_pipeline_topics(cluster: LocalKafkaCluster) -> None:
 
 @pytest.fixture(scope="module")
 def cs(tmp_path_factory: pytest.TempPathFactory, postgres) -> Iterator[ClusterStack]:  # type: ignore[no-untyped-def]
-    try:
-        jars = ensure_jars()
-    except KafkaClusterError as exc:
-        pytest.fail(f"{exc}\n(run scripts/ensure-kafka-jars.sh)", pytrace=False)
+    jars = kafka_jars()
     workdir: Path = tmp_path_factory.mktemp("kafka-cluster-faults")
     cluster = LocalKafkaCluster(NODES, workdir / "kafka", jars)
     cluster.start()

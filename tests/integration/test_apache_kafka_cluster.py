@@ -16,8 +16,9 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from devtools.kafka_cluster import KafkaClusterError, LocalKafkaCluster, ensure_jars
+from devtools.kafka_cluster import LocalKafkaCluster
 from shared.messaging.kafka import create_topics, make_producer, pipeline_topics, read_topic
+from tests.brokers import kafka_jars
 from tests.kafka_tools import unique_name
 from tests.waiting import wait_until
 
@@ -29,10 +30,7 @@ NODES = 3
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
     """Three nodes, each broker and controller, with their data under a temporary dir."""
-    try:
-        jars = ensure_jars()
-    except KafkaClusterError as exc:
-        pytest.fail(f"{exc}\n(run scripts/ensure-kafka-jars.sh)", pytrace=False)
+    jars = kafka_jars()
     kafka = LocalKafkaCluster(NODES, tmp_path_factory.mktemp("apache-kafka"), jars)
     kafka.start()
     try:

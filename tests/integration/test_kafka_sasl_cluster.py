@@ -31,7 +31,6 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from devtools.kafka_cluster import KafkaClusterError, ensure_jars
 from devtools.kafka_security import (
     BROKER_USER,
     MAKE_TLS_SCRIPT,
@@ -55,6 +54,7 @@ from shared.messaging.kafka import (
     use_security,
 )
 from shared.messaging.pipeline import TOPICS
+from tests.brokers import kafka_jars
 
 pytestmark = [
     pytest.mark.integration,
@@ -92,10 +92,7 @@ REFUSED = [
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureLocalKafkaCluster]:
     """One secured node with the pipeline's topics and grants; one record in every topic
     (a dead letter in each .DLT), written by the broker's own user."""
-    try:
-        jars = ensure_jars()
-    except KafkaClusterError as exc:
-        pytest.fail(f"{exc}\n(run scripts/ensure-kafka-jars.sh)", pytrace=False)
+    jars = kafka_jars()
     kafka = SecureLocalKafkaCluster(1, tmp_path_factory.mktemp("sasl-kafka"), jars)
     kafka.start()
     try:
