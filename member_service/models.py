@@ -16,6 +16,18 @@ class Base(DeclarativeBase):
     """Declarative base of the member database."""
 
 
+class MemberRole(Base):
+    """One row per member, whatever its role: a uuid has one role. A profile-insert for a
+    uuid already here (another role, or the same role under another event) fails on this
+    primary key, in the transaction that would have applied it, and is dead-lettered; an
+    event redelivered with its own id never gets this far (the inbox skips it)."""
+
+    __tablename__ = "member_roles"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    role: Mapped[str] = mapped_column(String(10))
+
+
 class User(Base):
     """A member who signed up with role USER."""
 

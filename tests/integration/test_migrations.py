@@ -3,11 +3,13 @@ its models describe."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from auth_service.models import Base as AuthBase
 from batch_service.models import Base as BatchBase
@@ -55,3 +57,35 @@ def test_history_downgrades_to_nothing_and_upgrades_again(service: str, database
 def test_upgrading_twice_is_a_no_op(database_url: str) -> None:
     upgrade("member", database_url)
     upgrade("member", database_url)
+
+
+def test_member_roles_are_filled_from_existing_profiles_and_a_uuid_with_both_is_not_merged(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0004: every existing profile gets its role; a uuid the old bug gave both a users and
+    a partners row keeps USER and is named in a warning, for the operator to settle."""
+    upgrade("member", database_url, "0003")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            for table, uuid in [
+                ("users", "u-1"),
+                ("partners", "p-1"),
+                ("users", "both-1"),
+                ("partners", "both-1"),
+            ]:
+                connection.execute(
+                    text(
+                        f"INSERT INTO {table} (uuid, nickname, created_at) "  # noqa: S608
+                        "VALUES (:uuid, 'n', CURRENT_TIMESTAMP)"
+                    ),
+                    {"uuid": uuid},
+                )
+        with caplog.at_level(logging.WARNING):
+            upgrade("member", database_url)
+        with engine.connect() as connection:
+            roles = dict(connection.execute(text("SELECT uuid, role FROM member_roles")).all())
+    finally:
+        engine.dispose()
+    assert roles == {"u-1": "USER", "p-1": "PARTNER", "both-1": "USER"}
+    assert any("both-1" in record.getMessage() for record in caplog.records)

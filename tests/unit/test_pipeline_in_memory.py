@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka.structs import TopicPartition
 from sqlalchemy import func, select
 
 from batch_service.models import PartnerSummary
@@ -248,3 +249,56 @@ def test_event_contradicting_stored_state_is_dead_lettered(pipeline: InMemoryPip
 
     assert process_one(pipeline.member, replayed_with_new_id) == Outcome.DEAD_LETTERED
     assert count(pipeline.member_db, User) == 1, member_id
+
+
+def profile_insert_as(record: Message, role: str, event_id: bytes, offset: int) -> Message:
+    """`record`'s profile-insert with another role (and another event id, at `offset`)."""
+    value = json.loads(record.value)
+    value["role"] = role
+    value["favoriteStyles"] = [30, 31]
+    return Message(
+        record.topic, record.key, json.dumps(value).encode(), [("ce_id", event_id)], 0, offset
+    )
+
+
+@pytest.mark.parametrize("first", ["USER", "PARTNER"])
+def test_an_event_giving_a_member_the_other_role_is_dead_lettered_whole(
+    pipeline: InMemoryPipeline, first: str
+) -> None:
+    """Seen by an outside probe: a PARTNER insert for a USER's uuid was applied (a users
+    and a partners row, a summary), and the styles of both were merged."""
+    sign_up(pipeline, role=first)
+    pipeline.run()
+    [record] = pipeline.broker.topics["profile-insert"]
+    other = "PARTNER" if first == "USER" else "USER"
+    users, partners, styles = (count(pipeline.member_db, m) for m in (User, Partner, FavoriteStyle))
+
+    flipped = profile_insert_as(record, other, b"flipped-role", 99)
+    assert process_one(pipeline.member, flipped) == Outcome.DEAD_LETTERED
+
+    # Nothing of it stayed: no profile of the other role, no styles merged, no event.
+    assert (count(pipeline.member_db, User), count(pipeline.member_db, Partner)) == (
+        users,
+        partners,
+    )
+    assert count(pipeline.member_db, FavoriteStyle) == styles
+    assert pipeline.member_relay.publish_pending() == 0
+    [letter] = pipeline.broker.topics["profile-insert.DLT"]
+    assert letter.value == flipped.value
+    error = letter.header("dlt-error") or ""
+    assert "conflicts with stored state" in error and "member_roles" in error, error
+
+
+def test_two_roles_for_one_uuid_in_one_batch_apply_the_first_only(
+    pipeline: InMemoryPipeline,
+) -> None:
+    sign_up(pipeline, role="USER")
+    pipeline.auth_relay.publish_pending()
+    [record] = pipeline.broker.topics["profile-insert"]
+    flipped = profile_insert_as(record, "PARTNER", b"same-batch", 1)
+    partition = TopicPartition(record.topic, 0)
+
+    report = pipeline.member.apply({partition: [record, flipped]}, lambda _p, _o: 1)
+
+    assert sorted(o.value for o in report.outcomes) == ["applied", "dead_lettered"]
+    assert (count(pipeline.member_db, User), count(pipeline.member_db, Partner)) == (1, 0)
