@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
@@ -103,13 +102,15 @@ WHAT_WAS_EXCEEDED = {
 }
 
 
-def _enforce(limiter: RateLimiter | None, action: str, body: dict[str, Any]) -> None:
-    """Count this attempt per client address and per email; 429 once either is over."""
+def _enforce(limiter: RateLimiter | None, action: str, email: str | None = None) -> None:
+    """Count this attempt per client address, or (given `email`, which the schema has
+    accepted: nothing of a request is used before that) per email; 429 once over."""
     if limiter is None:
         return
-    checks = [(f"{action}-per-address", client_key(request.remote_addr))]
-    if isinstance(body.get("email"), str):
-        checks.append((f"{action}-per-email", email_key(body["email"])))
+    if email is None:
+        checks = [(f"{action}-per-address", client_key(request.remote_addr))]
+    else:
+        checks = [(f"{action}-per-email", email_key(email))]
     for name, key in checks:
         refusal = limiter.check(name, key)
         if refusal is not None:
@@ -150,10 +151,11 @@ def create_app(
     def signup() -> tuple[Response, int]:
         try:
             body = json_object_body()
-            _enforce(limiter, "signup", body)
+            _enforce(limiter, "signup")  # every attempt counts for its address
             data = SignupSchema().load(body)
         except ValidationError as exc:
             raise validation_error(exc.messages) from None
+        _enforce(limiter, "signup", data["email"])
         command = SignUp(
             email=data["email"],
             password_hash=hashing.hash(data["password"]),
@@ -178,10 +180,11 @@ def create_app(
     def login() -> Response:
         try:
             body = json_object_body()
-            _enforce(limiter, "login", body)
+            _enforce(limiter, "login")
             data = LoginSchema().load(body)
         except ValidationError as exc:
             raise validation_error(exc.messages) from None
+        _enforce(limiter, "login", data["email"])
         with database.unit_of_work() as uow:
             credentials = find_credentials(data["email"], uow)
         try:

@@ -3,6 +3,7 @@ error and Retry-After, in memory or, shared by several processes, in Redis."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,3 +202,27 @@ def test_every_limit_has_a_default_and_a_variable() -> None:
     from auth_service.ratelimit import DEFAULT_LIMITS, LIMIT_VARIABLES
 
     assert set(DEFAULT_LIMITS) == set(LIMIT_VARIABLES)
+
+
+@pytest.mark.parametrize("path", ["/auth/signup", "/auth/login"])
+def test_an_email_the_schema_refuses_never_reaches_the_limiter(
+    database: Database, path: str
+) -> None:
+    """Seen by an outside probe: an unpaired surrogate in the email made the limiter,
+    which encoded the email before validation, answer 500 with a traceback."""
+    limiter = RateLimiter(
+        {"signup-per-email": Limit(5, 60), "login-per-email": Limit(5, 60)}, MemoryCounter()
+    )
+    client = limited_client(database, limiter)
+    body = (
+        {**signup_body(), "email": "EMAIL"}
+        if path.endswith("signup")
+        else {
+            "email": "EMAIL",
+            "password": "correct horse battery staple",
+        }
+    )
+    raw = json.dumps(body).replace('"EMAIL"', '"\\ud800@example.com"')
+    answer = client.post(path, data=raw, content_type="application/json")
+    assert answer.status_code == 400, answer.get_json()
+    assert answer.get_json()["error"] == "validation_failed"
