@@ -218,6 +218,11 @@ def base_app(name: str, database: Database) -> Flask:
     (plus the collectors in `app.extensions["metrics_collectors"]`, read at scrape
     time), a span and an access-log line per request."""
     app = Flask(name)
+    # No redirects: Werkzeug would answer `//members//x` with a 308 to `/members/x`, its
+    # Location built from the request's Host header (any host a client names) and its
+    # body HTML. A path that is not a route's is a JSON 404, as every error is.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.response_class = JsonDefaultResponse
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -134,3 +134,29 @@ def test_every_answer_carries_the_security_headers(
         assert SECRET_IN_THE_ERROR not in response.get_data(as_text=True)
     if status == 429:
         assert response.headers.get("Retry-After", "").isdigit()
+
+
+@pytest.mark.parametrize(
+    ("app", "path"),
+    [
+        ("member", f"//members//{UUID}"),
+        ("member", f"/members/{UUID}/"),
+        ("batch", f"//partners/{UUID}//summary"),
+        ("auth", "//auth//me"),
+        ("auth", "//health//live"),
+    ],
+)
+def test_no_path_is_answered_with_a_redirect_built_from_the_host_header(
+    apps: dict[str, Flask], app: str, path: str
+) -> None:
+    """Seen by an outside probe: `GET //members//x` with a foreign Host answered an HTML
+    308 with `Location: http://<that host>/members/x`."""
+    # Through the WSGI environ as a server passes it: the test client would read a
+    # leading "//" as the start of a host name.
+    response = apps[app].test_client().get(
+        "/", headers={"Host": "evil.example"}, environ_overrides={"PATH_INFO": path}
+    )
+    assert response.status_code < 300 or response.status_code >= 400, response.status_code
+    assert "Location" not in response.headers
+    assert response.content_type == "application/json"
+    assert "evil.example" not in response.get_data(as_text=True)
