@@ -100,14 +100,33 @@ def flow_level() -> int:
     return _flow_level
 
 
-class TextFormatter(logging.Formatter):
+# What a text line must not carry raw: control characters (a newline forges a second line,
+# a NUL or an escape sequence garbles a terminal) and Unicode's line separators.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with each control character shown as an escape (`\\n`, `\\x00`)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """A Formatter whose message (what a request can put in it: a path, a header) is
+    printable; the traceback it appends keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
+class TextFormatter(_PrintableFormatter):
     """`time LEVEL service-role logger: message [member_uuid=… ce_id=… trace_id=…]`; a
     flow line short, as a person reads it: `time INFO member-worker: message` (it names
     the event's key itself; JSON lines keep every id)."""
 
     def __init__(self, service: str, role: str) -> None:
         super().__init__(f"%(asctime)s %(levelname)s {service}-{role} %(name)s: %(message)s")
-        self._flow = logging.Formatter(f"%(asctime)s %(levelname)s {service}-{role}: %(message)s")
+        self._flow = _PrintableFormatter(f"%(asctime)s %(levelname)s {service}-{role}: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         if record.name == FLOW_LOGGER:
@@ -115,7 +134,7 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         tags = {**_context.get(), **(getattr(record, "fields", None) or {})}
         if tags:
-            line += " [" + " ".join(f"{k}={v}" for k, v in tags.items()) + "]"
+            line += " [" + " ".join(f"{k}={printable(str(v))}" for k, v in tags.items()) + "]"
         return scrub(line)
 
 

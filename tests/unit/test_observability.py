@@ -405,3 +405,25 @@ def test_an_sdk_that_records_nothing_still_gives_each_span_its_own_ids(
         root = current_traceparent()
     assert child and trace_id_of(child) == trace_id_of(CALLER) and child != CALLER
     assert root and trace_id_of(root) not in (None, "0" * 32)
+
+
+def test_a_text_line_cannot_be_split_or_garbled_by_what_a_request_puts_in_it() -> None:
+    """Seen by an outside probe: a path with %0a wrote a forged line in text format, %00
+    a raw NUL."""
+
+    def emit(logger: logging.Logger) -> None:
+        with log_context(trace_id="t\nFORGED"):
+            logger.info("GET %s 404", "/x\n2026-12-02 INFO auth-api access: FORGED\x00\x1b[2J")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed on %s", "/y\r\n")
+
+    lines = log_lines(TextFormatter("auth", "api"), emit)
+    first = lines[0]
+    assert "\\n2026-12-02 INFO auth-api access: FORGED\\x00\\x1b[2J" in first
+    assert "[trace_id=t\\nFORGED]" in first
+    assert not any(line.startswith("2026-12-02 INFO auth-api access: FORGED") for line in lines)
+    assert not any(c in "".join(lines) for c in "\x00\x1b\r")
+    assert "failed on /y\\r\\n" in lines[1]
+    assert lines[-1] == "ValueError: boom"  # a traceback keeps its own lines
