@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -20,6 +21,8 @@ from shared.storage.db import Database
 DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
 MIN_SECRET_BYTES = 32
 
+log = logging.getLogger(__name__)
+
 
 def jwt_secret(settings: Settings, configured: str) -> str:
     """AUTH_JWT_SECRET (`configured`, empty when unset); in dev mode a fixed development
@@ -27,6 +30,11 @@ def jwt_secret(settings: Settings, configured: str) -> str:
     secret = configured
     if not secret:
         if settings.dev_mode:
+            log.warning(
+                "DEV MODE: access tokens are signed with the development key, which is "
+                "public (it is in this project's source): anyone can forge them. Never "
+                "expose this API; set AUTH_JWT_SECRET outside local development"
+            )
             return DEV_SECRET
         raise ConfigError(
             "AUTH_JWT_SECRET is not set: set it to a random string of at least "

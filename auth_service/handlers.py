@@ -177,7 +177,8 @@ class TokenIssuer:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid token; raises jwt.InvalidTokenError otherwise (wrong
-        algorithm, key, type, issuer or audience; expired; a claim missing)."""
+        algorithm, key, type, issuer or audience; expired; a claim missing; `exp` further
+        from `iat` than the ttl)."""
         header = jwt.get_unverified_header(token)
         if header.get("typ") != self.TYPE:
             raise jwt.InvalidTokenError(f"token type is not {self.TYPE}")
@@ -189,6 +190,13 @@ class TokenIssuer:
             issuer=self.issuer,
             options={"require": ["iss", "aud", "sub", "iat", "exp"]},
         )
+        # A token never outlives what this service issues: one signed with a leaked (or the
+        # public development) key and a far `exp` would otherwise be good for ever.
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+        if lifetime > self.ttl.total_seconds():
+            raise jwt.InvalidTokenError(
+                f"token lifetime {lifetime:.0f} s exceeds {self.ttl.total_seconds():.0f} s"
+            )
         return claims
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import delete
 
+from auth_service.__main__ import DEV_SECRET, jwt_secret
 from auth_service.api import create_app
 from auth_service.handlers import TOKEN_AUDIENCE, TOKEN_ISSUER, TokenIssuer
 from auth_service.models import Base, Member
+from shared.config import Settings
 from shared.storage.db import Database
 from tests.schema import sqlite_database
 from tests.unit.pipeline_harness import FAST_HASHER, signup_body
@@ -119,6 +122,14 @@ FORGERIES = {
     "wrong audience": lambda a: f"Bearer {signed(claims(a, aud='another-api'))}",
     "wrong issuer": lambda a: f"Bearer {signed(claims(a, iss='https://evil.example'))}",
     "no expiry": lambda a: f"Bearer {signed(claims(a, exp=None))}",
+    # Seen by an outside probe: a token expiring in 9999, signed with the dev key, passed.
+    "expires in 9999": lambda a: (
+        f"Bearer {signed(claims(a, exp=dt.datetime(9999, 12, 31, tzinfo=dt.UTC)))}"
+    ),
+    "lives two hours (longer than issued)": lambda a: (
+        f"Bearer {signed(claims(a, exp=NOW + HOUR * 2))}"
+    ),
+    "no issue time": lambda a: f"Bearer {signed(claims(a, iat=None))}",
     "no audience": lambda a: f"Bearer {signed(claims(a, aud=None))}",
     "not an access token": lambda a: f"Bearer {signed(claims(a), headers={'typ': 'JWT'})}",
     "tampered payload": lambda a: (
@@ -150,3 +161,13 @@ def test_a_token_for_an_account_that_no_longer_exists_is_401(
     with database.sessions() as session, session.begin():
         session.execute(delete(Member).where(Member.uuid == account["uuid"]))
     assert me(client, f"Bearer {account['token']}").status_code == 401
+
+
+def test_dev_mode_says_loudly_that_its_signing_key_is_public(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dev = Settings("auth", "sqlite://", ["127.0.0.1:9092"], dev_mode=True)
+    with caplog.at_level(logging.WARNING, logger="auth_service.__main__"):
+        assert jwt_secret(dev, "") == DEV_SECRET
+    [record] = caplog.records
+    assert "public" in record.getMessage() and "forge" in record.getMessage()
