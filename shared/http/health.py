@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +75,22 @@ class ConsumerState(ConsumerRebalanceListener):  # type: ignore[misc]
             self.outside_since = self._clock()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer whose failed connections (a client that went away mid-request)
+    are one log line through the process's formatter, not a raw traceback on stderr."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        log.debug(
+            "health port: connection from %s failed: %s: %s",
+            client_address[0] if client_address else "?",
+            type(error).__name__,
+            error,
+        )
+
+
 class HealthServer:
     """A small HTTP server on its own thread answering the two health routes."""
 
@@ -96,8 +113,7 @@ class HealthServer:
         self._state = state
         self._bootstrap_servers = bootstrap_servers
         self._collectors = collectors
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _QuietServer((host, port), self._handler_class())
         self.port = self._server.server_address[1]
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

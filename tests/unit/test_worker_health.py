@@ -4,7 +4,9 @@ has joined the group and no partition is stuck; and its metrics."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -183,3 +185,33 @@ def test_a_group_join_stalled_with_the_broker_down_stays_live(database: Database
         assert get(f"http://127.0.0.1:{health.port}/health/live")[0] == 200
     finally:
         health.stop()
+
+
+def test_a_client_gone_mid_request_is_a_log_line_not_a_raw_traceback(
+    database: Database,
+    listening_broker: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seen by an outside probe: aborted connections to a worker's health port printed
+    raw tracebacks on stderr, past the log formatter."""
+    health = serve(database, joined(), [listening_broker])
+    try:
+        with caplog.at_level(logging.DEBUG, logger="shared.http.health"):
+            with socket.create_connection(("127.0.0.1", health.port)) as sock:
+                sock.sendall(b"GET /health/li")  # half a request line, then a reset
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            err = ""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                err += capsys.readouterr().err
+                if "Traceback" in err or any(
+                    "connection from" in r.getMessage() for r in caplog.records
+                ):
+                    break
+                time.sleep(0.05)
+        err += capsys.readouterr().err
+    finally:
+        health.stop()
+    assert "Traceback" not in err, err
+    assert any("ConnectionResetError" in r.getMessage() for r in caplog.records)
