@@ -21,7 +21,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -502,9 +501,6 @@ class LocalKafkaCluster:
         log = self._logs.pop(index, None)
         if log is not None:
             log.close()
-
-    def pids(self) -> Sequence[int]:
-        return [p.pid for p in self._processes.values() if p.poll() is None]
 
     def __enter__(self) -> LocalKafkaCluster:
         return self.start()
