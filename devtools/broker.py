@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from shared.private_files import open_private_log
+
 
 class BrokerError(RuntimeError):
     """The local broker could not be started."""
@@ -59,7 +61,8 @@ class LocalBroker:
     def start(self, timeout: float = 15.0) -> LocalBroker:
         """Start the broker and wait until it accepts connections."""
         url = f"tcp://127.0.0.1:{self.port}"
-        self._log = open(self._log_path, "ab") if self._log_path else None  # noqa: SIM115
+        # 0600: a log of a local run is its user's alone (issue 16, item 7).
+        self._log = open_private_log(self._log_path) if self._log_path else None
         self._process = subprocess.Popen(
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
             stdout=self._log or subprocess.DEVNULL,

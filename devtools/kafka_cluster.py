@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from devtools.broker import free_port
 from shared.config import KAFKA_JARS_VARIABLE, child_environment, kafka_jars_dir
+from shared.private_files import open_private_log, private_directory
 
 KAFKA_VERSION = "4.4.0"
 KAFKA_MAIN = "kafka.Kafka"
@@ -191,7 +192,9 @@ class LocalKafkaCluster:
         else:
             cluster_id = new_cluster_id()
             ports = self._free_ports()
-            self.workdir.mkdir(parents=True, exist_ok=True)
+            # 0700 (and ./var above it, if this makes it): the nodes' logs and data hold the
+            # pipeline's events, personal data (issue 16, item 7).
+            private_directory(self.workdir)
             state = {
                 "kafka": KAFKA_VERSION,
                 "cluster_id": cluster_id,
@@ -266,7 +269,7 @@ class LocalKafkaCluster:
         return {}
 
     def _write_config(self, node: NodeLayout) -> None:
-        node.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(node.directory)
         lines = [f"{key}={value}" for key, value in self.properties(node).items()]
         node.config.write_text("\n".join(lines) + "\n")
         log4j = self.workdir / "log4j2.properties"
@@ -352,7 +355,7 @@ class LocalKafkaCluster:
             return
         self._write_config(node)
         self._close_log(node.node_id)
-        log = open(node.log, "ab")  # noqa: SIM115 - closed when the node stops
+        log = open_private_log(node.log)  # closed when the node stops
         log.write(f"\n===== starting node {node.node_id} at {time.ctime()} =====\n".encode())
         log.flush()
         self._logs[node.node_id] = log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from shared.config import ConfigError
+from shared.private_files import create_private_file, private_directory
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
 BigIntegerPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -65,9 +67,28 @@ def make_engine(url: str) -> Engine:
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    """A file of its own is private (issue 16, item 7: it holds password hashes and
+    personal data): its directory, if this creates it, is 0700 and the file is created
+    0600 before SQLite opens it, whatever the umask. SQLite gives its -wal, -shm and
+    -journal files the database file's own mode (os_unix.c, findCreateFileMode), so they
+    are 0600 too. An existing file or directory is left as it is."""
+    path = Path(database) if database and database != ":memory:" else None
+    if path is not None and (database or "").startswith("file:"):
+        path = None  # a SQLite URI (?uri=true): its options, not a path, say what to open
+    if path is not None:
+        private_directory(path.parent)
     engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+
+    if path is not None:
+        private_path = path
+
+        @event.listens_for(engine, "do_connect")
+        def _create_private(*_: Any) -> None:
+            # At each connection, not now: a file removed meanwhile is created private
+            # again, and making an engine still touches nothing but the directory. If it
+            # cannot be created, SQLite says why in its own error, as before.
+            with contextlib.suppress(OSError):
+                create_private_file(private_path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
