@@ -15,9 +15,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
+from auth_service.emails import email_key
 from auth_service.models import Member, OutboxEvent
 from auth_service.passwords import Argon2Parameters, hash_is_weaker
-from auth_service.schemas import email_key
 from shared.messaging.outbox import add_event
 from shared.messaging.pipeline import PROFILE_INSERT, ProfileInsert
 from shared.storage.db import UnitOfWork, utcnow

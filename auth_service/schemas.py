@@ -10,6 +10,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from auth_service.emails import EmailNotAccepted, email_key
 from auth_service.passwords import MAX_LENGTH, MIN_LENGTH, password_problems
 from shared.http.apidocs import AnswerSchema
 from shared.messaging.pipeline import MAX_STYLE_ID, ROLES, StrictInteger, distinct_values
@@ -18,11 +19,6 @@ GENDERS = ("MALE", "FEMALE", "OTHER")
 # \Z, not $: `$` also matches before a trailing newline.
 PHONE = r"\+?[0-9]+(-[0-9]+)*\Z"
 ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
-
-
-def email_key(email: str) -> str:
-    """The form under which emails are unique: `A@x.com` and `a@x.com` are one account."""
-    return email.strip().lower()
 
 
 def _encodable(value: str) -> None:
@@ -52,13 +48,20 @@ class Text(fields.String):
         return text
 
 
-class Email(Text, fields.Email):
-    """An email address, printable, no longer than 254 characters once lower-cased."""
+class Email(Text):
+    """An email address that names one mailbox (see auth_service/emails.py), kept as typed."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("metadata", {})
+        kwargs["metadata"] = {"format": "email", **kwargs["metadata"]}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text: str = super()._deserialize(value, attr, data, **kwargs)
-        if len(email_key(text)) > 254:
-            raise ValidationError("Longer than 254 characters.")
+        try:
+            email_key(text)
+        except EmailNotAccepted as exc:
+            raise ValidationError(str(exc)) from None
         return text
 
 
@@ -90,7 +93,12 @@ class SignupSchema(StrictSchema):
     email = Email(
         required=True,
         validate=validate.Length(max=254),
-        metadata={"description": "Compared case-insensitively: one account per address."},
+        metadata={
+            "description": "One account per mailbox: compared case-insensitively, the "
+            "domain in its IDNA (punycode) form, the part before the @ in its NFKC form; "
+            "quoted local parts, invisible characters and Latin mixed with look-alike "
+            "Greek or Cyrillic letters are refused. Shown back as typed."
+        },
     )
     password = Password(
         required=True,
