@@ -55,7 +55,8 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
     tokens = TokenIssuer(secret)
     parameters = Argon2Parameters.from_settings(auth)  # refused at start if too weak
     limit_keys = key_secret(secret)  # the same in every worker, so Redis counts are shared
-    rate_limiter(auth.rate_limits, limit_keys)  # refused at start if misconfigured
+    # Refused at start if misconfigured, or counted per process under several workers.
+    rate_limiter(auth.rate_limits, limit_keys, workers=args.workers)
     proxies = auth.trusted_proxy_hops
 
     def build(database: Database, relay: OutboxRelay | None) -> Flask:
@@ -64,7 +65,8 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
             tokens,
             hasher=parameters.hasher(),
             after_commit=relay.wake if relay else None,
-            limiter=rate_limiter(auth.rate_limits, limit_keys),  # per worker: own connection
+            # Per worker: its own connection to Redis.
+            limiter=rate_limiter(auth.rate_limits, limit_keys, workers=args.workers),
         )
         if proxies:
             # Behind N proxies the client is the Nth address from the right of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import jwt
@@ -9,6 +10,7 @@ from argon2 import PasswordHasher
 from flask import Blueprint, Flask, Response, jsonify, request
 from marshmallow import ValidationError
 
+from auth_service.emails import email_key
 from auth_service.handlers import (
     Authenticator,
     EmailTaken,
@@ -22,14 +24,19 @@ from auth_service.handlers import (
     replace_password_hash,
     sign_up,
 )
-from auth_service.ratelimit import RateLimiter, client_key
+from auth_service.ratelimit import (
+    LimitsUnavailable,
+    RateLimiter,
+    Refusal,
+    client_key,
+    login_delay,
+)
 from auth_service.schemas import (
     AccountSchema,
     LoginSchema,
     SignedUpSchema,
     SignupSchema,
     TokenSchema,
-    email_key,
 )
 from shared.http.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
 from shared.http.web import ApiError, base_app, error_response, json_object_body, validation_error
@@ -40,8 +47,16 @@ from shared.telemetry.tracecontext import current_traceparent
 TOO_MANY_REQUESTS = ErrorAnswer(
     429,
     "too_many_requests",
-    "Too many attempts from this client address or for this email; the Retry-After "
-    "header says after how many seconds to try again.",
+    "Too many attempts from this client address, for this email, or (login) failed for "
+    "this email from this address; the Retry-After header says after how many seconds "
+    "to try again.",
+)
+LIMITS_RETRY_AFTER = 5  # seconds, when the rate-limit store cannot be reached
+LIMITED_UNAVAILABLE = ErrorAnswer(
+    503,
+    "unavailable",
+    "The database is unreachable, or the rate-limit store is (then with a Retry-After "
+    "header); retry later.",
 )
 
 ROUTES = (
@@ -57,7 +72,7 @@ ROUTES = (
             *JSON_BODY_ERRORS,
             ErrorAnswer(409, "email_taken", "An account with this email exists."),
             TOO_MANY_REQUESTS,
-            UNAVAILABLE,
+            LIMITED_UNAVAILABLE,
         ),
     ),
     Route(
@@ -72,7 +87,7 @@ ROUTES = (
             *JSON_BODY_ERRORS,
             ErrorAnswer(401, "invalid_credentials", "Email or password is wrong."),
             TOO_MANY_REQUESTS,
-            UNAVAILABLE,
+            LIMITED_UNAVAILABLE,
         ),
     ),
     Route(
@@ -98,28 +113,29 @@ WHAT_WAS_EXCEEDED = {
     "signup-per-address": "Too many signups from this address",
     "signup-per-email": "Too many signups for this email",
     "login-per-address": "Too many logins from this address",
-    "login-per-email": "Too many logins for this email",
+    "login-failures-per-email-and-address": "Too many failed logins for this email from "
+    "this address",
 }
 
 
-def _enforce(limiter: RateLimiter | None, action: str, email: str | None = None) -> None:
-    """Count this attempt per client address, or (given `email`, which the schema has
-    accepted: nothing of a request is used before that) per email; 429 once over."""
-    if limiter is None:
-        return
-    if email is None:
-        checks = [(f"{action}-per-address", client_key(request.remote_addr))]
-    else:
-        checks = [(f"{action}-per-email", email_key(email))]
-    for name, key in checks:
-        refusal = limiter.check(name, key)
-        if refusal is not None:
-            raise ApiError(
-                429,
-                "too_many_requests",
-                f"{WHAT_WAS_EXCEEDED[name]}; retry in {refusal.retry_after} s.",
-                headers={"Retry-After": str(refusal.retry_after)},
-            )
+def _refuse(refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise ApiError(
+            429,
+            "too_many_requests",
+            f"{WHAT_WAS_EXCEEDED[refusal.what]}; retry in {refusal.retry_after} s.",
+            headers={"Retry-After": str(refusal.retry_after)},
+        )
+
+
+def _limits_unavailable() -> ApiError:
+    """Signup and login are never let through uncounted: the store's outage is a 503."""
+    return ApiError(
+        503,
+        "unavailable",
+        "Rate limits cannot be checked right now; retry shortly.",
+        headers={"Retry-After": str(LIMITS_RETRY_AFTER)},
+    )
 
 
 def _invalid_token() -> tuple[Response, int]:
@@ -132,6 +148,17 @@ def _invalid_token() -> tuple[Response, int]:
     return response, status
 
 
+def _limiter_ready(limiter: RateLimiter) -> Callable[[], str | None]:
+    def check() -> str | None:
+        try:
+            limiter.ping()
+        except LimitsUnavailable:
+            return "The rate-limit store is unreachable: signups and logins are refused."
+        return None
+
+    return check
+
+
 def create_app(
     database: Database,
     tokens: TokenIssuer,
@@ -139,9 +166,12 @@ def create_app(
     hasher: PasswordHasher | None = None,
     after_commit: Callable[[], None] | None = None,
     limiter: RateLimiter | None = None,
+    pause: Callable[[float], None] = time.sleep,
 ) -> Flask:
     """The auth API on `database`; `after_commit` wakes the outbox relay; `limiter`
-    bounds signups and logins per client address and per email."""
+    bounds signups and logins per client address and per email, and slows down the
+    logins of an email under attack (by `pause`); with a limiter, the API is ready only
+    while its counts can be reached."""
     hashing = HashingThreads(hasher or password_hasher())
     authenticator = Authenticator(hashing)
     app = base_app("auth_service", database)
@@ -149,13 +179,18 @@ def create_app(
 
     @auth.post("/signup")
     def signup() -> tuple[Response, int]:
+        address = client_key(request.remote_addr)
         try:
             body = json_object_body()
-            _enforce(limiter, "signup")  # every attempt counts for its address
+            if limiter is not None:  # every attempt counts for its address
+                _refuse(limiter.check("signup-per-address", address))
             data = SignupSchema().load(body)
+            if limiter is not None:  # nothing of a request is used before the schema's yes
+                _refuse(limiter.check("signup-per-email", email_key(data["email"])))
         except ValidationError as exc:
             raise validation_error(exc.messages) from None
-        _enforce(limiter, "signup", data["email"])
+        except LimitsUnavailable:
+            raise _limits_unavailable() from None
         command = SignUp(
             email=data["email"],
             password_hash=hashing.hash(data["password"]),
@@ -178,18 +213,36 @@ def create_app(
 
     @auth.post("/login")
     def login() -> Response:
+        address = client_key(request.remote_addr)
         try:
             body = json_object_body()
-            _enforce(limiter, "login")
+            if limiter is not None:
+                _refuse(limiter.check("login-per-address", address))
             data = LoginSchema().load(body)
+            email = email_key(data["email"])
+            pair = f"{email}\0{address}"
+            if limiter is not None:
+                # Failures refuse only the address they came from; from elsewhere (its
+                # owner) the email's failures only slow the login down.
+                _refuse(limiter.blocked("login-failures-per-email-and-address", pair))
+                delay = login_delay(limiter.excess("login-failures-per-email", email))
+                if delay:
+                    pause(delay)
         except ValidationError as exc:
             raise validation_error(exc.messages) from None
-        _enforce(limiter, "login", data["email"])
+        except LimitsUnavailable:
+            raise _limits_unavailable() from None
         with database.unit_of_work() as uow:
             credentials = find_credentials(data["email"], uow)
         try:
             member_id = authenticator.check(credentials, data["password"])
         except InvalidCredentials:
+            if limiter is not None:
+                try:
+                    limiter.record("login-failures-per-email-and-address", pair)
+                    limiter.record("login-failures-per-email", email)
+                except LimitsUnavailable:
+                    raise _limits_unavailable() from None
             raise ApiError(401, "invalid_credentials", "Email or password is wrong.") from None
         bind(member_uuid=member_id)
         assert credentials is not None  # check() passed
@@ -224,6 +277,8 @@ def create_app(
             nickname=account.nickname,
         )
 
+    if limiter is not None:
+        app.extensions.setdefault("readiness_checks", []).append(_limiter_ready(limiter))
     app.register_blueprint(auth)
     install_openapi(app, "auth API", "Sign up and log in.", ROUTES)
     return app

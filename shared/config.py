@@ -42,7 +42,8 @@ ENVIRONMENT = (
     "AUTH_RATE_LIMIT_SIGNUP_PER_ADDRESS",
     "AUTH_RATE_LIMIT_SIGNUP_PER_EMAIL",
     "AUTH_RATE_LIMIT_LOGIN_PER_ADDRESS",
-    "AUTH_RATE_LIMIT_LOGIN_PER_EMAIL",
+    "AUTH_RATE_LIMIT_LOGIN_FAILURES_PER_EMAIL_AND_ADDRESS",
+    "AUTH_RATE_LIMIT_LOGIN_FAILURES_PER_EMAIL",
     "TRUSTED_PROXY_HOPS",
     DEV_MODE_VARIABLE,
     "WEB_CONCURRENCY",
@@ -197,8 +198,11 @@ RATE_LIMIT_KINDS = (
     "signup-per-address",
     "signup-per-email",
     "login-per-address",
-    "login-per-email",
+    "login-failures-per-email-and-address",
+    "login-failures-per-email",
 )
+# Gone, and refused when set: a per-email login limit let anyone lock its owner out.
+RETIRED_RATE_LIMIT_VARIABLE = "AUTH_RATE_LIMIT_LOGIN_PER_EMAIL"
 RATE_LIMIT_VARIABLES = {
     kind: "AUTH_RATE_LIMIT_" + kind.upper().replace("-", "_") for kind in RATE_LIMIT_KINDS
 }
@@ -217,6 +221,13 @@ class RateLimitSettings:
 def rate_limit_settings(env: Mapping[str, str] | None = None) -> RateLimitSettings:
     """The auth API's rate-limit variables."""
     env = _environment(env)
+    if env.get(RETIRED_RATE_LIMIT_VARIABLE):
+        raise ConfigError(
+            f"{RETIRED_RATE_LIMIT_VARIABLE} is no longer read: refusing an email's logins "
+            "let anyone lock its owner out. Failed logins are now limited per email and "
+            "client address (AUTH_RATE_LIMIT_LOGIN_FAILURES_PER_EMAIL_AND_ADDRESS) and, per "
+            "email, slow logins down instead (AUTH_RATE_LIMIT_LOGIN_FAILURES_PER_EMAIL)"
+        )
     return RateLimitSettings(
         switch=env.get("AUTH_RATE_LIMITS") or None,
         redis_url=env.get("AUTH_RATE_LIMIT_REDIS_URL") or None,

@@ -183,7 +183,8 @@ def _flatten(problems: Any, where: str = "") -> list[str]:
 def health_blueprint(database: Database) -> Blueprint:
     """`/health/live` (the process answers) and `/health/ready` (its database answers, and
     the outbox relay in `app.extensions["outbox_relay"]`, if any, is not stalled: rows
-    waiting with nothing published for longer than its bound)."""
+    waiting with nothing published for longer than its bound; and every callable in
+    `app.extensions["readiness_checks"]` returns None, not a problem)."""
     health = Blueprint("health", __name__, url_prefix="/health")
 
     @health.get("/live")
@@ -201,6 +202,10 @@ def health_blueprint(database: Database) -> Blueprint:
         stall = relay.stalled() if relay is not None else None
         if stall is not None:  # the relay logged the episode once; a probe adds no line
             return error_response(503, "unavailable", str(stall))
+        for check in current_app.extensions.get("readiness_checks", ()):
+            problem = check()
+            if problem is not None:  # the check's owner logs its outage
+                return error_response(503, "unavailable", problem)
         return jsonify(status="ok")
 
     return health
