@@ -89,3 +89,60 @@ def test_member_roles_are_filled_from_existing_profiles_and_a_uuid_with_both_is_
         engine.dispose()
     assert roles == {"u-1": "USER", "p-1": "PARTNER", "both-1": "USER"}
     assert any("both-1" in record.getMessage() for record in caplog.records)
+
+
+def test_email_keys_take_the_new_normal_form_and_one_mailbox_is_reported_not_merged(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """auth 0003: keys become the mailbox's normal form; two accounts that are now one
+    mailbox are not merged (the oldest keeps the key, the other is named in a warning
+    and cannot log in by email); an address now refused keeps its key, with a warning."""
+    upgrade("auth", database_url, "0002")
+    accounts = [  # uuid, email as typed; created in this order
+        ("a-1", "IDN@bücher.de"),
+        ("a-2", "idn@xn--bcher-kva.de"),
+        ("a-3", "fw@ｅｘａｍｐｌｅ.com"),
+        ("a-4", "Kim@Example.com"),
+        ("a-5", '"quoted"@example.com'),
+    ]
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            for n, (uuid, email) in enumerate(accounts):
+                connection.execute(
+                    text(
+                        "INSERT INTO members (uuid, email, email_key, password_hash, name, "
+                        "phone, birth, gender, role, nickname, created_at) VALUES (:uuid, "
+                        ":email, :key, 'h', 'n', '+1-555-0100', '1990-01-01', 'OTHER', "
+                        "'USER', 'nick', :created)"
+                    ),
+                    {
+                        "uuid": uuid,
+                        "email": email,
+                        "key": email.lower(),
+                        "created": f"2026-01-01 00:00:0{n}",
+                    },
+                )
+        with caplog.at_level(logging.WARNING):
+            upgrade("auth", database_url)
+        with engine.connect() as connection:
+            keys = dict(connection.execute(text("SELECT uuid, email_key FROM members")).all())
+            emails = dict(connection.execute(text("SELECT uuid, email FROM members")).all())
+        config = alembic_config("auth", database_url)
+        command.downgrade(config, "0002")  # and back: the old keys again
+        with engine.connect() as connection:
+            restored = dict(connection.execute(text("SELECT uuid, email_key FROM members")).all())
+    finally:
+        engine.dispose()
+    assert keys == {
+        "a-1": "idn@xn--bcher-kva.de",
+        "a-2": "a-2",
+        "a-3": "fw@example.com",
+        "a-4": "kim@example.com",
+        "a-5": '"quoted"@example.com',
+    }
+    assert emails == dict(accounts)  # as typed, untouched
+    warnings = [record.getMessage() for record in caplog.records]
+    assert any("a-1 and a-2 are one mailbox" in line for line in warnings), warnings
+    assert any("a-5" in line and "no longer accepted" in line for line in warnings), warnings
+    assert restored == {uuid: email.lower() for uuid, email in accounts}
