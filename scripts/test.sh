@@ -38,6 +38,9 @@ fi
 
 scripts/ensure-postgres.sh
 scripts/ensure-redis.sh
+# nginx in front of the APIs, as `dev` and docker-compose run it (the slow-client test,
+# the dev tests, nginx -t on deploy/nginx/).
+scripts/ensure-nginx.sh
 scripts/ensure-kafka-jars.sh
 
 # The deployment tier validates docker-compose.yml (and its SASL override) with Debian's
