@@ -36,6 +36,7 @@ from devtools.apache_kafka import (
 from devtools.broker import BrokerError
 from devtools.http_client import request
 from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
+from devtools.proxy import nginx_binary
 from devtools.stack import Stack, StackError, write_line
 from shared.config import SERVICES, ConfigError, ToolSettings, dev_broker_file, tool_settings
 
@@ -117,6 +118,13 @@ def _banner(stack: Stack, broker_file: Path, seconds: float, broker_note: str = 
         f"  {name:<14}http://127.0.0.1:{port}   /health/ready, /metrics\n"
         for name, port in sorted(stack.health_ports.items())
     )
+    if stack.proxied:
+        apis += (
+            f"  {'':<14}through nginx (deploy/nginx/), which reads each request whole first;\n"
+            f"  {'':<14}the API processes themselves on 127.0.0.1:"
+            + ", ".join(str(stack.api_ports[s]) for s in SERVICES)
+            + "\n"
+        )
     return (
         f"\nready after {seconds:.1f} s (every API answers /health/ready, "
         "every worker has joined its group):\n"
@@ -185,6 +193,15 @@ def _dev(
     stop: threading.Event,
     emit: Callable[[str], None],
 ) -> int:
+    # nginx in front of the APIs, as docker-compose runs it, so that slow or idle clients
+    # cannot take the APIs' threads; without nginx, the APIs serve directly, and say so.
+    proxied = nginx_binary() is not None
+    if not proxied:
+        emit(
+            "warning: nginx is not installed, so the APIs serve clients directly: a few "
+            "slow or idle connections can stall them. Install it with "
+            "scripts/ensure-nginx.sh (as root) to run them behind nginx as in production."
+        )
     stack = Stack(
         Path.cwd(),
         database_urls=shell.database_urls,
@@ -195,6 +212,7 @@ def _dev(
         # A terminal reads text lines better than JSON; LOG_FORMAT=json still wins.
         extra_env={"LOG_FORMAT": shell.log_format or "text"},
         rate_limits=True,  # as in production; AUTH_RATE_LIMITS=off in the shell turns them off
+        proxy=proxied,
     )
     started = time.perf_counter()
     note = ""
@@ -213,7 +231,10 @@ def _dev(
             kafka.stop()
             emit("stopped")
             return 0
-    emit(f"starting {'the broker, ' if kafka is None else ''}the databases and five processes...")
+    emit(
+        f"starting {'the broker, ' if kafka is None else ''}the databases and five processes"
+        f"{' behind nginx' if proxied else ''}..."
+    )
     try:
         stack.start(progress=lambda step: emit(f"... {step}"))
     except (StackError, BrokerError) as exc:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from devtools import proxy as nginx
 from devtools.broker import LocalBroker, free_port
 from shared.config import DEV_MODE_VARIABLE, SERVICES, child_environment
 
@@ -125,7 +126,9 @@ class ManagedProcess:
 
 
 class Stack:
-    """Broker + migrated databases + the five contract processes."""
+    """Broker + migrated databases + the five contract processes; with `proxy`, nginx
+    in front of the three APIs (deploy/nginx/): it listens on `ports`, the APIs on
+    loopback ports of their own (`api_ports`), and the auth API trusts one proxy hop."""
 
     def __init__(
         self,
@@ -139,6 +142,7 @@ class Stack:
         process_env: Mapping[str, Mapping[str, str]] | None = None,
         api_workers: int = 1,
         rate_limits: bool = False,
+        proxy: bool = False,
         python: str = sys.executable,
     ) -> None:
         self.workdir = workdir
@@ -153,20 +157,41 @@ class Stack:
         self.bootstrap_servers = bootstrap_servers
         self.broker: LocalBroker | None = None
         self.ports = {service: (ports or {}).get(service) or free_port() for service in SERVICES}
+        # Where each API process itself listens: its public port, or behind the proxy a
+        # loopback port only the proxy is told.
+        self.nginx = nginx.nginx_binary() if proxy else None
+        if proxy and self.nginx is None:
+            raise StackError("nginx is not installed: run scripts/ensure-nginx.sh")
+        self.api_ports = {
+            service: free_port() if proxy else port for service, port in self.ports.items()
+        }
         self.echo = echo
         self.extra_env = dict(extra_env or {})
         # Per process name (`auth-api`, ...): variables only that process gets, on top of
         # env() (say, its own Kafka user); spawn()'s extra_env still goes on top.
         self.process_env = {name: dict(env) for name, env in (process_env or {}).items()}
+        if proxy:
+            # Behind exactly one proxy: the client is the address nginx saw (it sets
+            # X-Forwarded-For to that, never appends), so rate limits count real clients.
+            self.process_env.setdefault("auth-api", {}).setdefault("TRUSTED_PROXY_HOPS", "1")
         self.api_workers = api_workers
         # Off unless asked for: tests and the benchmark sign up far faster than a person.
         self.rate_limits = rate_limits
         self.processes: dict[str, ManagedProcess] = {}
         self.health_ports: dict[str, int] = {}
 
+    @property
+    def proxied(self) -> bool:
+        """Whether nginx fronts the APIs."""
+        return self.nginx is not None
+
     def url(self, service: str) -> str:
-        """Base URL of a service's API."""
+        """Base URL of a service's API, as clients reach it (through the proxy, if any)."""
         return f"http://127.0.0.1:{self.ports[service]}"
+
+    def api_url(self, service: str) -> str:
+        """Base URL of a service's API process itself (the proxy's upstream)."""
+        return f"http://127.0.0.1:{self.api_ports[service]}"
 
     def env(self) -> dict[str, str]:
         """The environment every process of the stack gets."""
@@ -204,7 +229,15 @@ class Stack:
             for name in ("auth-api", "member-worker", "member-api", "batch-worker", "batch-api"):
                 self.spawn(name)
             step("waiting until every API answers and every worker has joined its group")
-            self.wait_ready(timeout, untrusted=taken)
+            if self.proxied:
+                # The APIs first, on their own ports; then nginx, which would only answer
+                # 503 (and log each refused connection) until they do.
+                self.wait_ready(timeout, names=list(self.processes))
+                step("starting nginx in front of the APIs")
+                self.spawn_proxy()
+                self.wait_ready(timeout, names=["proxy"], untrusted={"proxy"} if taken else ())
+            else:
+                self.wait_ready(timeout, untrusted=taken)
         except BaseException:
             self.silence()  # the failure is the news, not how the others shut down
             self.stop()  # leave nothing behind, whatever failed
@@ -235,16 +268,47 @@ class Stack:
         service, role = name.split("-")
         argv = [self.python, "-m", f"{service}_service", role]
         if role == "api":
-            argv += ["--port", str(self.ports[service]), "--workers", str(self.api_workers)]
+            argv += ["--port", str(self.api_ports[service]), "--workers", str(self.api_workers)]
         if health_port is not None:
             argv += ["--health-port", str(health_port)]
         return argv
 
     def health_url(self, key: str) -> str:
-        """Readiness URL of process `key`: its API's, or a worker's own health port."""
+        """Readiness URL of process `key`: its API's own, a worker's own health port, or
+        for the proxy the auth API's through it."""
         if key in self.health_ports:
             return f"http://127.0.0.1:{self.health_ports[key]}/health/ready"
-        return f"{self.url(key.split('-')[0])}/health/ready"
+        if key == "proxy":
+            return f"{self.url('auth')}/health/ready"
+        return f"{self.api_url(key.split('-')[0])}/health/ready"
+
+    def ready(self, key: str) -> bool:
+        """Whether process `key` answers ready; the proxy when every API does through it."""
+        if key == "proxy":
+            return all(http_status(f"{self.url(s)}/health/ready") == 200 for s in SERVICES)
+        return http_status(self.health_url(key)) == 200
+
+    def spawn_proxy(self) -> ManagedProcess:
+        """Start nginx (process `proxy`) in front of the three APIs, as the current user,
+        its configuration, pid file and temporary files in <workdir>/nginx."""
+        assert self.nginx is not None
+        state = self.workdir / "nginx"
+        values = nginx.local_values(
+            state,
+            listen={s: f"127.0.0.1:{port}" for s, port in self.ports.items()},
+            upstream={s: f"127.0.0.1:{port}" for s, port in self.api_ports.items()},
+        )
+        config = nginx.prepare(state, values)
+        process = ManagedProcess(
+            name="proxy",
+            argv=nginx.command(self.nginx, state, config),
+            env=child_environment(),
+            log_path=self.log_dir / "proxy.log",
+            echo=self.echo,
+        )
+        process.start()
+        self.processes["proxy"] = process
+        return process
 
     def spawn(
         self, name: str, instance: str | None = None, extra_env: Mapping[str, str] | None = None
@@ -280,7 +344,7 @@ class Stack:
         while pending:
             self.check_alive()
             for key in list(pending):
-                if key not in untrusted and http_status(self.health_url(key)) == 200:
+                if key not in untrusted and self.ready(key):
                     pending.discard(key)
             if time.monotonic() > deadline:
                 also = sorted(pending & set(untrusted))
