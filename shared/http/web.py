@@ -145,17 +145,27 @@ def _body_bytes() -> bytes:
     Werkzeug refuses a Content-Length over the limit, but cuts a chunked body (no
     Content-Length; gunicorn sets `wsgi.input_terminated`) at the limit without a word,
     so JSON with 200 KB of padding after it would be read as if it were whole. Read one
-    byte past the limit from the server's stream to tell."""
+    byte past the limit from the server's stream to tell.
+
+    A body that ends before it is whole (the client went away inside a chunk announced
+    as huge, or a malformed chunk size) is the client's fault: 400, not a 500 in the log.
+    gunicorn's reader raises an IOError for each (NoMoreData, InvalidChunkSize...)."""
     environ = request.environ
-    if request.content_length is not None or "wsgi.input_terminated" not in environ:
-        return request.get_data(cache=False)
-    stream, chunks, size = environ["wsgi.input"], [], 0
-    while size <= MAX_BODY_BYTES:
-        chunk = stream.read(MAX_BODY_BYTES + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    try:
+        if request.content_length is not None or "wsgi.input_terminated" not in environ:
+            return request.get_data(cache=False)
+        stream, chunks, size = environ["wsgi.input"], [], 0
+        while size <= MAX_BODY_BYTES:
+            chunk = stream.read(MAX_BODY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        log.info("request body cut short: %s", type(exc).__name__)
+        raise ApiError(
+            400, "bad_request", "The request body ended before it was complete."
+        ) from None
     if size > MAX_BODY_BYTES:
         raise RequestEntityTooLarge()
     return b"".join(chunks)

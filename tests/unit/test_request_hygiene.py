@@ -3,6 +3,7 @@ JSON (or the Prometheus text of /metrics): never HTML, never a stack trace."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,38 @@ def test_no_path_is_answered_with_a_redirect_built_from_the_host_header(
     assert "Location" not in response.headers
     assert response.content_type == "application/json"
     assert "evil.example" not in response.get_data(as_text=True)
+
+
+class CutShort:
+    """A server's chunked body stream whose client went away inside a chunk announced as
+    huge: gunicorn's reader raises NoMoreData (an IOError) on the next read."""
+
+    def read(self, size: int = -1) -> bytes:
+        from gunicorn.http.errors import NoMoreData
+
+        raise NoMoreData(b"")
+
+
+@pytest.mark.parametrize("path", ["/auth/signup", "/auth/login"])
+def test_a_chunked_body_cut_short_is_the_clients_400_not_a_500(
+    apps: dict[str, Flask], path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen by an outside probe: an absurd chunk size, then a disconnect, logged a 500."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "8001",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "wsgi.input": CutShort(),
+        "wsgi.input_terminated": True,
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": None,
+    }
+    statuses: list[str] = []
+    body = b"".join(apps["auth"].wsgi_app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["400 BAD REQUEST"], body
+    assert b'"bad_request"' in body
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
