@@ -54,6 +54,8 @@ PASSWORDS = {
 PASSWORD_VARIABLES = {"KAFKA_ADMIN_PASSWORD": ADMIN_PASSWORD} | {
     password_variable(principal): password for principal, password in PASSWORDS.items()
 }
+# The base file's own (docker-compose.yml requires them; test_deployment.py checks them).
+STORE_PASSWORDS = {"POSTGRES_PASSWORD": "p" * 24, "REDIS_PASSWORD": "r" * 24}
 
 
 def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -71,7 +73,11 @@ def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
 def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is not installed: apt-get install docker-compose"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "AUTH_JWT"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAFKA_", "AUTH_JWT")) and k not in STORE_PASSWORDS
+    } | STORE_PASSWORDS
     return subprocess.run(
         [binary, "-f", "docker-compose.yml", "-f", "docker-compose.sasl.yml", "config"],
         cwd=ROOT,
@@ -168,6 +174,12 @@ def test_the_operator_service_logs_in_as_the_operator_and_is_not_started_by_up(
     assert env["KAFKA_SASL_USERNAME"] == "operator"
     assert env["KAFKA_SASL_PASSWORD"] == PASSWORDS["operator"]
     assert mounts(operator)[env["KAFKA_SSL_CAFILE"].rsplit("/", 1)[0]] == ("kafka-ca", True)
+    # Its database URLs log in with the password the base file requires, none of its own.
+    for service in ("auth", "member", "batch"):
+        url = env[f"{service.upper()}_DATABASE_URL"]
+        assert url.startswith(
+            f"postgresql+psycopg2://signup:{STORE_PASSWORDS['POSTGRES_PASSWORD']}@"
+        )
 
 
 def test_the_broker_key_is_mounted_only_where_it_is_needed(compose: dict[str, Any]) -> None:
