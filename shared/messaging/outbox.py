@@ -7,6 +7,11 @@ Guarantees:
 - A row is marked published only after the broker acknowledged it (acks=all, idempotent
   producer). A crash between the acknowledgement and the mark re-sends the row with the
   same `ce_id`; consumers drop the copy in their inbox. Delivery is at-least-once.
+- Per key, rows go out in id order, with any number of relays: a row is sent only when
+  no earlier row with its key is unpublished (held by another relay, waiting, or failed),
+  so a key has at most one row in flight and a later row is sent only after the earlier
+  one was acknowledged and marked. A copy re-sent after a crash may follow a later
+  row of its key; it carries the earlier `ce_id`, which the inbox drops.
 - On PostgreSQL, several relays share one table: each claims rows with
   `FOR UPDATE SKIP LOCKED` and holds the lock until the rows are marked, so no two relays
   send the same row. SQLite has no row locks; there a second relay may re-send a row,
@@ -42,8 +47,8 @@ from kafka.errors import (
     UnknownProducerIdError,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from sqlalchemy import Connection, String, Text, func, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import Connection, String, Text, exists, func, select, update
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from shared.messaging.failpoints import failpoint
 from shared.messaging.kafka import Headers, KafkaError, Producer
@@ -221,6 +226,10 @@ class RelayStall:
 class OutboxRelay:
     """Copies committed outbox rows to Kafka, in id order, and marks them published.
 
+    Per key the order holds across relays: a pass takes only the oldest unpublished row
+    of each key (see `publish_pending`), and after a pass that sent rows the relay looks
+    again at once, so a key's next row follows without waiting for `poll_interval`.
+
     `wake()` after a commit sends at once; without it the relay still looks every
     `poll_interval` seconds, which is how rows left behind by a crash get sent.
 
@@ -300,8 +309,22 @@ class OutboxRelay:
         return self._recreations
 
     def publish_pending(self) -> int:
-        """Send one batch of unpublished rows; return how many were acknowledged."""
+        """Send one batch of unpublished rows; return how many were acknowledged.
+
+        A batch holds, for each key, only its oldest unpublished row: a row whose key
+        has an earlier unpublished row waits, whether that row is locked by another
+        relay's pass (which may still be sending it), failed in an earlier pass, or was
+        not read yet. So one key never has two rows in flight: the producer cannot
+        acknowledge a key's second row while its first failed (two batches of one
+        partition can fail and succeed independently, e.g. a batch the broker refuses
+        as too large), and the second becomes eligible only once the first's mark is
+        committed, which follows its acknowledgement. Carrying a key's later rows in
+        the same batch would need them sent one after another anyway, for the reason
+        above, so it would save only a query per row of a key; a key seldom has
+        several rows waiting (a signup writes one event).
+        """
         model = self._model
+        earlier = aliased(model, name="earlier")
         # Plain rows, not mapped objects: the relay only reads them, and building
         # objects for a batch costs more than sending it.
         query = (
@@ -316,6 +339,13 @@ class OutboxRelay:
                 model.created_at,
             )
             .where(model.published_at.is_(None))
+            .where(
+                ~exists().where(
+                    earlier.key == model.key,
+                    earlier.id < model.id,
+                    earlier.published_at.is_(None),
+                )
+            )
             .order_by(model.id)
             .limit(self._batch_size)
         )
@@ -496,7 +526,9 @@ class OutboxRelay:
                 self._stopping.wait(self._next_retry_delay())
                 continue
             self._retry_delay = 0.0
-            if sent >= self._batch_size:
+            if sent:
+                # More may wait: a full batch left rows, and each row sent may have
+                # made its key's next row eligible (one row per key per pass).
                 continue
             self._wakeup.wait(self._poll_interval)
             # Cleared before the next pass reads, so a wake() during that pass is kept.

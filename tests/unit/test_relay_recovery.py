@@ -77,12 +77,15 @@ def database(tmp_path: Path) -> Iterator[Database]:
 def stage(database: Database, count: int) -> None:
     with database.unit_of_work() as uow:
         for _ in range(count):
+            partner_id = str(uuid.uuid4())
+            # A key per row: a key's rows go one per pass (per-key order), and these
+            # tests count what one pass sends.
             add_event(
                 uow,
                 OutboxEvent,
                 PARTNER_CREATED,
-                PartnerCreated(partner_id=str(uuid.uuid4())),
-                key="k",
+                PartnerCreated(partner_id=partner_id),
+                key=partner_id,
                 source="auth-service",
             )
         uow.commit()
