@@ -2,7 +2,7 @@
 limits of the same machine, measured in the same run.
 
     signup-pipeline bench [--quick] [--kafka tansu|apache] [--output bench-results.json]
-                          [--postgres-url URL]
+                          [--postgres-url URL] [--proxy]
 
 PostgreSQL: throwaway databases are created (and dropped) on the server at
 --postgres-url (default: the local one). Kafka: a fresh bundled Tansu broker per phase
@@ -11,7 +11,9 @@ from the cached jars in a temporary directory with the pipeline's topics created
 (`--kafka apache`, needs Java 17+); or the cluster in KAFKA_BOOTSTRAP_SERVERS. Writes
 every figure, and which broker they were measured on, to a JSON file and prints a
 Markdown table of each figure beside its ceiling and its target. It never fails on a
-missed target: it reports.
+missed target: it reports. `--proxy` runs nginx in front of the APIs, as `dev` and
+docker-compose do, and measures the signup load both ways on the same processes: to the
+auth API directly and through nginx, one after the other, twice, side by side.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from devtools.apache_kafka import (
 from devtools.broker import BrokerError, LocalBroker
 from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
+from devtools.proxy import nginx_binary
 from devtools.stack import Stack, StackError
 from shared.config import SERVICES, kafka_security, tool_settings
 from shared.messaging.kafka import create_topics, pipeline_topics, use_security
@@ -174,6 +177,7 @@ def measure_pipeline(
     external: list[str] | None,
     workdir: Path,
     progress: Progress,
+    proxy: bool = False,
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     progress.phase("relay: outbox rows committed -> acknowledged")
@@ -189,12 +193,16 @@ def measure_pipeline(
         },
         bootstrap_servers=",".join(external) if external else None,
         api_workers=os.cpu_count() or 1,
+        proxy=proxy,
     ).start()
     try:
         progress.phase("signup API under load")
+        # Always the auth API process itself, so runs with and without --proxy compare.
         figures["signup"] = stages.signup_load(
-            stack, scale.signup_clients, scale.signup_seconds, progress
+            stack, scale.signup_clients, scale.signup_seconds, progress, stack.api_url("auth")
         )
+        if proxy:
+            figures["signup_proxy"] = proxy_cost(stack, scale, progress, figures["signup"])
         time.sleep(2)  # let the pipeline absorb the burst before timing single signups
         progress.phase("propagation: signup -> profile -> partner summary")
         figures["propagation"] = stages.propagation(
@@ -225,6 +233,55 @@ def measure_pipeline(
                 drain_stack.stop()
             figures[f"drain_{workers}"] = result
     return figures
+
+
+def proxy_cost(
+    stack: Stack, scale: Scale, progress: Progress, first_direct: dict[str, Any]
+) -> dict[str, Any]:
+    """The signup load through nginx beside the same load sent to the API directly:
+    direct (already measured), nginx, direct, nginx, each `signup_seconds`, so that a
+    drift of the machine's load falls on both. Requests/s and latency of each way, both
+    rounds pooled, and what nginx costs."""
+    runs: dict[str, list[dict[str, Any]]] = {"direct": [first_direct], "nginx": []}
+    for way in ("nginx", "direct", "nginx"):
+        progress.phase(f"signup API under load, {way}")
+        url = stack.url("auth") if way == "nginx" else stack.api_url("auth")
+        runs[way].append(
+            stages.signup_load(stack, scale.signup_clients, scale.signup_seconds, progress, url)
+        )
+
+    def pooled(way: str) -> dict[str, Any]:
+        accepted = sum(run["accepted"] for run in runs[way])
+        seconds = sum(run["seconds"] for run in runs[way])
+        return {
+            "per_second": round(accepted / seconds, 2),
+            "runs_per_second": [run["per_second"] for run in runs[way]],
+            "latency_ms": {
+                q: round(sum(run["latency_ms"][q] for run in runs[way]) / len(runs[way]), 2)
+                for q in ("p50", "p99")
+            },
+            # nginx's master and its workers ("proxy", "proxy worker N").
+            "nginx_cores": [
+                round(
+                    sum(
+                        cores
+                        for name, cores in run["cpu"]["cores_used_by_process"].items()
+                        if name.startswith("proxy")
+                    ),
+                    3,
+                )
+                for run in runs[way]
+            ],
+        }
+
+    direct, nginx = pooled("direct"), pooled("nginx")
+    return {
+        "direct": direct,
+        "nginx": nginx,
+        "throughput_change": round(nginx["per_second"] / direct["per_second"] - 1, 4),
+        "p50_added_ms": round(nginx["latency_ms"]["p50"] - direct["latency_ms"]["p50"], 2),
+        "p99_added_ms": round(nginx["latency_ms"]["p99"] - direct["latency_ms"]["p99"], 2),
+    }
 
 
 def ratio(value: float | None, ceiling: float | None) -> float | None:
@@ -349,6 +406,24 @@ def markdown(figures: dict[str, Any]) -> str:
         )
     pg = figures["postgres_rows"]
     propagation = figures["propagation"]
+    if "signup_proxy" in figures:
+        cost = figures["signup_proxy"]
+        direct, nginx = cost["direct"], cost["nginx"]
+        lines += [
+            "",
+            "| signup load, same processes | requests/s (each run) | p50 ms | p99 ms |",
+            "|---|---|---|---|",
+            *(
+                f"| {way} | {run['per_second']:.1f} "
+                f"({', '.join(f'{r:.1f}' for r in run['runs_per_second'])}) "
+                f"| {run['latency_ms']['p50']} | {run['latency_ms']['p99']} |"
+                for way, run in (("to the auth API", direct), ("through nginx", nginx))
+            ),
+            "",
+            f"nginx's cost: {cost['throughput_change']:+.1%} requests/s, "
+            f"{cost['p50_added_ms']:+.2f} ms at p50, {cost['p99_added_ms']:+.2f} ms at p99; "
+            f"nginx used {max(nginx['nginx_cores']):.2f} cores at most.",
+        ]
     lines += [
         "",
         f"Ceilings: kafka-python produce {figures['kafka_produce']['per_second']:.0f}/s, "
@@ -432,8 +507,18 @@ def main(argv: list[str] | None = None) -> int:
         "jars scripts/ensure-kafka-jars.sh caches (needs Java 17+). Leave it out when "
         "KAFKA_BOOTSTRAP_SERVERS names a running Kafka",
     )
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="nginx in front of the APIs, as dev and docker-compose run it; the signup "
+        "load is measured directly and through nginx, side by side (needs nginx: "
+        "scripts/ensure-nginx.sh)",
+    )
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    if args.proxy and nginx_binary() is None:
+        print("error: --proxy needs nginx: run scripts/ensure-nginx.sh", file=sys.stderr)
+        return 2
     try:
         kind = chosen_broker(args.kafka, shell.bootstrap_servers)
         if kind == "apache":
@@ -461,7 +546,11 @@ def main(argv: list[str] | None = None) -> int:
                 figures["machine"] = machine(figures["broker"])
                 progress.phase(f"broker: {figures['broker']['summary']}")
                 figures.update(measure_ceilings(scale, postgres, external, Path(workdir), progress))
-                figures.update(measure_pipeline(scale, postgres, external, Path(workdir), progress))
+                figures.update(
+                    measure_pipeline(
+                        scale, postgres, external, Path(workdir), progress, proxy=args.proxy
+                    )
+                )
         except (BrokerError, StackError, KafkaClusterError, KafkaUnavailable) as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 2

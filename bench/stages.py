@@ -107,9 +107,18 @@ class Client:
         self._connection.close()
 
 
-def signup_load(stack: Stack, clients: int, seconds: float, progress: Progress) -> dict[str, Any]:
+def signup_load(
+    stack: Stack,
+    clients: int,
+    seconds: float,
+    progress: Progress,
+    base_url: str | None = None,
+) -> dict[str, Any]:
     """`clients` concurrent clients signing up back to back for `seconds`, the whole
-    pipeline running behind the API: requests per second and latency."""
+    pipeline running behind the API: requests per second and latency. `base_url`: where
+    the clients send (the auth API process itself, or nginx in front of it); by default
+    where clients reach the stack."""
+    url = base_url or stack.url("auth")
     latencies: list[float] = []
     failures: list[int] = []
     lock = threading.Lock()
@@ -117,7 +126,7 @@ def signup_load(stack: Stack, clients: int, seconds: float, progress: Progress) 
     counter = iter(range(10**9))
 
     def client_loop() -> None:
-        client = Client(stack.url("auth"))
+        client = Client(url)
         try:
             while time.perf_counter() < deadline:
                 with lock:
