@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import hashlib
+import hmac
 import logging
 
 from flask import Flask
@@ -10,16 +13,18 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
-from auth_service.models import Base, OutboxEvent
+from auth_service.models import Base, IdempotencyKey, OutboxEvent
 from auth_service.passwords import Argon2Parameters
 from auth_service.ratelimit import key_secret, rate_limiter
 from shared.config import ConfigError, Settings, auth_settings
+from shared.messaging.housekeeping import Expiring
 from shared.messaging.outbox import OutboxRelay
 from shared.runtime import migrate, run_api, service_main
 from shared.storage.db import Database
 
 DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
 MIN_SECRET_BYTES = 32
+KEYS_KEPT = dt.timedelta(hours=25)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,10 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
     tokens = TokenIssuer(secret)
     parameters = Argon2Parameters.from_settings(auth)  # refused at start if too weak
     limit_keys = key_secret(secret)  # the same in every worker, so Redis counts are shared
+    # The same in every worker too: a retry may reach another one.
+    request_keys = hmac.new(
+        secret.encode(), b"signup-pipeline idempotency keys", hashlib.sha256
+    ).digest()
     # Refused at start if misconfigured, or counted per process under several workers.
     rate_limiter(auth.rate_limits, limit_keys, workers=args.workers)
     proxies = auth.trusted_proxy_hops
@@ -67,6 +76,7 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
             after_commit=relay.wake if relay else None,
             # Per worker: its own connection to Redis.
             limiter=rate_limiter(auth.rate_limits, limit_keys, workers=args.workers),
+            request_secret=request_keys,
         )
         if proxies:
             # Behind N proxies the client is the Nth address from the right of
@@ -74,7 +84,17 @@ def api(settings: Settings, args: argparse.Namespace) -> None:
             app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)  # type: ignore[method-assign]
         return app
 
-    run_api(settings, Base.metadata, build, args, outbox=OutboxEvent)
+    run_api(
+        settings,
+        Base.metadata,
+        build,
+        args,
+        outbox=OutboxEvent,
+        # Retries are answered for at least 24 h: keys go after 25.
+        expiring=(
+            Expiring(IdempotencyKey, IdempotencyKey.key, IdempotencyKey.created_at, KEYS_KEPT),
+        ),
+    )
 
 
 def main() -> None:

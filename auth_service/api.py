@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
@@ -12,18 +17,27 @@ from marshmallow import ValidationError
 
 from auth_service.emails import email_key
 from auth_service.handlers import (
+    Account,
     Authenticator,
+    Credentials,
     EmailTaken,
     HashingThreads,
+    Idempotency,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
     InvalidCredentials,
+    PasswordChanged,
     SignUp,
     TokenIssuer,
+    change_password,
     find_account,
     find_credentials,
+    find_idempotent,
     password_hasher,
     replace_password_hash,
     sign_up,
 )
+from auth_service.passwords import password_problems
 from auth_service.ratelimit import (
     LimitsUnavailable,
     RateLimiter,
@@ -34,6 +48,7 @@ from auth_service.ratelimit import (
 from auth_service.schemas import (
     AccountSchema,
     LoginSchema,
+    PasswordChangeSchema,
     SignedUpSchema,
     SignupSchema,
     TokenSchema,
@@ -71,9 +86,18 @@ ROUTES = (
         errors=(
             *JSON_BODY_ERRORS,
             ErrorAnswer(409, "email_taken", "An account with this email exists."),
+            ErrorAnswer(
+                422,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with another request body.",
+            ),
             TOO_MANY_REQUESTS,
             LIMITED_UNAVAILABLE,
         ),
+        description="Send an `Idempotency-Key` header (1 to 255 visible ASCII characters, "
+        "e.g. a UUID) to retry safely: a retry with the same key and body within 24 hours "
+        "answers the same 201 and uuid (with `Idempotent-Replayed: true`), however many "
+        "are sent at once; the same key with another body is 422.",
     ),
     Route(
         "POST",
@@ -86,6 +110,28 @@ ROUTES = (
         errors=(
             *JSON_BODY_ERRORS,
             ErrorAnswer(401, "invalid_credentials", "Email or password is wrong."),
+            TOO_MANY_REQUESTS,
+            LIMITED_UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "PUT",
+        "/auth/password",
+        operation_id="changePassword",
+        summary="Change the password (send `Authorization: Bearer <token>`); every token "
+        "issued before is refused from then on, and a new one is answered.",
+        status=200,
+        answer=TokenSchema,
+        body=PasswordChangeSchema,
+        errors=(
+            *JSON_BODY_ERRORS,
+            ErrorAnswer(
+                401,
+                "invalid_token",
+                "No token, or one that is expired, tampered with, or no longer valid.",
+            ),
+            ErrorAnswer(401, "invalid_credentials", "The current password is wrong."),
+            ErrorAnswer(409, "password_changed", "The password changed meanwhile; retry."),
             TOO_MANY_REQUESTS,
             LIMITED_UNAVAILABLE,
         ),
@@ -128,6 +174,14 @@ def _refuse(refusal: Refusal | None) -> None:
         )
 
 
+def _key_reused() -> ApiError:
+    return ApiError(
+        422,
+        "idempotency_key_reused",
+        "This Idempotency-Key was already used with another request body; use a new key.",
+    )
+
+
 def _limits_unavailable() -> ApiError:
     """Signup and login are never let through uncounted: the store's outage is a 503."""
     return ApiError(
@@ -135,6 +189,49 @@ def _limits_unavailable() -> ApiError:
         "unavailable",
         "Rate limits cannot be checked right now; retry shortly.",
         headers={"Retry-After": str(LIMITS_RETRY_AFTER)},
+    )
+
+
+IDEMPOTENCY_KEY_PROBLEM = "1 to 255 visible ASCII characters."
+
+
+def _idempotency_key() -> str | None:
+    """The request's Idempotency-Key header, if any: 400 unless 1-255 visible ASCII."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not all("!" <= char <= "~" for char in value):
+        raise ApiError(
+            400,
+            "validation_failed",
+            "The Idempotency-Key header is not valid.",
+            {"Idempotency-Key": [IDEMPOTENCY_KEY_PROBLEM]},
+        )
+    return value
+
+
+def _fingerprint(secret: bytes, key: str, body: dict[str, Any]) -> Idempotency:
+    """HMACs of the key and of the request (its JSON, canonical: key order and spacing
+    do not make another request)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return Idempotency(
+        key=hmac.new(secret, b"key\0" + key.encode(), hashlib.sha256).hexdigest(),
+        request=hmac.new(secret, b"request\0" + canonical.encode(), hashlib.sha256).hexdigest(),
+    )
+
+
+def _replayed(member_id: str) -> tuple[Response, int]:
+    response = jsonify(uuid=member_id)
+    response.headers["Idempotent-Replayed"] = "true"
+    bind(member_uuid=member_id)
+    return response, 201
+
+
+def _token_answer(tokens: TokenIssuer, member_id: str, version: int) -> Response:
+    return jsonify(
+        accessToken=tokens.issue(member_id, version),
+        tokenType="Bearer",
+        expiresIn=int(tokens.ttl.total_seconds()),
     )
 
 
@@ -167,12 +264,15 @@ def create_app(
     after_commit: Callable[[], None] | None = None,
     limiter: RateLimiter | None = None,
     pause: Callable[[float], None] = time.sleep,
+    request_secret: bytes | None = None,
 ) -> Flask:
     """The auth API on `database`; `after_commit` wakes the outbox relay; `limiter`
     bounds signups and logins per client address and per email, and slows down the
     logins of an email under attack (by `pause`); with a limiter, the API is ready only
-    while its counts can be reached."""
+    while its counts can be reached. `request_secret` keys the HMACs of Idempotency-Keys
+    and their requests (the same in every process of the service; random by default)."""
     hashing = HashingThreads(hasher or password_hasher())
+    fingerprints = request_secret or os.urandom(32)
     authenticator = Authenticator(hashing)
     app = base_app("auth_service", database)
     auth = Blueprint("auth", __name__, url_prefix="/auth")
@@ -180,17 +280,27 @@ def create_app(
     @auth.post("/signup")
     def signup() -> tuple[Response, int]:
         address = client_key(request.remote_addr)
+        key = _idempotency_key()
+        idempotency = None
         try:
             body = json_object_body()
             if limiter is not None:  # every attempt counts for its address
                 _refuse(limiter.check("signup-per-address", address))
             data = SignupSchema().load(body)
+            if key is not None:  # a retry answers what the first try created
+                idempotency = _fingerprint(fingerprints, key, body)
+                with database.unit_of_work() as uow:
+                    created = find_idempotent(idempotency, uow)
+                if created is not None:
+                    return _replayed(created)
             if limiter is not None:  # nothing of a request is used before the schema's yes
                 _refuse(limiter.check("signup-per-email", email_key(data["email"])))
         except ValidationError as exc:
             raise validation_error(exc.messages) from None
         except LimitsUnavailable:
             raise _limits_unavailable() from None
+        except IdempotencyKeyReused:
+            raise _key_reused() from None
         command = SignUp(
             email=data["email"],
             password_hash=hashing.hash(data["password"]),
@@ -205,9 +315,18 @@ def create_app(
         )
         try:
             with database.unit_of_work(after_commit) as uow:
-                member_id = sign_up(command, uow)
+                member_id = sign_up(command, uow, idempotency)
         except EmailTaken:
             raise ApiError(409, "email_taken", "An account with this email exists.") from None
+        except IdempotencyKeyInUse:  # a concurrent try with the key committed first
+            assert idempotency is not None
+            try:
+                with database.unit_of_work() as uow:
+                    created = find_idempotent(idempotency, uow)
+            except IdempotencyKeyReused:
+                raise _key_reused() from None
+            assert created is not None  # the key's row is committed: it is why we failed
+            return _replayed(created)
         bind(member_uuid=member_id)  # the access-log line of this request names the member
         return jsonify(uuid=member_id), 201
 
@@ -250,26 +369,77 @@ def create_app(
         if upgraded is not None:  # made with older argon2 parameters: strengthen it now
             with database.unit_of_work() as uow:
                 replace_password_hash(credentials, upgraded, uow)
-        return jsonify(
-            accessToken=tokens.issue(member_id),
-            tokenType="Bearer",
-            expiresIn=int(tokens.ttl.total_seconds()),
-        )
+        return _token_answer(tokens, member_id, credentials.token_version)
 
-    @auth.get("/me")
-    def me() -> Response | tuple[Response, int]:
+    def authenticated() -> Account | None:
+        """The account the request's bearer token is for, if the token is valid: its
+        signature, claims and lifetime, and issued since the account's last password
+        change (its `ver`; tokens from before `ver` existed count as 0)."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         try:
             if scheme.lower() != "bearer" or not token.strip():
                 raise jwt.InvalidTokenError("no bearer token")
             claims = tokens.verify(token.strip())
         except jwt.InvalidTokenError:
-            return _invalid_token()
+            return None
         with database.unit_of_work() as uow:
             account = find_account(str(claims["sub"]), uow)
         if account is None:  # the account is gone; its tokens mean nothing any more
-            return _invalid_token()
+            return None
+        if claims.get("ver", 0) != account.token_version:  # issued before a change
+            return None
         bind(member_uuid=account.member_id)
+        return account
+
+    @auth.put("/password")
+    def password() -> Response | tuple[Response, int]:
+        account = authenticated()
+        if account is None:
+            return _invalid_token()
+        address = client_key(request.remote_addr)
+        pair = f"{email_key(account.email)}\0{address}"
+        try:
+            body = json_object_body()
+            data = PasswordChangeSchema().load(body)
+            if limiter is not None:  # guessing the current password, as at login
+                _refuse(limiter.blocked("login-failures-per-email-and-address", pair))
+        except ValidationError as exc:
+            raise validation_error(exc.messages) from None
+        except LimitsUnavailable:
+            raise _limits_unavailable() from None
+        new = data["newPassword"]
+        problems = password_problems(new, email=account.email, nickname=account.nickname)
+        if new == data["currentPassword"]:
+            problems.append("The new password must differ from the current one.")
+        if problems:
+            raise validation_error({"newPassword": problems})
+        credentials = Credentials(account.member_id, account.password_hash)
+        try:
+            authenticator.check(credentials, data["currentPassword"])
+        except InvalidCredentials:
+            if limiter is not None:
+                try:
+                    limiter.record("login-failures-per-email-and-address", pair)
+                except LimitsUnavailable:
+                    raise _limits_unavailable() from None
+            raise ApiError(
+                401, "invalid_credentials", "The current password is wrong."
+            ) from None
+        new_hash = hashing.hash(new)
+        try:
+            with database.unit_of_work() as uow:
+                version = change_password(account, new_hash, uow)
+        except PasswordChanged:
+            raise ApiError(
+                409, "password_changed", "The password changed meanwhile; log in again."
+            ) from None
+        return _token_answer(tokens, account.member_id, version)
+
+    @auth.get("/me")
+    def me() -> Response | tuple[Response, int]:
+        account = authenticated()
+        if account is None:
+            return _invalid_token()
         return jsonify(
             uuid=account.member_id,
             email=account.email,

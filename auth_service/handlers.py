@@ -16,7 +16,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
 from auth_service.emails import email_key
-from auth_service.models import Member, OutboxEvent
+from auth_service.models import IdempotencyKey, Member, OutboxEvent
 from auth_service.passwords import Argon2Parameters, hash_is_weaker
 from shared.messaging.outbox import add_event
 from shared.messaging.pipeline import PROFILE_INSERT, ProfileInsert
@@ -34,6 +34,37 @@ class EmailTaken(Exception):
 
 class InvalidCredentials(Exception):
     """Unknown email or wrong password: deliberately indistinguishable."""
+
+
+class IdempotencyKeyInUse(Exception):
+    """Another signup holds (or held) this Idempotency-Key: look up what it answered."""
+
+
+class IdempotencyKeyReused(Exception):
+    """This Idempotency-Key came with another request body."""
+
+
+class PasswordChanged(Exception):
+    """The password changed meanwhile (a concurrent change): nothing was stored."""
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A signup's Idempotency-Key and its request, each as an HMAC (see IdempotencyKey)."""
+
+    key: str
+    request: str
+
+
+def find_idempotent(idempotency: Idempotency, uow: UnitOfWork) -> str | None:
+    """The uuid the signup with this key created, or None if there was none;
+    IdempotencyKeyReused if that signup's request was another."""
+    row = uow.session.get(IdempotencyKey, idempotency.key)
+    if row is None:
+        return None
+    if row.request != idempotency.request:
+        raise IdempotencyKeyReused()
+    return row.member_uuid
 
 
 def password_hasher() -> PasswordHasher:
@@ -99,9 +130,25 @@ class SignUp:
     traceparent: str | None = None
 
 
-def sign_up(command: SignUp, uow: UnitOfWork) -> str:
-    """Store the account and its `profile-insert` event together; return the new uuid."""
+def sign_up(command: SignUp, uow: UnitOfWork, idempotency: Idempotency | None = None) -> str:
+    """Store the account and its `profile-insert` event together (with `idempotency`,
+    its key too: IdempotencyKeyInUse if another signup has it); return the new uuid."""
     member_id = str(uuid.uuid4())
+    if idempotency is not None:
+        # First, and flushed alone: a concurrent signup with the key waits here on the
+        # unique key until the first commits, then fails, and answers what it created.
+        uow.session.add(
+            IdempotencyKey(
+                key=idempotency.key,
+                request=idempotency.request,
+                member_uuid=member_id,
+                created_at=utcnow(),
+            )
+        )
+        try:
+            uow.flush()
+        except IntegrityError:
+            raise IdempotencyKeyInUse() from None
     uow.session.add(
         Member(
             uuid=member_id,
@@ -160,8 +207,9 @@ class TokenIssuer:
         self.issuer = issuer
         self.audience = audience
 
-    def issue(self, subject: str) -> str:
-        """A token for `subject`, valid from now for one ttl."""
+    def issue(self, subject: str, version: int = 0) -> str:
+        """A token for `subject` at its account's token `version`, valid from now for
+        one ttl."""
         now = utcnow()
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -170,6 +218,7 @@ class TokenIssuer:
             "iat": now,
             "exp": now + self.ttl,
             "jti": uuid.uuid4().hex,
+            "ver": version,
         }
         return jwt.encode(
             claims, self._secret, algorithm=self.ALGORITHM, headers={"typ": self.TYPE}
@@ -206,34 +255,63 @@ class Credentials:
 
     member_id: str
     password_hash: str
+    token_version: int = 0
 
 
 @dataclass(frozen=True)
 class Account:
-    """What a member may read about their own account."""
+    """What a member may read about their own account, and what checks their token."""
 
     member_id: str
     email: str
     role: str
     nickname: str
+    token_version: int = 0
+    password_hash: str = ""
 
 
 def find_account(member_id: str, uow: UnitOfWork) -> Account | None:
     """The account `member_id`, if it exists."""
     row = uow.session.execute(
-        select(Member.uuid, Member.email, Member.role, Member.nickname).where(
-            Member.uuid == member_id
-        )
+        select(
+            Member.uuid,
+            Member.email,
+            Member.role,
+            Member.nickname,
+            Member.token_version,
+            Member.password_hash,
+        ).where(Member.uuid == member_id)
     ).one_or_none()
-    return Account(row.uuid, row.email, row.role, row.nickname) if row else None
+    if row is None:
+        return None
+    return Account(
+        row.uuid, row.email, row.role, row.nickname, row.token_version, row.password_hash
+    )
 
 
 def find_credentials(email: str, uow: UnitOfWork) -> Credentials | None:
     """The stored credentials for `email`, if there is such an account."""
     row = uow.session.execute(
-        select(Member.uuid, Member.password_hash).where(Member.email_key == email_key(email))
+        select(Member.uuid, Member.password_hash, Member.token_version).where(
+            Member.email_key == email_key(email)
+        )
     ).one_or_none()
-    return Credentials(row.uuid, row.password_hash) if row else None
+    return Credentials(row.uuid, row.password_hash, row.token_version) if row else None
+
+
+def change_password(account: Account, new_hash: str, uow: UnitOfWork) -> int:
+    """Store `new_hash` and invalidate every token issued before (token_version + 1),
+    unless the hash changed since `account` was read (PasswordChanged); the new version."""
+    changed: CursorResult[Any] = uow.session.execute(  # type: ignore[assignment]
+        update(Member)
+        .where(Member.uuid == account.member_id)
+        .where(Member.password_hash == account.password_hash)
+        .values(password_hash=new_hash, token_version=Member.token_version + 1)
+    )
+    if not changed.rowcount:
+        raise PasswordChanged()
+    uow.commit()
+    return account.token_version + 1
 
 
 class Authenticator:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Date, String
+from sqlalchemy import Date, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.messaging.outbox import OutboxRecord
@@ -31,6 +31,22 @@ class Member(Base):
     gender: Mapped[str] = mapped_column(String(10))
     role: Mapped[str] = mapped_column(String(10))
     nickname: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    # Carried by every access token (`ver`); a password change increments it, so every
+    # token issued before the change is refused.
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class IdempotencyKey(Base):
+    """A signup's `Idempotency-Key`, kept so that a retry gets the answer the first try
+    got. Both columns are HMACs under the service's secret: the key as the client sent
+    it, and the request body (which holds the password, so never a plain hash of it)."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request: Mapped[str] = mapped_column(String(64))
+    member_uuid: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 

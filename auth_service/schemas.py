@@ -167,6 +167,20 @@ class LoginSchema(StrictSchema):
     password = Password(required=True, validate=validate.Length(min=1, max=128))
 
 
+class PasswordChangeSchema(StrictSchema):
+    """`PUT /auth/password`."""
+
+    currentPassword = Password(required=True, validate=validate.Length(min=1, max=MAX_LENGTH))
+    newPassword = Password(
+        required=True,
+        validate=validate.Length(min=MIN_LENGTH, max=MAX_LENGTH),
+        metadata={
+            "description": "Under the signup's password policy (against the account's "
+            "email and nickname), and not the current password."
+        },
+    )
+
+
 class SignedUpSchema(AnswerSchema):
     """`POST /auth/signup` answers 201 with this."""
 

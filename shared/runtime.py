@@ -37,7 +37,7 @@ from shared.config import (
 from shared.http.health import ConsumerState, HealthServer
 from shared.messaging import failpoints
 from shared.messaging.consumer import ConsumerLoop
-from shared.messaging.housekeeping import Housekeeper
+from shared.messaging.housekeeping import Expiring, Housekeeper
 from shared.messaging.inbox import InboxRecord
 from shared.messaging.kafka import (
     create_topics,
@@ -234,8 +234,10 @@ def run_api(
     args: argparse.Namespace,
     *,
     outbox: type[OutboxRecord] | None = None,
+    expiring: tuple[Expiring, ...] = (),
 ) -> None:
-    """Serve `build(database, relay)` with gunicorn; with an outbox, each worker runs a relay."""
+    """Serve `build(database, relay)` with gunicorn; with an outbox, each worker runs a
+    relay and a housekeeper (which also empties the `expiring` tables)."""
     open_database(settings, metadata).engine.dispose()
     if outbox is not None:
         check_broker(settings, process_topics(settings.service))
@@ -258,7 +260,7 @@ def run_api(
         if outbox is not None:
             relay = OutboxRelay(database, outbox, lambda: make_producer(servers)).start()
             housekeeper = Housekeeper(
-                database, outbox, outbox_retention=settings.outbox_retention
+                database, outbox, outbox_retention=settings.outbox_retention, expiring=expiring
             ).start()
         metrics()  # built before the request threads can race to build it
         app = build(database, relay)

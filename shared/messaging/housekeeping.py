@@ -1,6 +1,7 @@
-"""Housekeeping: published outbox rows and old inbox rows are deleted after their
-retention, in small batches, each its own short transaction, skipping rows another
-transaction holds, so the signup and consume paths never wait on it.
+"""Housekeeping: published outbox rows, old inbox rows and the rows of other expiring
+tables (idempotency keys) are deleted after their retention, in small batches, each its
+own short transaction, skipping rows another transaction holds, so the signup and
+consume paths never wait on it.
 
 The inbox must outlive any possible redelivery: keep it longer than the topic's
 retention (Kafka's default is 7 days; the default here is 14), or a very late
@@ -27,6 +28,17 @@ DEFAULT_OUTBOX_RETENTION = dt.timedelta(hours=24)
 DEFAULT_INBOX_RETENTION = dt.timedelta(days=14)
 
 
+@dataclass(frozen=True)
+class Expiring:
+    """Another table whose rows go `retention` after `column` (e.g. a service's
+    idempotency keys); `key` is its primary key column."""
+
+    model: Any
+    key: Any
+    column: Any
+    retention: dt.timedelta
+
+
 @dataclass
 class Housekeeper:
     """Deletes what has outlived its retention, `batch_size` rows per transaction."""
@@ -38,6 +50,7 @@ class Housekeeper:
     inbox_retention: dt.timedelta = DEFAULT_INBOX_RETENTION
     batch_size: int = 500
     interval: float = 300.0
+    expiring: tuple[Expiring, ...] = ()
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -58,6 +71,10 @@ class Housekeeper:
             cutoff = now - self.inbox_retention
             deleted["inbox"] = self._delete_in_batches(
                 inbox, [inbox.consumer, inbox.event_id], inbox.processed_at < cutoff
+            )
+        for table in self.expiring:
+            deleted[table.model.__tablename__] = self._delete_in_batches(
+                table.model, [table.key], table.column < now - table.retention
             )
         return deleted
 

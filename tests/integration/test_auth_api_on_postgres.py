@@ -10,6 +10,7 @@ import pytest
 
 from devtools.postgres import PostgresServer
 from tests.unit import test_auth_api as unit
+from tests.unit import test_signup_retries_and_password_change as retries
 
 # The unit module's fixtures, so the inherited tests find them here too.
 from tests.unit.test_auth_api import app, client, database, hasher, relay  # noqa: F401
@@ -33,3 +34,19 @@ class TestLoginOnPostgres(unit.TestLogin):
 
 class TestHealthOnPostgres(unit.TestHealth):
     pass
+
+
+
+class TestIdempotentSignupOnPostgres(retries.TestIdempotentSignup):
+    """Twenty concurrent tries with one key: the unique key makes the others wait for
+    the first commit, then answer its uuid."""
+
+    @pytest.fixture
+    def auth_database_url(self, database_url: str) -> str:
+        return database_url
+
+
+class TestPasswordChangeOnPostgres(retries.TestPasswordChange):
+    @pytest.fixture
+    def auth_database_url(self, database_url: str) -> str:
+        return database_url
