@@ -39,6 +39,7 @@ from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
 from devtools.proxy import nginx_binary
 from devtools.stack import Stack, StackError, write_line
 from shared.config import SERVICES, ConfigError, ToolSettings, dev_broker_file, tool_settings
+from shared.private_files import private_directory
 
 
 def example_signup() -> dict[str, Any]:
@@ -81,7 +82,7 @@ def _leave_broker_address(address: str) -> Path:
     """Write `address` where status, trace and dlt look when KAFKA_BOOTSTRAP_SERVERS is
     not set (./var/dev-broker)."""
     path = dev_broker_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)  # ./var also holds the SQLite files (issue 16, item 7)
     path.write_text(address + "\n")
     return path
 

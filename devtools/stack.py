@@ -26,6 +26,7 @@ from typing import IO
 from devtools import proxy as nginx
 from devtools.broker import LocalBroker, free_port
 from shared.config import DEV_MODE_VARIABLE, SERVICES, child_environment
+from shared.private_files import open_private_log, private_directory
 
 
 class StackError(RuntimeError):
@@ -61,7 +62,9 @@ class ManagedProcess:
 
     def _pump(self) -> None:
         assert self.popen is not None and self.popen.stdout is not None
-        with self.popen.stdout, open(self.log_path, "ab") as log:
+        # 0600, as its directory is 0700: a process's log is its user's alone (issue 16,
+        # item 7): an email in a line, a token in a traceback.
+        with self.popen.stdout, open_private_log(self.log_path) as log:
             for raw in iter(self.popen.stdout.readline, b""):
                 log.write(raw)
                 log.flush()
@@ -210,7 +213,11 @@ class Stack:
         one is ready; `progress` hears each step. If any step fails or a process exits
         meanwhile, stops everything (without echoing their shutdown) and raises."""
         step = progress or (lambda _: None)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # The stack's own directories are private, also when an older version made them
+        # readable to all (issue 16, item 7); the databases and logs are created private.
+        private_directory(self.log_dir, tighten=True)
+        if any(url == _sqlite_url_in(self.workdir, s) for s, url in self.database_urls.items()):
+            private_directory(self.workdir / "var", tighten=True)
         try:
             if not self.bootstrap_servers:
                 step("starting the local broker")
@@ -317,7 +324,7 @@ class Stack:
         is added to this process's environment only, after the stack's `process_env` for
         `name`."""
         key = instance or name
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.log_dir, tighten=True)
         health_port = None
         if name.endswith("-worker"):
             health_port = self.health_ports[key] = free_port()
