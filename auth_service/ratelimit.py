@@ -250,8 +250,9 @@ class RateLimiter:
     ) -> tuple[float, float, int, int]:
         """The sliding count, how far into its window now is, and the two windows' counts."""
         now = self._clock()
+        digest = self._digest(name, key)  # outside the try: a bad key is a bug, not an outage
         try:
-            before, count = self._counter.add(self._digest(name, key), limit.window, now, amount)
+            before, count = self._counter.add(digest, limit.window, now, amount)
         except Exception as exc:
             if now - self._warned_at > 60:  # one line a minute, not one per request
                 self._warned_at = now
