@@ -74,6 +74,40 @@ class PartnerCreated:
     partner_id: str
 
 
+@dataclass(frozen=True)
+class ProfileDelete:
+    """An account was deleted: every service erases what it holds of the member."""
+
+    uuid: str
+
+
+@dataclass(frozen=True)
+class ProfileCreated:
+    """The member service made the profile of a `profile-insert` (the saga's yes)."""
+
+    uuid: str
+
+
+# Why the member service refused a profile, for the account holder to act on.
+REJECTION_REASONS = ("nickname_taken",)
+
+
+@dataclass(frozen=True)
+class ProfileRejected:
+    """The member service refused a `profile-insert` for a reason the account holder can
+    act on (the saga's no): auth rejects the account and erases its data."""
+
+    uuid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PartnerDeleted:
+    """A partner's account was deleted: the batch service drops its summary."""
+
+    partner_id: str
+
+
 class ProfileInsertSchema(EventSchema):
     """`profile-insert`: the Spring `InsertProfileDto`."""
 
@@ -100,6 +134,47 @@ class PartnerCreatedSchema(EventSchema):
     @post_load
     def _event(self, data: dict[str, Any], **_: Any) -> PartnerCreated:
         return PartnerCreated(**data)
+
+
+class ProfileDeleteSchema(EventSchema):
+    """`profile-delete`: the original's topic, `{"uuid"}`."""
+
+    uuid = fields.String(required=True, validate=_uuid_text)
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> ProfileDelete:
+        return ProfileDelete(**data)
+
+
+class ProfileCreatedSchema(EventSchema):
+    """`profile-created`: `{"uuid"}`."""
+
+    uuid = fields.String(required=True, validate=_uuid_text)
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> ProfileCreated:
+        return ProfileCreated(**data)
+
+
+class ProfileRejectedSchema(EventSchema):
+    """`profile-rejected`: `{"uuid", "reason"}`."""
+
+    uuid = fields.String(required=True, validate=_uuid_text)
+    reason = fields.String(required=True, validate=validate.OneOf(REJECTION_REASONS))
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> ProfileRejected:
+        return ProfileRejected(**data)
+
+
+class PartnerDeletedSchema(EventSchema):
+    """`partner-deleted`: `{"partnerId"}`."""
+
+    partner_id = fields.String(required=True, validate=_uuid_text, data_key="partnerId")
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> PartnerDeleted:
+        return PartnerDeleted(**data)
 
 
 E = TypeVar("E")
@@ -155,6 +230,51 @@ PARTNER_CREATED = Topic(
     key="partner uuid",
     event=PartnerCreated,
     schema=PartnerCreatedSchema,
+    producer="member-service",
+    consumer_group="batch-service",
+    partitions=6,
+)
+
+# A member's lifecycle crosses topics (profile-insert, then maybe profile-delete), and
+# Kafka orders nothing between topics: a deletion can be consumed before its insert.
+# uuids are never reused and a member only goes insert -> delete, so every consumer
+# keeps a tombstone per deleted uuid and lets the deletion win whatever the arrival
+# order: a late insert (or partner-created) for a tombstoned uuid creates nothing.
+PROFILE_DELETE = Topic(
+    name="profile-delete",
+    key="member uuid",
+    event=ProfileDelete,
+    schema=ProfileDeleteSchema,
+    producer="auth-service",
+    consumer_group="member-service",
+    partitions=6,
+)
+
+PROFILE_CREATED = Topic(
+    name="profile-created",
+    key="member uuid",
+    event=ProfileCreated,
+    schema=ProfileCreatedSchema,
+    producer="member-service",
+    consumer_group="auth-service",
+    partitions=6,
+)
+
+PROFILE_REJECTED = Topic(
+    name="profile-rejected",
+    key="member uuid",
+    event=ProfileRejected,
+    schema=ProfileRejectedSchema,
+    producer="member-service",
+    consumer_group="auth-service",
+    partitions=6,
+)
+
+PARTNER_DELETED = Topic(
+    name="partner-deleted",
+    key="partner uuid",
+    event=PartnerDeleted,
+    schema=PartnerDeletedSchema,
     producer="member-service",
     consumer_group="batch-service",
     partitions=6,
