@@ -422,7 +422,7 @@ def markdown(figures: dict[str, Any]) -> str:
             "",
             f"nginx's cost: {cost['throughput_change']:+.1%} requests/s, "
             f"{cost['p50_added_ms']:+.2f} ms at p50, {cost['p99_added_ms']:+.2f} ms at p99; "
-            f"nginx used {max(nginx['nginx_cores']):.2f} cores at most.",
+            f"nginx used {max(nginx['nginx_cores']):.3f} cores at most.",
         ]
     lines += [
         "",
