@@ -1,4 +1,5 @@
-"""The auth HTTP API: `POST /auth/signup`, `POST /auth/login`, `GET /auth/me`."""
+"""The auth HTTP API: `POST /auth/signup`, `GET /auth/signups/<uuid>`, `POST /auth/login`,
+`GET /auth/me`, `PUT /auth/password`, `DELETE /auth/me`."""
 
 from __future__ import annotations
 
@@ -30,12 +31,14 @@ from auth_service.handlers import (
     SignUp,
     TokenIssuer,
     change_password,
+    delete_account,
     find_account,
     find_credentials,
     find_idempotent,
     password_hasher,
     replace_password_hash,
     sign_up,
+    signup_status,
 )
 from auth_service.passwords import password_problems
 from auth_service.ratelimit import (
@@ -47,10 +50,13 @@ from auth_service.ratelimit import (
 )
 from auth_service.schemas import (
     AccountSchema,
+    DeleteAccountSchema,
+    DeletedSchema,
     LoginSchema,
     PasswordChangeSchema,
     SignedUpSchema,
     SignupSchema,
+    SignupStatusSchema,
     TokenSchema,
 )
 from shared.http.apidocs import JSON_BODY_ERRORS, UNAVAILABLE, ErrorAnswer, Route, install_openapi
@@ -94,10 +100,25 @@ ROUTES = (
             TOO_MANY_REQUESTS,
             LIMITED_UNAVAILABLE,
         ),
-        description="Send an `Idempotency-Key` header (1 to 255 visible ASCII characters, "
+        description="The answer's `Location` is the signup's status "
+        "(`GET /auth/signups/<uuid>`): the account is PENDING until the member service "
+        "answers. Send an `Idempotency-Key` header (1 to 255 visible ASCII characters, "
         "e.g. a UUID) to retry safely: a retry with the same key and body within 24 hours "
         "answers the same 201 and uuid (with `Idempotent-Replayed: true`), however many "
         "are sent at once; the same key with another body is 422.",
+    ),
+    Route(
+        "GET",
+        "/auth/signups/<member_id>",
+        operation_id="signupStatus",
+        summary="Where a signup is: PENDING, ACTIVE, or REJECTED with its reason.",
+        status=200,
+        answer=SignupStatusSchema,
+        parameters={"member_id": "The uuid the signup answered."},
+        errors=(
+            ErrorAnswer(404, "not_found", "No signup has this uuid (or it was deleted)."),
+            UNAVAILABLE,
+        ),
     ),
     Route(
         "POST",
@@ -132,6 +153,28 @@ ROUTES = (
             ),
             ErrorAnswer(401, "invalid_credentials", "The current password is wrong."),
             ErrorAnswer(409, "password_changed", "The password changed meanwhile; retry."),
+            TOO_MANY_REQUESTS,
+            LIMITED_UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "DELETE",
+        "/auth/me",
+        operation_id="deleteAccount",
+        summary="Delete the account (send `Authorization: Bearer <token>` and the current "
+        "password): its personal data is erased here at once, and in the other services "
+        "when profile-delete reaches them; every token is refused from then on.",
+        status=202,
+        answer=DeletedSchema,
+        body=DeleteAccountSchema,
+        errors=(
+            *JSON_BODY_ERRORS,
+            ErrorAnswer(
+                401,
+                "invalid_token",
+                "No token, or one that is expired, tampered with, or no longer valid.",
+            ),
+            ErrorAnswer(401, "invalid_credentials", "The password is wrong."),
             TOO_MANY_REQUESTS,
             LIMITED_UNAVAILABLE,
         ),
@@ -223,6 +266,7 @@ def _fingerprint(secret: bytes, key: str, body: dict[str, Any]) -> Idempotency:
 def _replayed(member_id: str) -> tuple[Response, int]:
     response = jsonify(uuid=member_id)
     response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/auth/signups/{member_id}"
     bind(member_uuid=member_id)
     return response, 201
 
@@ -328,7 +372,9 @@ def create_app(
             assert created is not None  # the key's row is committed: it is why we failed
             return _replayed(created)
         bind(member_uuid=member_id)  # the access-log line of this request names the member
-        return jsonify(uuid=member_id), 201
+        response = jsonify(uuid=member_id)
+        response.headers["Location"] = f"/auth/signups/{member_id}"
+        return response, 201
 
     @auth.post("/login")
     def login() -> Response:
@@ -391,6 +437,49 @@ def create_app(
         bind(member_uuid=account.member_id)
         return account
 
+    @auth.get("/signups/<member_id>")
+    def signup_state(member_id: str) -> Response:
+        with database.unit_of_work() as uow:
+            state = signup_status(member_id, uow)
+        if state is None:
+            raise ApiError(404, "not_found", "No signup has this uuid.")
+        if state.reason is None:
+            return jsonify(status=state.status)
+        return jsonify(status=state.status, reason=state.reason)
+
+    def reauthenticate(account: Account, password: str, pair: str) -> None:
+        """401 invalid_credentials unless `password` is the account's (a failure counts
+        as a failed login for its email from this address)."""
+        credentials = Credentials(account.member_id, account.password_hash)
+        try:
+            authenticator.check(credentials, password)
+        except InvalidCredentials:
+            if limiter is not None:
+                try:
+                    limiter.record("login-failures-per-email-and-address", pair)
+                except LimitsUnavailable:
+                    raise _limits_unavailable() from None
+            raise ApiError(401, "invalid_credentials", "The password is wrong.") from None
+
+    @auth.delete("/me")
+    def delete_me() -> tuple[Response, int]:
+        account = authenticated()
+        if account is None:
+            return _invalid_token()
+        pair = f"{email_key(account.email)}\0{client_key(request.remote_addr)}"
+        try:
+            data = DeleteAccountSchema().load(json_object_body())
+            if limiter is not None:
+                _refuse(limiter.blocked("login-failures-per-email-and-address", pair))
+        except ValidationError as exc:
+            raise validation_error(exc.messages) from None
+        except LimitsUnavailable:
+            raise _limits_unavailable() from None
+        reauthenticate(account, data["password"], pair)
+        with database.unit_of_work(after_commit) as uow:
+            delete_account(account, current_traceparent(), uow)
+        return jsonify(uuid=account.member_id), 202
+
     @auth.put("/password")
     def password() -> Response | tuple[Response, int]:
         account = authenticated()
@@ -413,18 +502,7 @@ def create_app(
             problems.append("The new password must differ from the current one.")
         if problems:
             raise validation_error({"newPassword": problems})
-        credentials = Credentials(account.member_id, account.password_hash)
-        try:
-            authenticator.check(credentials, data["currentPassword"])
-        except InvalidCredentials:
-            if limiter is not None:
-                try:
-                    limiter.record("login-failures-per-email-and-address", pair)
-                except LimitsUnavailable:
-                    raise _limits_unavailable() from None
-            raise ApiError(
-                401, "invalid_credentials", "The current password is wrong."
-            ) from None
+        reauthenticate(account, data["currentPassword"], pair)
         new_hash = hashing.hash(new)
         try:
             with database.unit_of_work() as uow:

@@ -1,4 +1,5 @@
-"""What the auth service does, each in one transaction: sign up, log in."""
+"""What the auth service does, each in one transaction: sign up, log in, change a
+password, delete an account, and apply the member service's answer to a signup."""
 
 from __future__ import annotations
 
@@ -12,14 +13,31 @@ from typing import Any, Protocol
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from auth_service.emails import email_key
-from auth_service.models import IdempotencyKey, Member, OutboxEvent
+from auth_service.models import (
+    ACTIVE,
+    DELETED,
+    LIVE,
+    PENDING,
+    REJECTED,
+    IdempotencyKey,
+    Member,
+    OutboxEvent,
+)
 from auth_service.passwords import Argon2Parameters, hash_is_weaker
 from shared.messaging.outbox import add_event
-from shared.messaging.pipeline import PROFILE_INSERT, ProfileInsert
+from shared.messaging.pipeline import (
+    PROFILE_DELETE,
+    PROFILE_INSERT,
+    ProfileCreated,
+    ProfileDelete,
+    ProfileInsert,
+    ProfileRejected,
+)
+from shared.messaging.processor import PermanentError, Summary
 from shared.storage.db import UnitOfWork, utcnow
 
 SOURCE = "auth-service"
@@ -162,6 +180,7 @@ def sign_up(command: SignUp, uow: UnitOfWork, idempotency: Idempotency | None = 
             role=command.role,
             nickname=command.nickname,
             created_at=utcnow(),
+            status=PENDING,
         )
     )
     add_event(
@@ -280,7 +299,7 @@ def find_account(member_id: str, uow: UnitOfWork) -> Account | None:
             Member.nickname,
             Member.token_version,
             Member.password_hash,
-        ).where(Member.uuid == member_id)
+        ).where(Member.uuid == member_id, Member.status.in_(LIVE))
     ).one_or_none()
     if row is None:
         return None
@@ -293,7 +312,7 @@ def find_credentials(email: str, uow: UnitOfWork) -> Credentials | None:
     """The stored credentials for `email`, if there is such an account."""
     row = uow.session.execute(
         select(Member.uuid, Member.password_hash, Member.token_version).where(
-            Member.email_key == email_key(email)
+            Member.email_key == email_key(email), Member.status.in_(LIVE)
         )
     ).one_or_none()
     return Credentials(row.uuid, row.password_hash, row.token_version) if row else None
@@ -355,3 +374,100 @@ def replace_password_hash(credentials: Credentials, new_hash: str, uow: UnitOfWo
     )
     uow.commit()
     return bool(stored.rowcount)
+
+
+@dataclass(frozen=True)
+class SignupStatus:
+    """Where a signup is: PENDING, ACTIVE or REJECTED (with why)."""
+
+    status: str
+    reason: str | None
+
+
+def signup_status(member_id: str, uow: UnitOfWork) -> SignupStatus | None:
+    """The status of the signup that made `member_id`; None for an unknown or deleted one."""
+    row = uow.session.execute(
+        select(Member.status, Member.status_reason).where(
+            Member.uuid == member_id, Member.status != DELETED
+        )
+    ).one_or_none()
+    return SignupStatus(row.status, row.status_reason) if row else None
+
+
+def _erase(member_id: str, status: str, reason: str | None, uow: UnitOfWork) -> None:
+    """Keep of the account only its uuid, role, status and times: every personal column
+    to NULL (which frees the email), every token refused, and every outbox row of the
+    member gone (a published profile-insert holds its nickname)."""
+    uow.session.execute(
+        update(Member)
+        .where(Member.uuid == member_id)
+        .values(
+            email=None,
+            email_key=None,
+            password_hash=None,
+            name=None,
+            phone=None,
+            birth=None,
+            gender=None,
+            nickname=None,
+            status=status,
+            status_reason=reason,
+            status_changed_at=utcnow(),
+            token_version=Member.token_version + 1,
+        )
+    )
+    uow.session.execute(delete(OutboxEvent).where(OutboxEvent.key == member_id))
+
+
+def delete_account(account: Account, traceparent: str | None, uow: UnitOfWork) -> None:
+    """Erase the account and queue `profile-delete`, in one transaction: the other
+    services erase what they hold when it reaches them."""
+    _erase(account.member_id, DELETED, None, uow)
+    add_event(
+        uow,
+        OutboxEvent,
+        PROFILE_DELETE,
+        ProfileDelete(uuid=account.member_id),
+        key=account.member_id,
+        source=SOURCE,
+        traceparent=traceparent,
+    )
+    uow.commit()
+
+
+def _status_of(member_id: str, uow: UnitOfWork) -> str | None:
+    return uow.session.scalar(
+        select(Member.status).where(Member.uuid == member_id).with_for_update()
+    )
+
+
+def on_profile_created(event: ProfileCreated, uow: UnitOfWork) -> Summary:
+    """The member service made the profile: PENDING becomes ACTIVE. A deleted account
+    stays deleted (its deletion is on its way to the member service)."""
+    status = _status_of(event.uuid, uow)
+    if status is None:
+        raise PermanentError("profile-created for an account this service never had")
+    if status == REJECTED:
+        raise PermanentError("profile-created for an account the member service rejected")
+    if status != PENDING:
+        return Summary("profile-created for a %s account: nothing to do", status)
+    uow.session.execute(
+        update(Member)
+        .where(Member.uuid == event.uuid)
+        .values(status=ACTIVE, status_changed_at=utcnow())
+    )
+    return Summary("account active")
+
+
+def on_profile_rejected(event: ProfileRejected, uow: UnitOfWork) -> Summary:
+    """The member service refused the profile: the account is REJECTED and erased (the
+    saga's compensation), which frees its email."""
+    status = _status_of(event.uuid, uow)
+    if status is None:
+        raise PermanentError("profile-rejected for an account this service never had")
+    if status == ACTIVE:
+        raise PermanentError("profile-rejected for an account the member service created")
+    if status != PENDING:
+        return Summary("profile-rejected for a %s account: nothing to do", status)
+    _erase(event.uuid, REJECTED, event.reason, uow)
+    return Summary("account rejected (%s), its data erased", event.reason)

@@ -1,4 +1,5 @@
-"""The auth service's own tables: members (credentials and personal data) and its outbox."""
+"""The auth service's own tables: members (credentials and personal data), idempotency
+keys, its inbox (the saga's answers) and its outbox."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 from sqlalchemy import Date, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.messaging.inbox import InboxRecord
 from shared.messaging.outbox import OutboxRecord
 from shared.storage.db import UTCDateTime
 
@@ -15,23 +17,34 @@ class Base(DeclarativeBase):
     """Declarative base of the auth database."""
 
 
+# An account's life: PENDING until the member service answers, then ACTIVE, or REJECTED
+# (its data erased); DELETED when its owner deletes it (its data erased).
+PENDING, ACTIVE, REJECTED, DELETED = "PENDING", "ACTIVE", "REJECTED", "DELETED"
+LIVE = (PENDING, ACTIVE)  # the statuses whose credentials and tokens are good
+
+
 class Member(Base):
-    """An account. `email_key` is the lower-cased email; its unique index is what makes
-    one account per email hold under concurrent signups."""
+    """An account. `email_key` is the email's normal form (auth_service/emails.py); its
+    unique index is what makes one account per mailbox hold under concurrent signups.
+    A REJECTED or DELETED account keeps only its uuid, role, status and times: every
+    personal column is NULL (which also frees its email)."""
 
     __tablename__ = "members"
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    email: Mapped[str] = mapped_column(String(254))
-    email_key: Mapped[str] = mapped_column(String(254), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
-    name: Mapped[str] = mapped_column(String(50))
-    phone: Mapped[str] = mapped_column(String(20))
-    birth: Mapped[dt.date] = mapped_column(Date)
-    gender: Mapped[str] = mapped_column(String(10))
+    email: Mapped[str | None] = mapped_column(String(254))
+    email_key: Mapped[str | None] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(50))
+    phone: Mapped[str | None] = mapped_column(String(20))
+    birth: Mapped[dt.date | None] = mapped_column(Date)
+    gender: Mapped[str | None] = mapped_column(String(10))
     role: Mapped[str] = mapped_column(String(10))
-    nickname: Mapped[str] = mapped_column(String(20))
+    nickname: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    status: Mapped[str] = mapped_column(String(10), default=PENDING, server_default=ACTIVE)
+    status_reason: Mapped[str | None] = mapped_column(String(40))
+    status_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Carried by every access token (`ver`); a password change increments it, so every
     # token issued before the change is refused.
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -50,5 +63,9 @@ class IdempotencyKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
+class ProcessedEvent(InboxRecord, Base):
+    """Events the auth worker applied (its inbox): the member service's answers."""
+
+
 class OutboxEvent(OutboxRecord, Base):
-    """Events waiting to be relayed to Kafka (`profile-insert`)."""
+    """Events waiting to be relayed to Kafka (`profile-insert`, `profile-delete`)."""

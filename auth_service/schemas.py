@@ -13,7 +13,13 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from auth_service.emails import EmailNotAccepted, email_key
 from auth_service.passwords import MAX_LENGTH, MIN_LENGTH, password_problems
 from shared.http.apidocs import AnswerSchema
-from shared.messaging.pipeline import MAX_STYLE_ID, ROLES, StrictInteger, distinct_values
+from shared.messaging.pipeline import (
+    MAX_STYLE_ID,
+    REJECTION_REASONS,
+    ROLES,
+    StrictInteger,
+    distinct_values,
+)
 
 GENDERS = ("MALE", "FEMALE", "OTHER")
 # \Z, not $: `$` also matches before a trailing newline.
@@ -179,6 +185,36 @@ class PasswordChangeSchema(StrictSchema):
             "email and nickname), and not the current password."
         },
     )
+
+
+class DeleteAccountSchema(StrictSchema):
+    """`DELETE /auth/me`: the current password, to re-authenticate."""
+
+    password = Password(required=True, validate=validate.Length(min=1, max=MAX_LENGTH))
+
+
+class SignupStatusSchema(AnswerSchema):
+    """`GET /auth/signups/<uuid>` answers 200 with this."""
+
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(["PENDING", "ACTIVE", "REJECTED"]),
+        metadata={
+            "description": "PENDING until the member service answers; ACTIVE once the "
+            "profile exists; REJECTED when it refused the profile (the account's data "
+            "is then erased and its email free again)."
+        },
+    )
+    reason = fields.String(
+        validate=validate.OneOf(REJECTION_REASONS),
+        metadata={"description": "Why, when REJECTED: `nickname_taken`."},
+    )
+
+
+class DeletedSchema(AnswerSchema):
+    """`DELETE /auth/me` answers 202 with this."""
+
+    uuid = fields.UUID(required=True, metadata={"description": "The deleted account's id."})
 
 
 class SignedUpSchema(AnswerSchema):

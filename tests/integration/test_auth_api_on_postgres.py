@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from devtools.postgres import PostgresServer
+from tests.unit import test_account_lifecycle as lifecycle
 from tests.unit import test_auth_api as unit
 from tests.unit import test_signup_retries_and_password_change as retries
 
@@ -47,6 +48,18 @@ class TestIdempotentSignupOnPostgres(retries.TestIdempotentSignup):
 
 
 class TestPasswordChangeOnPostgres(retries.TestPasswordChange):
+    @pytest.fixture
+    def auth_database_url(self, database_url: str) -> str:
+        return database_url
+
+
+class TestTheSignupSagaOnPostgres(lifecycle.TestTheSignupSaga):
+    @pytest.fixture
+    def auth_database_url(self, database_url: str) -> str:
+        return database_url
+
+
+class TestAccountDeletionOnPostgres(lifecycle.TestAccountDeletion):
     @pytest.fixture
     def auth_database_url(self, database_url: str) -> str:
         return database_url
