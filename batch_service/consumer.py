@@ -5,8 +5,8 @@ from __future__ import annotations
 from batch_service.handlers import on_partner_created
 from batch_service.models import ProcessedEvent
 from shared.messaging.pipeline import PARTNER_CREATED
-from shared.runtime import WorkerSpec
+from shared.runtime import Route, WorkerSpec
 
 PARTNER_CREATED_WORKER = WorkerSpec(
-    topic=PARTNER_CREATED, handler=on_partner_created, inbox=ProcessedEvent
+    routes=(Route(PARTNER_CREATED, on_partner_created),), inbox=ProcessedEvent
 )

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn
+from typing import Any, NoReturn
 
 from flask import Flask
 from kafka.errors import KafkaError
@@ -47,8 +47,9 @@ from shared.messaging.kafka import (
     use_security,
 )
 from shared.messaging.outbox import OutboxBacklogCollector, OutboxRecord, OutboxRelay
-from shared.messaging.pipeline import TOPICS, E, Topic
-from shared.messaging.processor import EventProcessor, Handler
+from shared.messaging.pipeline import TOPICS, Topic
+from shared.messaging.processor import EventProcessor, consumer_group_of
+from shared.messaging.processor import Route as Route  # what a WorkerSpec is made of
 from shared.storage.db import Database, failure_reason, redact_url
 from shared.storage.migrations import current_revision, head_revision, is_older_revision, upgrade
 from shared.telemetry.logs import configure_logging
@@ -92,14 +93,15 @@ def open_database(settings: Settings, metadata: MetaData) -> Database:
     return database
 
 
-def process_topics(service: str, spec: WorkerSpec[Any] | None = None) -> list[str]:
+def process_topics(service: str, spec: WorkerSpec | None = None) -> list[str]:
     """The topics a process of `service` uses: those its outbox publishes to, and for a
-    worker (`spec`) the topic it consumes and its dead-letter topic. With SASL these are
+    worker (`spec`) every topic it consumes and each one's dead-letter topic. With SASL these are
     all its principal may see (deploy/kafka/grants.txt), so the start-up check asks for
     no more."""
     names = [topic.name for topic in TOPICS if topic.producer == f"{service}-service"]
     if spec is not None:
-        names = [spec.topic.name, spec.topic.dead_letter] + (names if spec.outbox else [])
+        read = [name for topic in spec.topics for name in (topic.name, topic.dead_letter)]
+        names = read + (names if spec.outbox else [])
     return names
 
 
@@ -154,19 +156,41 @@ def stop_on_signals() -> threading.Event:
 
 
 @dataclass(frozen=True)
-class WorkerSpec(Generic[E]):
-    """A consumer process: what it reads, how it applies it, and what it may publish."""
+class WorkerSpec:
+    """A consumer process: what it reads (`routes`: each topic and its handler, all read
+    by one consumer group), where it records what it applied, and what it may publish.
 
-    topic: Topic[E]
-    handler: Handler[E]
+        WorkerSpec(
+            routes=(Route(PROFILE_INSERT, on_profile_insert), Route(PROFILE_DELETE, on_delete)),
+            inbox=ProcessedEvent,
+            outbox=OutboxEvent,
+        )
+    """
+
+    routes: tuple[Route[Any], ...]
     inbox: type[InboxRecord]
     outbox: type[OutboxRecord] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routes", tuple(self.routes))
+        consumer_group_of(self.routes)  # one group, no topic twice
+
+    @property
+    def topics(self) -> tuple[Topic[Any], ...]:
+        """The topics read, in the order of `routes`."""
+        return tuple(route.topic for route in self.routes)
+
+    @property
+    def consumer_group(self) -> str:
+        """The one consumer group that reads them all."""
+        return consumer_group_of(self.routes)
+
 
 def run_worker(
-    settings: Settings, metadata: MetaData, spec: WorkerSpec[Any], args: argparse.Namespace
+    settings: Settings, metadata: MetaData, spec: WorkerSpec, args: argparse.Namespace
 ) -> None:
-    """Consume `spec.topic` until SIGTERM/SIGINT, relaying this service's outbox meanwhile."""
+    """Consume `spec.topics` in one group until SIGTERM/SIGINT, relaying this service's
+    outbox meanwhile."""
     stop = stop_on_signals()  # first: a SIGTERM during start-up is a clean stop too
     use_process_memory()
     metrics()  # built before the relay, health and consumer threads can race to build it
@@ -206,15 +230,15 @@ def run_worker(
         ).start()
         cleanup.callback(housekeeper.stop)
         processor = EventProcessor(
-            spec.topic,
-            spec.handler,
+            spec.routes,
             database,
             spec.inbox,
             dead_letters,
             after_commit=relay.wake if relay else None,
         )
-        consumer = make_consumer(servers, spec.topic.consumer_group, [spec.topic.name], state)
-        log.info("consuming %s as group %s", spec.topic.name, spec.topic.consumer_group)
+        names = [topic.name for topic in spec.topics]
+        consumer = make_consumer(servers, spec.consumer_group, names, state)
+        log.info("consuming %s as group %s", ", ".join(names), spec.consumer_group)
         ConsumerLoop(consumer, processor, stop, on_stuck=state.report_stuck).run()
     log.info("stopped")
 

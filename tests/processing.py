@@ -3,8 +3,6 @@ one, for tests that look at a single record's fate."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from kafka.structs import TopicPartition
 
 from shared.messaging.kafka import Message
@@ -19,7 +17,7 @@ class MustComeAgain(Exception):
         self.reason = reason
 
 
-def process_one(processor: EventProcessor[Any], message: Message, attempt: int = 1) -> Outcome:
+def process_one(processor: EventProcessor, message: Message, attempt: int = 1) -> Outcome:
     """What became of `message` at its `attempt`-th try; MustComeAgain if nothing yet."""
     partition = TopicPartition(message.topic, message.partition)
     report = processor.apply({partition: [message]}, lambda _partition, _offset: attempt)

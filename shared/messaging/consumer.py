@@ -1,5 +1,6 @@
-"""Consuming a topic: poll, hand each poll to the event processor, commit the offsets
-only after it, send back and pause what must come again.
+"""Consuming a worker's topics (one or several, in one group): poll, hand each poll to
+the event processor, commit the offsets only after it, send back and pause what must
+come again.
 
 Commit order (the guarantee): DB commit of the effects and the inbox row (in
 `EventProcessor.apply`, shared/messaging/processor.py), then the Kafka offset. A crash
@@ -9,7 +10,9 @@ nothing. Nothing is acknowledged that was not applied or dead-lettered.
 `ConsumerLoop` polls, counts the tries of each (partition, offset) for `attempt_of`,
 commits `commit_to` after `apply` returned (so after the DB commit), seeks back to
 `retry_at` and pauses the partition for a backoff read from its injected clock, resumes
-only partitions still assigned, and reports stuck partitions and lag.
+only partitions still assigned, and reports stuck partitions and lag. Partitions of
+different topics are independent here as they are in Kafka; every counter is labelled
+with the record's own topic.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kafka.errors import CommitFailedError, KafkaError
@@ -50,6 +54,15 @@ def backoff_delay(
     return uniform(base, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
+@dataclass(frozen=True)
+class _TopicCounters:
+    """The counters of one topic (label values resolved once)."""
+
+    consumed: Any
+    retried: Any
+    outcomes: dict[Outcome, Any]
+
+
 class ConsumerLoop:
     """Polls, hands each poll to `EventProcessor.apply`, commits offsets after it.
 
@@ -64,7 +77,7 @@ class ConsumerLoop:
     def __init__(
         self,
         consumer: Any,
-        processor: EventProcessor[Any],
+        processor: EventProcessor,
         stop: threading.Event | None = None,
         *,
         stuck_after: float = 30.0,
@@ -83,20 +96,31 @@ class ConsumerLoop:
         self._resume_at: dict[TopicPartition, float] = {}
         self._failing_since: dict[TopicPartition, float] = {}
         self.counts = dict.fromkeys(Outcome, 0)
-        topic = processor.topic.name
-        measured = metrics()
-        self._consumed = measured.events_consumed.labels(topic)
-        self._retried = measured.events_retried.labels(topic)
-        self._outcome_counters = {
-            Outcome.APPLIED: measured.events_applied.labels(topic),
-            Outcome.DUPLICATE: measured.events_duplicate.labels(topic),
-            Outcome.DEAD_LETTERED: measured.events_dead_lettered.labels(topic),
-        }
+        self.topic_counts: dict[str, dict[Outcome, int]] = {}
+        self._topics = [topic.name for topic in processor.topics]
+        self._counters: dict[str, _TopicCounters] = {}
+        for topic in self._topics:  # each topic's series exist (at 0) from the start
+            self._counters_of(topic)
         self._lag_reported: set[TopicPartition] = set()
         self._lag_due = 0.0
         self._topic_ids: dict[str, Any] = {}
         self._poll_failing_since: float | None = None
         self._poll_failures = 0
+
+    def _counters_of(self, topic: str) -> _TopicCounters:
+        counters = self._counters.get(topic)
+        if counters is None:
+            measured = metrics()
+            counters = self._counters[topic] = _TopicCounters(
+                consumed=measured.events_consumed.labels(topic),
+                retried=measured.events_retried.labels(topic),
+                outcomes={
+                    Outcome.APPLIED: measured.events_applied.labels(topic),
+                    Outcome.DUPLICATE: measured.events_duplicate.labels(topic),
+                    Outcome.DEAD_LETTERED: measured.events_dead_lettered.labels(topic),
+                },
+            )
+        return counters
 
     def run(self) -> None:
         """Consume until `stop` is set, then commit what was applied and leave the group."""
@@ -125,7 +149,7 @@ class ConsumerLoop:
         if self._poll_failing_since is not None:
             log.info(
                 "polling %s again after %.1f s of failures",
-                self._processor.topic.name,
+                ", ".join(self._topics),
                 self._clock() - self._poll_failing_since,
             )
             self._poll_failing_since = None
@@ -137,9 +161,9 @@ class ConsumerLoop:
             for partition, polled in records.items()
             if polled and partition.topic not in recreated
         }
-        received = sum(len(messages) for messages in batch.values())
-        if received:
-            self._consumed.inc(received)
+        if batch:
+            for partition, messages in batch.items():
+                self._counters_of(partition.topic).consumed.inc(len(messages))
             self._settle(batch, self._processor.apply(batch, self.attempt_of))
         self._report_stuck()
         self._report_lag()
@@ -150,7 +174,7 @@ class ConsumerLoop:
         if self._poll_failing_since is None:
             self._poll_failing_since = self._clock()
             self._poll_failures = 0
-            log.warning("polling %s failed (%s); retrying", self._processor.topic.name, exc)
+            log.warning("polling %s failed (%s); retrying", ", ".join(self._topics), exc)
         self._poll_failures += 1
         self.stop.wait(min(0.1 * 2 ** (self._poll_failures - 1), MAX_POLL_RETRY_DELAY))
 
@@ -158,7 +182,7 @@ class ConsumerLoop:
         """Topics whose id changed since the last poll: created again, or the broker
         rebuilt empty. The positions the consumer holds point into a log that is gone;
         kept, they would skip the new log's first records (or, past its end, wait)."""
-        seen = topic_identities(self._consumer, [self._processor.topic.name])
+        seen = topic_identities(self._consumer, self._topics)
         recreated = {
             topic
             for topic, identity in seen.items()
@@ -197,9 +221,13 @@ class ConsumerLoop:
     def _settle(self, batch: dict[TopicPartition, list[Message]], report: BatchReport) -> None:
         """Count the outcomes, send back and pause what must come again, and commit
         what the processor applied or dead-lettered (its DB commit is behind it)."""
-        for outcome in report.outcomes:
-            self.counts[outcome] += 1
-            self._outcome_counters[outcome].inc()
+        for topic, outcomes in report.by_topic.items():
+            counters = self._counters_of(topic).outcomes
+            counts = self.topic_counts.setdefault(topic, dict.fromkeys(Outcome, 0))
+            for outcome in outcomes:
+                self.counts[outcome] += 1
+                counts[outcome] += 1
+                counters[outcome].inc()
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         now = self._clock()
         for partition, messages in batch.items():
@@ -224,7 +252,7 @@ class ConsumerLoop:
     ) -> None:
         attempt = self.attempt_of(partition, offset)
         self._attempts[(partition, offset)] = attempt
-        self._retried.inc(records)
+        self._counters_of(partition.topic).retried.inc(records)
         self._failing_since.setdefault(partition, now)
         self._consumer.seek(partition, offset)
         self._consumer.pause(partition)

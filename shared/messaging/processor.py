@@ -1,4 +1,5 @@
-"""Applying one topic's records: decode each into its typed event, apply a batch in one
+"""Applying a consumer group's records: route each by its topic to that topic's decoder
+and handler (a worker may read several topics in one group), apply a batch in one
 transaction with the inbox rows, retry what may succeed later, dead-letter what never
 will, and report per partition what may be committed. Once a transaction committed, each
 applied event gets a flow line saying what its handler did (shared.telemetry.logs).
@@ -15,6 +16,12 @@ batch fails for a reason of its own), dead-letters what can never apply, and rep
 partition how far it got (`commit_to`) and where the partition must start again
 (`retry_at`). It never raises for a record, and knows nothing of time or of Kafka's
 consumer.
+
+A batch may hold records of several of the worker's topics; they go in one transaction.
+The inbox is keyed by (consumer group, event id), which holds across topics: event ids
+are UUIDs, and a record without one is known by its position, which names its topic.
+Everything said about a record (its dead-letter topic, metrics, spans, log and flow
+lines) names the record's own topic.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kafka.structs import TopicPartition
 from marshmallow import ValidationError
@@ -77,11 +84,21 @@ class PartitionProgress:
 
 @dataclass
 class BatchReport:
-    """What `EventProcessor.apply` did with a batch: the outcome of every record that was
-    committed or dead-lettered (for the counters), and each partition's progress."""
+    """What `EventProcessor.apply` did with a batch: per topic, the outcome of every
+    record that was committed or dead-lettered (for the counters), and each partition's
+    progress."""
 
-    outcomes: list[Outcome] = field(default_factory=list)
+    by_topic: dict[str, list[Outcome]] = field(default_factory=dict)
     partitions: dict[TopicPartition, PartitionProgress] = field(default_factory=dict)
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """Every topic's outcomes (in order within a topic)."""
+        return [outcome for outcomes in self.by_topic.values() for outcome in outcomes]
+
+    def add(self, topic: str, outcome: Outcome) -> None:
+        """Count what became of a record of `topic`."""
+        self.by_topic.setdefault(topic, []).append(outcome)
 
 
 AttemptOf = Callable[[TopicPartition, int], int]
@@ -169,13 +186,35 @@ class _Again:
     reason: str
 
 
-class EventProcessor(Generic[E]):
-    """Applies one topic's records with one handler, exactly once per event id."""
+@dataclass(frozen=True)
+class Route(Generic[E]):
+    """One topic a worker reads, and the handler its events go to."""
+
+    topic: Topic[E]
+    handler: Handler[E]
+
+
+def consumer_group_of(routes: Sequence[Route[Any]]) -> str:
+    """The one consumer group that reads every topic of `routes`; ValueError unless there
+    is at least one route, no topic twice, and every topic names the same group."""
+    if not routes:
+        raise ValueError("a worker reads at least one topic")
+    names = [route.topic.name for route in routes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a topic is routed twice: {names}")
+    groups = {route.topic.consumer_group for route in routes}
+    if len(groups) != 1:
+        raise ValueError(f"topics {names} are read by different groups {sorted(groups)}")
+    return routes[0].topic.consumer_group
+
+
+class EventProcessor:
+    """Applies the records of one consumer group's topics, each with its topic's handler,
+    exactly once per event id."""
 
     def __init__(
         self,
-        topic: Topic[E],
-        handler: Handler[E],
+        routes: Sequence[Route[Any]],
         database: Database,
         inbox: type[InboxRecord],
         dead_letters: Producer,
@@ -183,8 +222,9 @@ class EventProcessor(Generic[E]):
         after_commit: Callable[[], None] | None = None,
         max_unexpected_attempts: int = 5,
     ) -> None:
-        self.topic = topic
-        self._handler = handler
+        self.group = consumer_group_of(routes)
+        self._routes: dict[str, Route[Any]] = {route.topic.name: route for route in routes}
+        self.topics: tuple[Topic[Any], ...] = tuple(route.topic for route in routes)
         self._database = database
         self._inbox = inbox
         self._dead_letters = dead_letters
@@ -222,7 +262,7 @@ class EventProcessor(Generic[E]):
         applied = False  # every record that decoded is committed
         if len(together) > 1:
             try:
-                report.outcomes = self._transaction(together)
+                outcomes = self._transaction(together)
             except Exception as exc:
                 messages = [message for pairs in decoded.values() for message, _ in pairs]
                 if is_transient(exc):
@@ -244,20 +284,22 @@ class EventProcessor(Generic[E]):
                 )
             else:
                 applied = True
+                for (message, _), outcome in zip(together, outcomes, strict=True):
+                    report.add(message.topic, outcome)
         # The batch's outcomes count whatever happens below to the records around them.
         for partition, pairs in decoded.items():
             report.partitions[partition] = self._finish(
-                partition, pairs, applied, attempt_of, report.outcomes
+                partition, pairs, applied, attempt_of, report
             )
         return report
 
     def _finish(
         self,
         partition: TopicPartition,
-        pairs: list[tuple[Message, E | _Rejected]],
+        pairs: list[tuple[Message, Any]],
         applied: bool,
         attempt_of: AttemptOf,
-        outcomes: list[Outcome],
+        report: BatchReport,
     ) -> PartitionProgress:
         """Walk one partition in offset order: dead-letter what did not decode, apply
         alone what the batch transaction did not (`applied`: it committed every record
@@ -276,16 +318,20 @@ class EventProcessor(Generic[E]):
                 first = pairs[0][0].offset
                 commit_to = message.offset if message.offset > first else None
                 return PartitionProgress(commit_to, message.offset, result.reason)
-            outcomes.append(result)
+            report.add(message.topic, result)
         return PartitionProgress(pairs[-1][0].offset + 1)
 
-    def _decode(self, message: Message) -> E | _Rejected:
+    def _decode(self, message: Message) -> Any:
+        """The event of `message` decoded by its topic's schema, or `_Rejected`."""
+        route = self._routes.get(message.topic)
+        if route is None:  # not subscribed by this worker: a bug, kept for a look
+            return _Rejected(f"no handler for topic {message.topic}")
         try:
-            return decode(self.topic, message)
+            return decode(route.topic, message)
         except PermanentError as exc:
             return _Rejected(str(exc))
 
-    def _apply_alone(self, message: Message, event: E, attempt: int) -> Outcome | _Again:
+    def _apply_alone(self, message: Message, event: Any, attempt: int) -> Outcome | _Again:
         """`message` in its own transaction; a failure classified: retried while it may
         still succeed, dead-lettered once it never will."""
         try:
@@ -305,14 +351,14 @@ class EventProcessor(Generic[E]):
             log.exception("unexpected failure on %s (attempt %d)", _where(message), attempt)
             return _Again(str(exc))
 
-    def _transaction(self, decoded: list[tuple[Message, E]]) -> list[Outcome]:
+    def _transaction(self, decoded: list[tuple[Message, Any]]) -> list[Outcome]:
         """Claim the events in the inbox and apply the new ones, all in one transaction."""
         contexts = [
             EventContext(event_id_of(message), message.header("traceparent"), message)
             for message, _ in decoded
         ]
-        group = self.topic.consumer_group
-        durations = []
+        group = self.group
+        durations: list[tuple[str, float]] = []
         done: list[tuple[Message, Summary | None]] = []
         started_at = time.perf_counter()
         with self._database.unit_of_work(self._after_commit) as uow:
@@ -328,8 +374,9 @@ class EventProcessor(Generic[E]):
                 failpoint("handle", message.value.decode("utf-8", errors="replace"))
                 with self._event_scope(message, context):
                     started = time.perf_counter()
-                    done.append((message, self._handler(event, uow)))
-                    durations.append(time.perf_counter() - started)
+                    handler = self._routes[message.topic].handler
+                    done.append((message, handler(event, uow)))
+                    durations.append((message.topic, time.perf_counter() - started))
                     log.debug("handled %s", _where(message))
                 outcomes.append(Outcome.APPLIED)
             uow.commit()
@@ -338,9 +385,9 @@ class EventProcessor(Generic[E]):
         failpoint("after-db-commit")
         # Only once committed: a batch rolled back and applied again record by record
         # must not count its handlers twice.
-        handler_duration = metrics().handler_duration.labels(self.topic.name)
-        for duration in durations:
-            handler_duration.observe(duration)
+        handler_duration = metrics().handler_duration
+        for topic, duration in durations:
+            handler_duration.labels(topic).observe(duration)
         return outcomes
 
     def _log_flow(self, done: list[tuple[Message, Summary | None]], took: float) -> None:
@@ -379,7 +426,7 @@ class EventProcessor(Generic[E]):
                     "messaging.system": "kafka",
                     "messaging.operation.type": "process",
                     "messaging.destination.name": message.topic,
-                    "messaging.consumer.group.name": self.topic.consumer_group,
+                    "messaging.consumer.group.name": self.group,
                     "messaging.message.id": context.event_id,
                     "messaging.destination.partition.id": str(message.partition),
                     "messaging.kafka.offset": message.offset,
@@ -389,19 +436,27 @@ class EventProcessor(Generic[E]):
             yield
 
     def _dead_letter(self, message: Message, error: str, attempts: int) -> Outcome | _Again:
-        """Copy `message` to the topic's DLT with why and where, and wait for the broker's
+        """Copy `message` to its own topic's DLT with why and where, and wait for the broker's
         ack; a send that fails means the record must come again (a record that cannot
         even be parked must not stop the loop, nor be acknowledged)."""
         headers = dead_letter_headers(message, error, attempts)
         try:
             self._dead_letters.send(
-                self.topic.dead_letter, value=message.value, key=message.key, headers=headers
+                self._dead_letter_topic(message),
+                value=message.value,
+                key=message.key,
+                headers=headers,
             ).get(timeout=30)
         except Exception as exc:
             log.warning("dead-letter send for %s failed, will retry: %s", _where(message), exc)
             return _Again(f"dead-letter send failed: {exc}")
         log.error("dead-lettered %s: %s", _where(message), error_line(error))
         return Outcome.DEAD_LETTERED
+
+    def _dead_letter_topic(self, message: Message) -> str:
+        """`<topic>.DLT` of the record's own topic."""
+        route = self._routes.get(message.topic)
+        return route.topic.dead_letter if route is not None else f"{message.topic}.DLT"
 
 
 def message_log_context(message: Message) -> contextlib.AbstractContextManager[None]:
@@ -414,14 +469,24 @@ def message_log_context(message: Message) -> contextlib.AbstractContextManager[N
 
 
 def _span_of(messages: Sequence[Message]) -> str:
-    """`profile-insert[0]@5-9 [3]@2` : which records a batch held, for a log line."""
-    ranges: dict[int, list[int]] = {}
+    """`profile-insert[0]@5-9 [3]@2 profile-delete[1]@4` : which records a batch held,
+    per topic (in order of first appearance), for a log line."""
+    ranges: dict[str, dict[int, list[int]]] = {}
     for message in messages:
-        ranges.setdefault(message.partition, []).append(message.offset)
-    parts = [
-        f"[{p}]@{min(o)}" + (f"-{max(o)}" if len(o) > 1 else "") for p, o in sorted(ranges.items())
-    ]
-    return f"{messages[0].topic}{' '.join(parts)}" if messages else "nothing"
+        ranges.setdefault(message.topic, {}).setdefault(message.partition, []).append(
+            message.offset
+        )
+    return (
+        " ".join(
+            topic
+            + " ".join(
+                f"[{p}]@{min(o)}" + (f"-{max(o)}" if len(o) > 1 else "")
+                for p, o in sorted(partitions.items())
+            )
+            for topic, partitions in ranges.items()
+        )
+        or "nothing"
+    )
 
 
 def _where(message: Message) -> str:

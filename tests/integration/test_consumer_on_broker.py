@@ -14,10 +14,12 @@ from kafka import KafkaProducer
 from sqlalchemy import MetaData, func, select
 
 from member_service.consumer import PROFILE_INSERT_WORKER
+from member_service.handlers import on_profile_insert
 from member_service.models import Base, FavoriteStyle, ProcessedEvent, User
 from shared.messaging.consumer import ConsumerLoop
 from shared.messaging.kafka import make_consumer, make_producer
-from shared.messaging.processor import EventProcessor, Outcome
+from shared.messaging.pipeline import PROFILE_INSERT
+from shared.messaging.processor import EventProcessor, Outcome, Route
 from shared.storage.db import Database
 from tests.kafka_tools import committed_offsets, create_topic, read_topic, unique_name
 
@@ -33,7 +35,7 @@ def database(make_database: Callable[[MetaData], Database]) -> Database:
 def topic(kafka_bootstrap: str):  # type: ignore[no-untyped-def]
     """A private copy of `profile-insert`: its own name, group and dead-letter topic."""
     spec = dataclasses.replace(
-        PROFILE_INSERT_WORKER.topic,
+        PROFILE_INSERT,
         name=unique_name("profile-insert"),
         consumer_group=unique_name("member-service"),
     )
@@ -75,7 +77,7 @@ def test_applies_records_dead_letters_poison_and_commits_offsets_after(
     producer.close()
     dlt_producer = make_producer(kafka_bootstrap.split(","))
     processor = EventProcessor(
-        topic, PROFILE_INSERT_WORKER.handler, database, PROFILE_INSERT_WORKER.inbox, dlt_producer
+        (Route(topic, on_profile_insert),), database, PROFILE_INSERT_WORKER.inbox, dlt_producer
     )
     consumer = make_consumer(kafka_bootstrap.split(","), topic.consumer_group, [topic.name])
     loop = ConsumerLoop(consumer, processor)
@@ -114,8 +116,7 @@ def test_a_second_group_replaying_the_topic_changes_nothing(
     outcomes = []
     for group in (topic.consumer_group, unique_name("replay")):
         processor = EventProcessor(
-            topic,
-            PROFILE_INSERT_WORKER.handler,
+            (Route(topic, on_profile_insert),),
             database,
             PROFILE_INSERT_WORKER.inbox,
             dlt_producer,
@@ -143,7 +144,7 @@ def test_run_stops_on_signal_and_leaves_the_group(
 ) -> None:
     dlt_producer = make_producer(kafka_bootstrap.split(","))
     processor = EventProcessor(
-        topic, PROFILE_INSERT_WORKER.handler, database, PROFILE_INSERT_WORKER.inbox, dlt_producer
+        (Route(topic, on_profile_insert),), database, PROFILE_INSERT_WORKER.inbox, dlt_producer
     )
     consumer = make_consumer(kafka_bootstrap.split(","), topic.consumer_group, [topic.name])
     stop = threading.Event()

@@ -34,7 +34,7 @@ def test_read_only_standby_after_failover_is_retried_never_dead_lettered(postgre
     admin.dispose()
     broker = FakeBroker()
     spec = PROFILE_INSERT_WORKER
-    processor = EventProcessor(spec.topic, spec.handler, database, spec.inbox, broker.producer())
+    processor = EventProcessor(spec.routes, database, spec.inbox, broker.producer())
     record = Message("profile-insert", b"k", EVENT, [("ce_id", b"ro-1")], 0, 0)
 
     for attempt in (1, 5, 50):

@@ -69,12 +69,10 @@ class InMemoryPipeline:
         create_tables(database)
         return database
 
-    def _processor(self, spec: WorkerSpec[Any], database: Database) -> EventProcessor[Any]:
-        return EventProcessor(
-            spec.topic, spec.handler, database, spec.inbox, self.broker.producer()
-        )
+    def _processor(self, spec: WorkerSpec, database: Database) -> EventProcessor:
+        return EventProcessor(spec.routes, database, spec.inbox, self.broker.producer())
 
-    def deliver(self, topic: str, processor: EventProcessor[Any]) -> BatchReport:
+    def deliver(self, topic: str, processor: EventProcessor) -> BatchReport:
         """Hand every record of `topic` not yet committed to `processor` as one poll, and
         commit (move the cursor to) what it reports done; a record to retry comes again
         at the next delivery."""

@@ -28,15 +28,17 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from member_service.consumer import PROFILE_INSERT_WORKER
+from member_service.handlers import on_profile_insert
 from member_service.models import Base as MemberBase
 from member_service.models import ProcessedEvent, User
 from shared.messaging.consumer import ConsumerLoop, backoff_delay
 from shared.messaging.kafka import Message
-from shared.messaging.pipeline import ProfileInsert
+from shared.messaging.pipeline import PROFILE_INSERT, ProfileInsert
 from shared.messaging.processor import (
     EventProcessor,
     Outcome,
     PartitionProgress,
+    Route,
     is_transient,
 )
 from shared.storage.db import Database, UnitOfWork
@@ -94,13 +96,10 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def processor_on(
-    database: Database, broker: FakeBroker, handler: Any = None
-) -> EventProcessor[ProfileInsert]:
+def processor_on(database: Database, broker: FakeBroker, handler: Any = None) -> EventProcessor:
     spec = PROFILE_INSERT_WORKER
-    return EventProcessor(
-        spec.topic, handler or spec.handler, database, spec.inbox, broker.producer()
-    )
+    routes = (Route(PROFILE_INSERT, handler or on_profile_insert),)
+    return EventProcessor(routes, database, spec.inbox, broker.producer())
 
 
 def seconds_per_attempt(attempt: int) -> float:
@@ -110,7 +109,7 @@ def seconds_per_attempt(attempt: int) -> float:
 
 def loop_on(
     consumer: FakeConsumer,
-    processor: EventProcessor[Any],
+    processor: EventProcessor,
     clock: FakeClock,
     stop: threading.Event | None = None,
     **options: Any,
@@ -263,7 +262,7 @@ def test_apply_retries_a_handler_bug_until_the_last_attempt_then_dead_letters_it
     def buggy(event: ProfileInsert, uow: UnitOfWork) -> None:
         if event.nickname == "user2":
             raise RuntimeError("bug in handler")
-        PROFILE_INSERT_WORKER.handler(event, uow)
+        on_profile_insert(event, uow)
 
     processor = processor_on(member_db, broker, buggy)
     batch = {P0: [record(0, 0, profile_insert(1), b"a"), record(0, 1, profile_insert(2), b"b")]}
@@ -507,7 +506,7 @@ def test_a_commit_refused_after_a_rebalance_is_logged_not_fatal(
     consumer = FakeConsumer(broker, TOPIC)
 
     def rebalanced_meanwhile(event: ProfileInsert, uow: UnitOfWork) -> None:
-        PROFILE_INSERT_WORKER.handler(event, uow)
+        on_profile_insert(event, uow)
         consumer.revoke()  # the batch outlived max_poll_interval_ms: the group moved on
 
     loop = loop_on(consumer, processor_on(member_db, broker, rebalanced_meanwhile), clock)
@@ -527,7 +526,7 @@ def test_stop_mid_batch_finishes_the_batch_in_hand_and_commits_it(
     applied = []
 
     def stop_after_first(event: ProfileInsert, uow: UnitOfWork) -> None:
-        PROFILE_INSERT_WORKER.handler(event, uow)
+        on_profile_insert(event, uow)
         applied.append(event.nickname)
         stop.set()
 
@@ -629,7 +628,7 @@ def test_a_handler_bug_is_retried_with_backoff_then_dead_lettered_and_passed(
     def buggy(event: ProfileInsert, uow: UnitOfWork) -> None:
         if event.nickname == "user1":
             raise RuntimeError("bug in handler")
-        PROFILE_INSERT_WORKER.handler(event, uow)
+        on_profile_insert(event, uow)
 
     consumer = FakeConsumer(broker, TOPIC)
     loop = loop_on(consumer, processor_on(member_db, broker, buggy), clock)
@@ -717,7 +716,7 @@ def test_partition_revoked_and_given_back_starts_again_from_the_committed_offset
     def until_revoked(event: ProfileInsert, uow: UnitOfWork) -> None:
         if not healthy:
             raise RuntimeError("not yet")
-        PROFILE_INSERT_WORKER.handler(event, uow)
+        on_profile_insert(event, uow)
 
     consumer = FakeConsumer(broker, TOPIC, max_records=2)
     loop = loop_on(consumer, processor_on(member_db, broker, until_revoked), clock)
@@ -801,7 +800,7 @@ def test_a_failing_partition_waits_while_the_other_flows_and_commits(
     def fails_for_user10(event: ProfileInsert, uow: UnitOfWork) -> None:
         if event.nickname in broken:
             raise RuntimeError("bug for this one")
-        PROFILE_INSERT_WORKER.handler(event, uow)
+        on_profile_insert(event, uow)
 
     consumer = TwoPartitionConsumer(
         {

@@ -102,11 +102,11 @@ def message(
     )
 
 
-def processor(tmp_path: Path) -> EventProcessor[Any]:
+def processor(tmp_path: Path) -> EventProcessor:
     database = Database.from_url(f"sqlite:///{tmp_path / 'member.db'}", MemberBase.metadata)
     create_tables(database)
     spec = PROFILE_INSERT_WORKER
-    return EventProcessor(spec.topic, spec.handler, database, spec.inbox, FakeBroker().producer())
+    return EventProcessor(spec.routes, database, spec.inbox, FakeBroker().producer())
 
 
 def test_text_mode_logs_one_line_per_applied_event_after_its_commit(

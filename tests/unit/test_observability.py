@@ -259,7 +259,7 @@ def test_the_consumer_loop_counts_consumed_applied_duplicate_and_dead_lettered_e
     broker.append("profile-insert", b"not json", b"k", [("ce_id", b"e3")])
     database = member_database(tmp_path)
     spec = PROFILE_INSERT_WORKER
-    processor = EventProcessor(spec.topic, spec.handler, database, spec.inbox, broker.producer())
+    processor = EventProcessor(spec.routes, database, spec.inbox, broker.producer())
     consumer = FakeConsumer(broker, "profile-insert")
     before = scrape(exposition()[0])
 
@@ -286,7 +286,7 @@ def test_consumer_lag_is_the_records_behind_the_high_watermark(tmp_path: Path) -
         broker.append("profile-insert", profile_insert(number), b"k", [("ce_id", b"l%d" % number)])
     database = member_database(tmp_path)
     spec = PROFILE_INSERT_WORKER
-    processor = EventProcessor(spec.topic, spec.handler, database, spec.inbox, broker.producer())
+    processor = EventProcessor(spec.routes, database, spec.inbox, broker.producer())
     consumer = FakeConsumer(broker, "profile-insert", max_records=2)
 
     ConsumerLoop(consumer, processor).poll_once()
@@ -339,7 +339,7 @@ def test_a_committed_batch_counts_even_when_its_poison_record_cannot_be_dead_let
     broker.append("profile-insert", profile_insert(12), b"k", [("ce_id", b"good-2")])
     database = member_database(tmp_path)
     spec = PROFILE_INSERT_WORKER
-    processor = EventProcessor(spec.topic, spec.handler, database, spec.inbox, broker.producer())
+    processor = EventProcessor(spec.routes, database, spec.inbox, broker.producer())
     consumer = FakeConsumer(broker, "profile-insert")
     loop = ConsumerLoop(consumer, processor)
     start = scrape(exposition()[0])
@@ -383,7 +383,7 @@ def test_a_batch_redone_record_by_record_counts_each_handler_once(tmp_path: Path
     broker.append("profile-insert", profile_insert(21), b"k", [("ce_id", b"second")])
     database = member_database(tmp_path)
     spec = PROFILE_INSERT_WORKER
-    processor = EventProcessor(spec.topic, spec.handler, database, spec.inbox, broker.producer())
+    processor = EventProcessor(spec.routes, database, spec.inbox, broker.producer())
     before = scrape(exposition()[0])
 
     ConsumerLoop(FakeConsumer(broker, "profile-insert"), processor).poll_once()
