@@ -297,9 +297,9 @@ class Stack:
 
     def spawn_proxy(self) -> ManagedProcess:
         """Start nginx (process `proxy`) in front of the three APIs, as the current user,
-        its configuration, pid file and temporary files in <workdir>/nginx."""
+        its configuration, pid file and temporary files in <workdir>/var/nginx."""
         assert self.nginx is not None
-        state = self.workdir / "nginx"
+        state = self.workdir / "var" / "nginx"
         values = nginx.local_values(
             state,
             listen={s: f"127.0.0.1:{port}" for s, port in self.ports.items()},
