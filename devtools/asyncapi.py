@@ -27,10 +27,15 @@ OPERATORS = "operators (`signup-pipeline dlt list|replay <topic>`)"
 
 # One made-up event per topic, for the document's examples (and the README's).
 EXAMPLE_MEMBER = "5f0c7f5e-8d0b-4a8e-9a53-2f4f1c2d9b71"
-# One trace follows the signup through both events; each event has its own span.
+# One trace follows the signup through its events (each event has its own span); the
+# deletion is another request, so another trace.
 EXAMPLE_TRACEPARENTS = {
     "profile-insert": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     "partner-created": "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01",
+    "profile-created": "00-4bf92f3577b34da6a3ce929d0e0e4736-5c1e2b7a9d3f4e60-01",
+    "profile-rejected": "00-8e2d4c6a0b1f3e5d7c9a2b4d6f8e0a1c-9a4c2e6b8d0f1a3c-01",
+    "profile-delete": "00-0af7651916cd43dd8448eb211c80319c-e457b5a2e4d86bd1-01",
+    "partner-deleted": "00-0af7651916cd43dd8448eb211c80319c-3f9b6d1e5a7c2b84-01",
 }
 EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
     "profile-insert": {
@@ -40,14 +45,26 @@ EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
         "favoriteStyles": [3, 1, 7],
     },
     "partner-created": {"partnerId": EXAMPLE_MEMBER},
+    "profile-created": {"uuid": EXAMPLE_MEMBER},
+    "profile-rejected": {"uuid": EXAMPLE_MEMBER, "reason": "nickname_taken"},
+    "profile-delete": {"uuid": EXAMPLE_MEMBER},
+    "partner-deleted": {"partnerId": EXAMPLE_MEMBER},
 }
 EXAMPLE_EVENT_IDS = {
     "profile-insert": "b3e1a9c2-4f6d-4e8a-9c1b-7d2e5f8a0c34",
     "partner-created": "0d7f3b5a-2c4e-4f9a-8b6d-1e3c5a7f9b20",
+    "profile-created": "6a2c8e4f-1b3d-4c5e-9f7a-2d4b6c8e0f13",
+    "profile-rejected": "c9e7a5b3-8d1f-4a2c-b6e4-0f2d4a6c8e57",
+    "profile-delete": "4e6a8c0e-2f4b-4d6f-8a0c-3b5d7f9a1c24",
+    "partner-deleted": "7b9d1f3a-5c7e-4a9b-8d1f-6e8a0c2e4b35",
 }
 EXAMPLE_TIMES = {
     "profile-insert": "2026-11-21T22:15:03.123456Z",
     "partner-created": "2026-11-21T22:15:03.201934Z",
+    "profile-created": "2026-11-21T22:15:03.201934Z",
+    "profile-rejected": "2026-11-21T22:15:03.198211Z",
+    "profile-delete": "2026-12-02T09:41:17.502118Z",
+    "partner-deleted": "2026-12-02T09:41:17.588403Z",
 }
 
 

@@ -8,6 +8,14 @@ and who consumes it. Read this first.
         --relay--> partner-created
     batch_service worker (group batch-service)
         partner_summaries + inbox, one transaction
+    member_service --relay--> profile-created | profile-rejected (the saga's answer)
+    auth_service worker (group auth-service)
+        the account ACTIVE, or REJECTED and erased; + inbox, one transaction
+
+    client --DELETE /auth/me--> auth_service
+        account erased + outbox row, one transaction --relay--> profile-delete
+    member_service worker: profile erased (+ outbox partner-deleted) --relay--> partner-deleted
+    batch_service worker: partner summary erased
 
 A record that can never be applied goes, byte for byte, to ``<topic>.DLT``.
 """
@@ -280,4 +288,12 @@ PARTNER_DELETED = Topic(
     partitions=6,
 )
 
-TOPICS: tuple[Topic[Any], ...] = (PROFILE_INSERT, PARTNER_CREATED)
+# In the order a member's life goes through them: the signup, its answer, the deletion.
+TOPICS: tuple[Topic[Any], ...] = (
+    PROFILE_INSERT,
+    PARTNER_CREATED,
+    PROFILE_CREATED,
+    PROFILE_REJECTED,
+    PROFILE_DELETE,
+    PARTNER_DELETED,
+)

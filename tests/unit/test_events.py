@@ -17,6 +17,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "favoriteStyles": [1, 4, 7],
     },
     "partner-created": {"partnerId": MEMBER},
+    "profile-created": {"uuid": MEMBER},
+    "profile-rejected": {"uuid": MEMBER, "reason": "nickname_taken"},
+    "profile-delete": {"uuid": MEMBER},
+    "partner-deleted": {"partnerId": MEMBER},
 }
 
 
