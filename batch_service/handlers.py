@@ -1,17 +1,49 @@
-"""What the batch service does with each event, inside the consumer's transaction."""
+"""What the batch service does with each event, inside the consumer's transaction.
+
+`partner-created` opens a partner's summary, `partner-deleted` drops it and leaves a
+tombstone. They come from two topics, which Kafka does not order between them, so a
+deletion may arrive first: the tombstone makes it win whatever the order (uuids are
+never reused, and a partner is only created, then deleted).
+"""
 
 from __future__ import annotations
 
-from batch_service.models import PartnerSummary
-from shared.messaging.pipeline import PartnerCreated
+import uuid as uuid_module
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from batch_service.models import DeletedPartner, PartnerSummary
+from shared.messaging.pipeline import PartnerCreated, PartnerDeleted
 from shared.messaging.processor import Summary
 from shared.storage.db import UnitOfWork, utcnow
 
 OPENED = Summary("partner summary opened")
+ALREADY_DELETED = Summary("partner already deleted: no summary opened")
+
+
+def lock_partner(uow: UnitOfWork, partner_id: str) -> None:
+    """Serialise, per partner, the transactions that open and drop its summary: on
+    PostgreSQL a transaction-level advisory lock on the uuid, held until commit or
+    rollback, so that a creation and a deletion applied at once by two workers cannot
+    each miss the other's uncommitted rows (the summary would outlive the deletion).
+    SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to do."""
+    if uow.session.get_bind().dialect.name != "postgresql":
+        return
+    lock_id = int.from_bytes(uuid_module.UUID(partner_id).bytes[:8], "big", signed=True)
+    uow.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
 
 
 def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> Summary:
-    """Open the new partner's summary with every counter at zero."""
+    """Open the new partner's summary with every counter at zero; nothing for a partner
+    already deleted (its tombstone)."""
+    lock_partner(uow, event.partner_id)
+    deleted = uow.session.scalar(
+        select(DeletedPartner.partner_id).where(DeletedPartner.partner_id == event.partner_id)
+    )
+    if deleted is not None:
+        return ALREADY_DELETED
     uow.insert(
         PartnerSummary,
         {
@@ -25,3 +57,32 @@ def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> Summary:
         },
     )
     return OPENED
+
+
+def on_partner_deleted(event: PartnerDeleted, uow: UnitOfWork) -> Summary:
+    """Drop the partner's summary and leave its tombstone; a second deletion is a no-op,
+    and the deletion of a partner never seen leaves only the tombstone."""
+    lock_partner(uow, event.partner_id)
+    insert: Any = (
+        postgresql.insert
+        if uow.session.get_bind().dialect.name == "postgresql"
+        else (sqlite.insert)
+    )
+    tombstoned = uow.session.execute(
+        insert(DeletedPartner)
+        .values(partner_id=event.partner_id, deleted_at=utcnow())
+        .on_conflict_do_nothing(index_elements=[DeletedPartner.partner_id])
+        .returning(DeletedPartner.partner_id)
+    ).scalar()
+    if tombstoned is None:
+        return Summary("partner already deleted: nothing to do")
+    # A summary staged earlier in this transaction (its creation, in the same batch) must
+    # be in the table for the delete to reach it.
+    uow.flush()
+    dropped = cast(
+        CursorResult[Any],
+        uow.session.execute(
+            delete(PartnerSummary).where(PartnerSummary.partner_id == event.partner_id)
+        ),
+    ).rowcount
+    return Summary("partner deleted (%s)", "summary dropped" if dropped else "no summary")

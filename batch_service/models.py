@@ -1,4 +1,5 @@
-"""The batch service's own tables: partner summaries and its inbox."""
+"""The batch service's own tables: partner summaries, tombstones of deleted partners and
+its inbox."""
 
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ class PartnerSummary(Base):
     review_count: Mapped[int] = mapped_column(Integer, default=0)
     average_star: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class DeletedPartner(Base):
+    """A partner whose account was deleted (`partner-deleted`): all that is left of it
+    here. partner-created and partner-deleted are two topics, which Kafka does not order
+    between them; a `partner-created` arriving after the deletion finds this row and
+    opens nothing."""
+
+    __tablename__ = "deleted_partners"
+
+    partner_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    deleted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class ProcessedEvent(InboxRecord, Base):

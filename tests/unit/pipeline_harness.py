@@ -40,11 +40,21 @@ def signup_body(**overrides: Any) -> dict[str, Any]:
         "birth": "1994-05-17",
         "gender": "FEMALE",
         "role": "USER",
-        "nickname": "minji",
+        # One per call: nicknames are unique among members (the member service rejects
+        # a second one), and tests sign up several members with this body.
+        "nickname": f"minji-{uuid.uuid4().hex[:8]}",
         "favoriteStyles": [3, 1, 7],
     }
     body.update(overrides)
     return body
+
+
+def drain(relay: OutboxRelay) -> int:
+    """Relay passes until one sends nothing; how many rows they sent."""
+    sent = 0
+    while passed := relay.publish_pending():
+        sent += passed
+    return sent
 
 
 class InMemoryPipeline:
@@ -88,10 +98,12 @@ class InMemoryPipeline:
         return report
 
     def run(self) -> None:
-        """Move everything through: relay, member, relay, batch."""
-        self.auth_relay.publish_pending()
+        """Move everything through: relay, member, relay, batch. Each relay is drained:
+        a pass sends only the oldest waiting row of each key, and the member service
+        writes two rows for a partner (profile-created, partner-created)."""
+        drain(self.auth_relay)
         self.deliver("profile-insert", self.member)
-        self.member_relay.publish_pending()
+        drain(self.member_relay)
         self.deliver("partner-created", self.batch)
 
     def close(self) -> None:

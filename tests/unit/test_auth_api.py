@@ -70,7 +70,9 @@ def stored_events(database: Database) -> list[OutboxEvent]:
 
 def valid_signup(**overrides: Any) -> dict[str, Any]:
     """A signup body that passes every rule, with a random email so tests never collide."""
-    return signup_body(**{"phone": "010-1234-5678", "birth": "1995-04-17", **overrides})
+    return signup_body(
+        **{"phone": "010-1234-5678", "birth": "1995-04-17", "nickname": "minji", **overrides}
+    )
 
 
 def without(field: str) -> dict[str, Any]:
