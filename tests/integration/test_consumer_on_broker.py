@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer
@@ -18,9 +19,9 @@ from member_service.handlers import on_profile_insert
 from member_service.models import Base, FavoriteStyle, ProcessedEvent, User
 from shared.messaging.consumer import ConsumerLoop
 from shared.messaging.kafka import make_consumer, make_producer
-from shared.messaging.pipeline import PROFILE_INSERT
-from shared.messaging.processor import EventProcessor, Outcome, Route
-from shared.storage.db import Database
+from shared.messaging.pipeline import PROFILE_DELETE, PROFILE_INSERT, ProfileDelete
+from shared.messaging.processor import EventProcessor, Outcome, Route, Summary
+from shared.storage.db import Database, UnitOfWork
 from tests.kafka_tools import committed_offsets, create_topic, read_topic, unique_name
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,8 @@ def topic(kafka_bootstrap: str):  # type: ignore[no-untyped-def]
 
 
 def profile(member_id: str) -> bytes:
-    payload = {"uuid": member_id, "role": "USER", "nickname": "nick", "favoriteStyles": [1, 2]}
+    nickname = f"nick-{member_id[:8]}"  # nicknames are unique (issue 17)
+    payload = {"uuid": member_id, "role": "USER", "nickname": nickname, "favoriteStyles": [1, 2]}
     return json.dumps(payload).encode()
 
 
@@ -158,3 +160,106 @@ def test_run_stops_on_signal_and_leaves_the_group(
     dlt_producer.close()
 
     assert not thread.is_alive()
+
+
+def test_one_group_reads_two_topics_commits_each_after_the_db_and_resumes_each(
+    database: Database,
+    topic,
+    kafka_bootstrap: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """One ConsumerLoop, one group, two topics (issue 17's member worker reads
+    profile-insert and profile-delete): each record goes through its topic's handler
+    once, each topic's offsets are committed only once the inbox rows of the records
+    before them are committed, and a new consumer of the group resumes each topic where
+    the first one stopped."""
+    deletes = dataclasses.replace(
+        PROFILE_DELETE, name=unique_name("profile-delete"), consumer_group=topic.consumer_group
+    )
+    create_topic(kafka_bootstrap, deletes.name, partitions=2)
+    create_topic(kafka_bootstrap, deletes.dead_letter)
+    servers = kafka_bootstrap.split(",")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    positions: dict[tuple[str, int, int], str] = {}
+
+    def send(name: str, value: bytes, key: str, event_id: str) -> None:
+        sent = producer.send(name, value, key.encode(), headers=[("ce_id", event_id.encode())])
+        metadata = sent.get(timeout=10)
+        positions[(name, metadata.partition, metadata.offset)] = event_id
+
+    def send_round(tag: str, inserts: int, removals: int) -> None:
+        for n in range(inserts):
+            send(topic.name, profile(str(uuid.uuid4())), f"i{n}", f"{tag}-insert-{n}")
+        for n in range(removals):
+            member = str(uuid.uuid4())
+            send(deletes.name, json.dumps({"uuid": member}).encode(), member, f"{tag}-delete-{n}")
+
+    deleted: list[str] = []
+
+    def on_delete(event: ProfileDelete, uow: UnitOfWork) -> Summary | None:
+        deleted.append(event.uuid)
+        return Summary("deleted")
+
+    routes = (Route(topic, on_profile_insert), Route(deletes, on_delete))
+    dlt_producer = make_producer(servers)
+    commits: list[dict[tuple[str, int], int]] = []
+
+    def stored() -> set[str]:
+        with database.sessions() as session:
+            return set(session.scalars(select(ProcessedEvent.event_id)))
+
+    def run_round(expected: int) -> ConsumerLoop:
+        processor = EventProcessor(routes, database, ProcessedEvent, dlt_producer)
+        consumer = make_consumer(servers, topic.consumer_group, [topic.name, deletes.name])
+        commit = consumer.commit
+
+        def checked_commit(offsets: Any) -> None:
+            # Every record below each committed offset is in the (committed) inbox.
+            inbox = stored()
+            for tp, at in offsets.items():
+                below = [e for (t, p, o), e in positions.items() if (t, p) == tp and o < at.offset]
+                assert set(below) <= inbox, f"{tp} committed to {at.offset} before its DB commit"
+            commits.append({(tp.topic, tp.partition): at.offset for tp, at in offsets.items()})
+            commit(offsets)
+
+        consumer.commit = checked_commit
+        loop = ConsumerLoop(consumer, processor)
+        consume_until(loop, expected)
+        consumer.close(autocommit=False)
+        return loop
+
+    send_round("first", inserts=6, removals=4)
+    producer.flush()
+    first = run_round(10)
+    send_round("second", inserts=3, removals=2)
+    producer.flush()
+    producer.close()
+    second = run_round(5)
+    dlt_producer.close()
+
+    assert first.topic_counts == {
+        topic.name: {Outcome.APPLIED: 6, Outcome.DUPLICATE: 0, Outcome.DEAD_LETTERED: 0},
+        deletes.name: {Outcome.APPLIED: 4, Outcome.DUPLICATE: 0, Outcome.DEAD_LETTERED: 0},
+    }
+    # The second consumer read only what came after the first one's commits, per topic.
+    assert second.topic_counts == {
+        topic.name: {Outcome.APPLIED: 3, Outcome.DUPLICATE: 0, Outcome.DEAD_LETTERED: 0},
+        deletes.name: {Outcome.APPLIED: 2, Outcome.DUPLICATE: 0, Outcome.DEAD_LETTERED: 0},
+    }
+    assert len(deleted) == len(set(deleted)) == 6
+    assert count(database, User) == 9
+    assert stored() == set(positions.values())
+    with database.sessions() as session:
+        rows = session.execute(select(ProcessedEvent.event_id, ProcessedEvent.topic))
+        topics = {event_id: name for event_id, name in rows}
+    assert {topics[e] for e in topics if "-delete-" in e} == {deletes.name}
+    assert {topics[e] for e in topics if "-insert-" in e} == {topic.name}
+    assert commits, "nothing was committed"
+    for name in (topic.name, deletes.name):
+        ends: dict[int, int | None] = {}
+        for t, p, o in positions:
+            if t == name:
+                ends[p] = max(ends.get(p) or 0, o + 1)
+        committed = committed_offsets(kafka_bootstrap, topic.consumer_group, name)
+        assert {p: c for p, c in committed.items() if c is not None} == ends
+    assert read_topic(kafka_bootstrap, topic.dead_letter, timeout=2) == []
+    assert read_topic(kafka_bootstrap, deletes.dead_letter, timeout=2) == []
