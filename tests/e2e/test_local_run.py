@@ -26,7 +26,9 @@ pytestmark = pytest.mark.e2e
 CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
 
 
-def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(tmp_path: Path) -> None:
+def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     base = three_free_ports()
     dev = subprocess.Popen(
         [*CLI, "dev", "--base-port", str(base)],
@@ -36,6 +38,17 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(tmp_pat
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def leave_nothing_running() -> None:
+        """Should an assertion fail before the Ctrl-C below, stop dev all the same."""
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGINT)
+            try:
+                dev.wait(30)
+            except subprocess.TimeoutExpired:
+                dev.kill()
+
+    request.addfinalizer(leave_nothing_running)
     assert dev.stdout is not None
     output: list[str] = []
     pasted: list[str] = []  # the lines under "try", as printed
