@@ -37,6 +37,7 @@ from auth_service.models import OutboxEvent as AuthOutbox
 from bench.stages import profile_insert_payload
 from devtools.broker import LocalBroker
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
+from shared.config import tool_settings
 from shared.messaging.kafka import make_producer
 from shared.messaging.outbox import OutboxRelay, add_event
 from shared.messaging.pipeline import PROFILE_INSERT
@@ -131,9 +132,9 @@ def drain(url: str, servers: list[str], relays: int) -> dict[str, Any]:
 
 @contextmanager
 def broker(workdir: Path) -> Iterator[list[str]]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    external = tool_settings().bootstrap_servers
     if external:
-        yield external.split(",")
+        yield list(external)
         return
     workdir.mkdir(parents=True, exist_ok=True)
     with LocalBroker(log_path=workdir / "broker.log") as local:
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--relays", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--events-per-key", type=int, default=1)
-    parser.add_argument("--postgres-url", default=LOCAL_POSTGRES_URL)
+    parser.add_argument(
+        "--postgres-url", default=tool_settings().bench_postgres_url or LOCAL_POSTGRES_URL
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     postgres = PostgresServer(args.postgres_url)
