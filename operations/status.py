@@ -46,7 +46,7 @@ from operations.sources import (
     read_database,
 )
 from shared.messaging.outbox import OutboxRecord, rfc3339, unpublished_by_topic
-from shared.messaging.pipeline import TOPICS, Topic
+from shared.messaging.pipeline import TOPICS, PartnerCreated, ProfileInsert, Topic
 from shared.storage.db import failure_reason, utcnow
 
 # --- status ---------------------------------------------------------------------------
@@ -61,22 +61,52 @@ class Stage:
     step: str  # what one such row means, for the screen
     verb: str
     outbox: type[OutboxRecord] | None
+    created_by: type[Any] | None = None  # the event whose applying creates those rows
+
+    @property
+    def producer(self) -> str:
+        """The `producer` of the topics its outbox publishes to."""
+        return f"{self.service}-service"
 
 
 STAGES = (
     Stage("auth", (Member,), "signup accepted", "accepted", AuthOutbox),
-    Stage("member", (User, Partner), "profile created", "created", MemberOutbox),
-    Stage("batch", (PartnerSummary,), "summary created", "created", None),
+    Stage("member", (User, Partner), "profile created", "created", MemberOutbox, ProfileInsert),
+    Stage("batch", (PartnerSummary,), "summary created", "created", None, PartnerCreated),
 )
 
 
 @dataclass(frozen=True)
-class OutboxBacklog:
-    """A service's outbox: what waits to be published, and what was published lately."""
+class TopicBacklog:
+    """One topic's rows in an outbox: how many wait, since when, and how many were
+    published lately."""
 
     unpublished: int
     oldest_unpublished_at: dt.datetime | None
     published_recently: int
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    """A service's outbox, per topic it publishes to."""
+
+    topics: dict[str, TopicBacklog]
+
+    @property
+    def unpublished(self) -> int:
+        """Rows waiting to be published, over every topic."""
+        return sum(t.unpublished for t in self.topics.values())
+
+    @property
+    def oldest_unpublished_at(self) -> dt.datetime | None:
+        """When the oldest waiting row, of any topic, was written."""
+        oldest = [t.oldest_unpublished_at for t in self.topics.values()]
+        return min((at for at in oldest if at is not None), default=None)
+
+    @property
+    def published_recently(self) -> int:
+        """Rows published within the window, over every topic."""
+        return sum(t.published_recently for t in self.topics.values())
 
 
 @dataclass(frozen=True)
@@ -89,7 +119,7 @@ class StageCounts:
 
 @dataclass(frozen=True)
 class GroupLag:
-    """How far a consumer group is behind on its topic."""
+    """How far a consumer group is behind on one of the topics it reads."""
 
     group: str
     topic: str
@@ -103,15 +133,15 @@ class GroupLag:
 
 @dataclass(frozen=True)
 class PipelineStatus:
-    """One reading of the whole pipeline. `topics`: profile-insert and partner-created
-    (tests pass private copies), which the auth and member outboxes publish."""
+    """One reading of the whole pipeline. `topics`: the pipeline's (tests pass private
+    copies), each published by the outbox of the stage whose service is its producer."""
 
     at: dt.datetime
     window: dt.timedelta
     topics: tuple[Topic[Any], ...]
     sources: dict[str, str]
     stages: dict[str, StageCounts | Unavailable]
-    lag: dict[str, GroupLag | Unavailable]  # by consumer group
+    lag: dict[str, GroupLag | Unavailable]  # by topic
     dead_letters: dict[str, int | Unavailable]  # by dead-letter topic
     took: float = 0.0  # seconds the reading took
 
@@ -135,24 +165,38 @@ def _count_since(connection: Connection, table: Any, since: dt.datetime) -> int:
     return int(connection.scalar(query) or 0)
 
 
-def _outbox_backlog(connection: Connection, outbox: Any, since: dt.datetime) -> OutboxBacklog:
-    pending = unpublished_by_topic(connection, outbox).values()
-    oldest = [at for _, at in pending if at is not None]
-    published = connection.scalar(
-        select(func.count()).select_from(outbox).where(outbox.published_at >= since)
+def _outbox_backlog(
+    connection: Connection, outbox: Any, topics: Sequence[str], since: dt.datetime
+) -> OutboxBacklog:
+    pending = unpublished_by_topic(connection, outbox)
+    query = (
+        select(outbox.topic, func.count())
+        .where(outbox.published_at >= since)
+        .group_by(outbox.topic)
     )
+    published = {str(topic): int(count) for topic, count in connection.execute(query)}
     return OutboxBacklog(
-        sum(count for count, _ in pending), min(oldest, default=None), int(published or 0)
+        {
+            name: TopicBacklog(*pending.get(name, (0, None)), published.get(name, 0))
+            for name in topics
+        }
     )
 
 
-def _stage_counts(stage: Stage, since: dt.datetime) -> Callable[[Connection], StageCounts]:
+def _stage_counts(
+    stage: Stage, topics: Sequence[str], since: dt.datetime
+) -> Callable[[Connection], StageCounts]:
     def read(connection: Connection) -> StageCounts:
         created = sum(_count_since(connection, table, since) for table in stage.created)
-        outbox = _outbox_backlog(connection, stage.outbox, since) if stage.outbox else None
+        outbox = _outbox_backlog(connection, stage.outbox, topics, since) if stage.outbox else None
         return StageCounts(created, outbox)
 
     return read
+
+
+def _published_by(stage: Stage, topics: Sequence[Topic[Any]]) -> list[str]:
+    """The names of those of `topics` whose events `stage`'s outbox publishes."""
+    return [topic.name for topic in topics if topic.producer == stage.producer]
 
 
 def _read_kafka(
@@ -167,18 +211,16 @@ def _read_kafka(
             for topic in topics:
                 if topic.name in ranges:
                     partitions = reader.lag(topic.consumer_group, ranges[topic.name], topic.name)
-                    lag[topic.consumer_group] = GroupLag(
-                        topic.consumer_group, topic.name, tuple(partitions)
-                    )
+                    lag[topic.name] = GroupLag(topic.consumer_group, topic.name, tuple(partitions))
                 else:
-                    lag[topic.consumer_group] = _missing_topic(topic.name)
+                    lag[topic.name] = _missing_topic(topic.name)
                 if topic.dead_letter in ranges:
                     dead[topic.dead_letter] = sum(r.records for r in ranges[topic.dead_letter])
                 else:
                     dead[topic.dead_letter] = _missing_topic(topic.dead_letter)
     except Exception as exc:  # the broker as a whole: every Kafka figure is unknown
         down = Unavailable("kafka", failure_reason(exc) or type(exc).__name__)
-        return {t.consumer_group: down for t in topics}, {t.dead_letter: down for t in topics}
+        return {t.name: down for t in topics}, {t.dead_letter: down for t in topics}
     return lag, dead
 
 
@@ -198,7 +240,8 @@ def read_status(
     now = utcnow()
     since = now - window
     reads: dict[str, Callable[[], Any]] = {
-        stage.service: _bind_stage(endpoints, stage, since, timeout) for stage in STAGES
+        stage.service: _bind_stage(endpoints, stage, _published_by(stage, topics), since, timeout)
+        for stage in STAGES
     }
     reads["kafka"] = lambda: _read_kafka(endpoints.bootstrap_servers, topics, timeout)
     results = in_parallel(reads)
@@ -216,12 +259,12 @@ def read_status(
 
 
 def _bind_stage(
-    endpoints: Endpoints, stage: Stage, since: dt.datetime, timeout: float
+    endpoints: Endpoints, stage: Stage, topics: Sequence[str], since: dt.datetime, timeout: float
 ) -> Callable[[], StageCounts | Unavailable]:
     url = endpoints.database_urls[stage.service]
     return lambda: attempt_read(
         f"{stage.service} database",
-        lambda: read_database(url, timeout, _stage_counts(stage, since)),
+        lambda: read_database(url, timeout, _stage_counts(stage, topics, since)),
     )
 
 
@@ -237,32 +280,44 @@ def status_json(status: PipelineStatus) -> dict[str, Any]:
         return part
 
     stages = {service: known(part) for service, part in status.stages.items()}
+
+    def waiting(unpublished: int, oldest: dt.datetime | None) -> dict[str, Any]:
+        return {
+            "unpublished": unpublished,
+            "oldest_unpublished_at": moment_text(oldest),
+            "oldest_unpublished_age_seconds": (
+                round((status.at - oldest).total_seconds(), 3) if oldest else None
+            ),
+        }
+
     outbox: dict[str, Any] = {}
     published: dict[str, int | None] = {}
-    for stage, topic in zip(STAGES[:2], status.topics, strict=True):
-        counts = stages[stage.service]
+    for stage in STAGES:
+        if stage.outbox is None:
+            continue
+        counts = stages.get(stage.service)
         backlog = counts.outbox if counts else None
-        published[topic.name] = backlog.published_recently if backlog else None
+        names = _published_by(stage, status.topics)
+        for name in names:
+            published[name] = backlog.topics[name].published_recently if backlog else None
         outbox[stage.service] = (
             {
-                "topic": topic.name,
-                "unpublished": backlog.unpublished,
-                "oldest_unpublished_at": moment_text(backlog.oldest_unpublished_at),
-                "oldest_unpublished_age_seconds": (
-                    round((status.at - backlog.oldest_unpublished_at).total_seconds(), 3)
-                    if backlog.oldest_unpublished_at
-                    else None
-                ),
+                **waiting(backlog.unpublished, backlog.oldest_unpublished_at),
+                "topics": {
+                    name: waiting(t.unpublished, t.oldest_unpublished_at)
+                    for name, t in backlog.topics.items()
+                },
             }
             if backlog
             else None
         )
     lag: dict[str, Any] = {}
-    for group, part in status.lag.items():
-        value = known(part)
-        lag[group] = (
+    groups: dict[str, dict[str, Any]] = {}
+    for topic in status.topics:
+        value = known(status.lag[topic.name])
+        lag[topic.name] = (
             {
-                "topic": value.topic,
+                "group": value.group,
                 "total": value.total,
                 "partitions": [
                     {
@@ -278,6 +333,11 @@ def status_json(status: PipelineStatus) -> dict[str, Any]:
             if value
             else None
         )
+        group = groups.setdefault(topic.consumer_group, {"topics": [], "total": 0})
+        group["topics"].append(topic.name)
+        group["total"] = (
+            None if value is None or group["total"] is None else group["total"] + value.total
+        )
     dead_letters = {topic: known(part) for topic, part in status.dead_letters.items()}
 
     def created(service: str) -> int | None:
@@ -289,11 +349,12 @@ def status_json(status: PipelineStatus) -> dict[str, Any]:
         "window_seconds": status.window.total_seconds(),
         "sources": status.sources,
         "outbox": outbox,
+        "consumer_groups": groups,
         "lag": lag,
         "dead_letters": dead_letters,
         "throughput": {
             "signups_accepted": created("auth"),
-            "events_published": published,
+            "events_published": {t.name: published.get(t.name) for t in status.topics},
             "profiles_created": created("member"),
             "summaries_created": created("batch"),
         },
@@ -303,33 +364,43 @@ def status_json(status: PipelineStatus) -> dict[str, Any]:
 
 
 def render_status(status: PipelineStatus, width: int = 100) -> str:
-    """The status screen: one line per stage, in the order a signup goes through them."""
-    label_w, now_w = 35, 36
+    """The status screen: one line per stage, outbox topic and consumed topic, in the
+    order a member's events go through them (each service's stage before the first
+    topic it publishes, or right after the topic whose events create its rows)."""
+    label_w, now_w = 38, 36
     window = f"{status.window.total_seconds():g} s"
     rows: list[tuple[str, str, str]] = []
     shown: set[Unavailable] = set()
+    numbers = iter(range(1, 1000))
+    stages_shown: set[str] = set()
 
-    def stage_rows(stage: Stage, number: int, topic: Topic[Any] | None) -> None:
+    def stage_row(stage: Stage) -> None:
+        stages_shown.add(stage.service)
         part = status.stages[stage.service]
-        label = f"{number} {stage.service}: {stage.step}"
-        outbox_label = f"{number + 1} {stage.service} outbox → {topic.name if topic else ''}"
+        label = f"{next(numbers)} {stage.service}: {stage.step}"
         if isinstance(part, Unavailable):
             rows.append((label, why_unavailable(part, shown), ""))
-            if topic is not None:
-                rows.append((outbox_label, why_unavailable(part, shown), ""))
-            return
-        rows.append((label, "", f"{part.created_recently} {stage.verb}"))
-        if topic is not None and part.outbox is not None:
-            backlog = part.outbox
-            now_text = f"{backlog.unpublished} unpublished"
-            if backlog.oldest_unpublished_at is not None:
-                age = (status.at - backlog.oldest_unpublished_at).total_seconds()
-                now_text += f", oldest {format_duration(max(age, 0))}"
-            rows.append((outbox_label, now_text, f"{backlog.published_recently} published"))
+        else:
+            rows.append((label, "", f"{part.created_recently} {stage.verb}"))
 
-    def topic_rows(topic: Topic[Any], number: int) -> None:
-        group = status.lag[topic.consumer_group]
-        label = f"{number} {topic.name} → {topic.consumer_group}"
+    def outbox_row(stage: Stage, topic: Topic[Any]) -> None:
+        part = status.stages[stage.service]
+        label = f"{next(numbers)} {stage.service} outbox → {topic.name}"
+        if isinstance(part, Unavailable):
+            rows.append((label, why_unavailable(part, shown), ""))
+            return
+        if part.outbox is None:
+            return
+        backlog = part.outbox.topics[topic.name]
+        now_text = f"{backlog.unpublished} unpublished"
+        if backlog.oldest_unpublished_at is not None:
+            age = (status.at - backlog.oldest_unpublished_at).total_seconds()
+            now_text += f", oldest {format_duration(max(age, 0))}"
+        rows.append((label, now_text, f"{backlog.published_recently} published"))
+
+    def topic_rows(topic: Topic[Any]) -> None:
+        group = status.lag[topic.name]
+        label = f"{next(numbers)} {topic.name} → {topic.consumer_group}"
         if isinstance(group, Unavailable):
             rows.append((label, why_unavailable(group, shown), ""))
         else:
@@ -345,12 +416,19 @@ def render_status(status: PipelineStatus, width: int = 100) -> str:
         )
         rows.append((f"  {topic.dead_letter}", text, ""))
 
-    profile_insert, partner_created = status.topics
-    stage_rows(STAGES[0], 1, profile_insert)
-    topic_rows(profile_insert, 3)
-    stage_rows(STAGES[1], 4, partner_created)
-    topic_rows(partner_created, 6)
-    stage_rows(STAGES[2], 7, None)
+    for topic in status.topics:
+        producer = next((s for s in STAGES if s.producer == topic.producer), None)
+        if producer is not None:
+            if producer.service not in stages_shown:
+                stage_row(producer)
+            outbox_row(producer, topic)
+        topic_rows(topic)
+        for stage in STAGES:
+            if stage.created_by is topic.event and stage.service not in stages_shown:
+                stage_row(stage)
+    for stage in STAGES:
+        if stage.service not in stages_shown:
+            stage_row(stage)
 
     lines = [
         f"signup-pipeline status at {rfc3339(status.at)} (read in {format_duration(status.took)})",

@@ -120,23 +120,25 @@ def test_status_of_a_drained_pipeline_shows_no_backlog_and_no_lag(stack: Stack) 
     wait_for_status(f"{stack.url('batch')}/partners/{partner_id}/summary")
 
     def lags(document: dict[str, Any]) -> list[int]:
-        return [group["total"] for group in document["lag"].values()]
+        return [topic["total"] for topic in document["lag"].values()]
 
     def drained() -> dict[str, Any] | None:
         shown = signup_pipeline(stack, "status", "--json")
         assert shown.returncode == 0, shown.stderr
         document: dict[str, Any] = json.loads(shown.stdout)
-        return document if lags(document) == [0, 0] else None
+        return document if lags(document) == [0] * 6 else None
 
     # Offsets are committed just after the transactions: wait for the status to show it.
     document = wait_until(drained, 30, "signup-pipeline status shows no lag")
 
     assert document["unavailable"] == {}
-    assert lags(document) == [0, 0]
+    assert lags(document) == [0] * 6  # every topic of the three groups, auth-service's too
+    assert set(document["consumer_groups"]) == {"member-service", "batch-service", "auth-service"}
     assert [box["unpublished"] for box in document["outbox"].values()] == [0, 0]
     assert document["throughput"]["signups_accepted"] >= 1
     assert document["throughput"]["summaries_created"] >= 1
     assert all(isinstance(count, int) for count in document["dead_letters"].values())
     screen = signup_pipeline(stack, "status")
     assert screen.returncode == 0
-    assert "3 profile-insert → member-service  lag 0" in screen.stdout
+    assert "3 profile-insert → member-service     lag 0" in screen.stdout
+    assert "9 profile-created → auth-service      lag 0" in screen.stdout

@@ -40,7 +40,7 @@ from operations.status import read_status, show_status
 from operations.trace import show_trace
 from shared.messaging.housekeeping import Housekeeper
 from shared.messaging.kafka import create_topics, make_consumer, pipeline_topics
-from shared.messaging.pipeline import PARTNER_CREATED, PROFILE_INSERT, Topic
+from shared.messaging.pipeline import TOPICS, Topic
 from shared.storage.db import Database, utcnow
 from tests.kafka_tools import create_topic, unique_name
 from tests.schema import create_tables
@@ -76,8 +76,9 @@ def databases(
 
 
 @pytest.fixture
-def topics(kafka_bootstrap: str) -> tuple[Topic, Topic]:
-    """Private copies of the pipeline's topics and groups, so no other test's records count."""
+def topics(kafka_bootstrap: str) -> tuple[Topic, ...]:
+    """Private copies of the pipeline's topics and groups, so no other test's records
+    count: profile-insert and partner-created first, as in TOPICS."""
     copies = tuple(
         dataclasses.replace(
             topic,
@@ -85,12 +86,12 @@ def topics(kafka_bootstrap: str) -> tuple[Topic, Topic]:
             consumer_group=unique_name(topic.consumer_group),
             partitions=3,
         )
-        for topic in (PROFILE_INSERT, PARTNER_CREATED)
+        for topic in TOPICS
     )
     for topic in copies:
         create_topic(kafka_bootstrap, topic.name, partitions=3)
         create_topic(kafka_bootstrap, topic.dead_letter)
-    return copies[0], copies[1]
+    return copies
 
 
 def endpoints_of(databases: dict[str, Database], bootstrap: str) -> Endpoints:
@@ -189,7 +190,7 @@ def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> N
         consumer.close(autocommit=False)
 
 
-def status_document(endpoints: Endpoints, topics: tuple[Topic, Topic]) -> dict[str, Any]:
+def status_document(endpoints: Endpoints, topics: tuple[Topic, ...]) -> dict[str, Any]:
     out, err = io.StringIO(), io.StringIO()
     code = show_status(endpoints, as_json=True, out=out, err=err, topics=topics)
     document: dict[str, Any] = json.loads(out.getvalue())
@@ -205,9 +206,10 @@ def status_document(endpoints: Endpoints, topics: tuple[Topic, Topic]) -> dict[s
 
 
 def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
-    databases: dict[str, Database], topics: tuple[Topic, Topic], kafka_bootstrap: str
+    databases: dict[str, Database], topics: tuple[Topic, ...], kafka_bootstrap: str
 ) -> None:
     auth, member, batch = databases["auth"], databases["member"], databases["batch"]
+    profile_insert, partner_created, profile_created, *_, profile_delete, _ = topics
     now = utcnow()
     recent, old = now - dt.timedelta(seconds=10), now - dt.timedelta(minutes=5)
     signups = ids(4)
@@ -217,18 +219,25 @@ def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
         auth,
         AuthOutbox,
         [
-            outbox_row("profile-insert", "a", now - dt.timedelta(seconds=30), None),
-            outbox_row("profile-insert", "b", now - dt.timedelta(seconds=3), None),
-            *[outbox_row("profile-insert", "c", old, recent) for _ in range(3)],
-            outbox_row("profile-insert", "d", old, now - dt.timedelta(minutes=10)),
+            outbox_row(profile_insert.name, "a", now - dt.timedelta(seconds=30), None),
+            outbox_row(profile_insert.name, "b", now - dt.timedelta(seconds=3), None),
+            *[outbox_row(profile_insert.name, "c", old, recent) for _ in range(3)],
+            outbox_row(profile_insert.name, "d", old, now - dt.timedelta(minutes=10)),
+            outbox_row(profile_delete.name, "f", now - dt.timedelta(seconds=50), None),
         ],
     )
     add_rows(member, User, [profile_row(m, recent) for m in ids(2)])
     add_rows(member, Partner, [profile_row(ids(1)[0], recent), profile_row(ids(1)[0], old)])
-    add_rows(member, MemberOutbox, [outbox_row("partner-created", "e", old, None)])
+    add_rows(
+        member,
+        MemberOutbox,
+        [
+            outbox_row(partner_created.name, "e", old, None),
+            *[outbox_row(profile_created.name, "g", old, recent) for _ in range(2)],
+        ],
+    )
     add_rows(batch, PartnerSummary, [summary_row(ids(1)[0], recent)])
     add_rows(batch, PartnerSummary, [summary_row(p, old) for p in ids(2)])
-    profile_insert, partner_created = topics
     produce(kafka_bootstrap, profile_insert.name, {0: 7, 1: 3})
     produce(kafka_bootstrap, partner_created.name, {2: 2})
     produce(kafka_bootstrap, profile_insert.dead_letter, {0: 3})
@@ -239,16 +248,23 @@ def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
 
     assert document["unavailable"] == {}
     backlog = document["outbox"]["auth"]
-    assert (backlog["topic"], backlog["unpublished"]) == (profile_insert.name, 2)
-    assert 30 <= backlog["oldest_unpublished_age_seconds"] < 60
+    assert backlog["unpublished"] == 3
+    assert 50 <= backlog["oldest_unpublished_age_seconds"] < 80
+    waiting = backlog["topics"][profile_insert.name]
+    assert waiting["unpublished"] == 2
+    assert 30 <= waiting["oldest_unpublished_age_seconds"] < 60
+    assert backlog["topics"][profile_delete.name]["unpublished"] == 1
     assert document["outbox"]["member"]["unpublished"] == 1
+    published = {topic.name: 0 for topic in topics}
+    published |= {profile_insert.name: 3, profile_created.name: 2}
     assert document["throughput"] == {
         "signups_accepted": 3,
-        "events_published": {profile_insert.name: 3, partner_created.name: 0},
+        "events_published": published,
         "profiles_created": 3,
         "summaries_created": 1,
     }
-    member_lag = document["lag"][profile_insert.consumer_group]
+    member_lag = document["lag"][profile_insert.name]
+    assert member_lag["group"] == profile_insert.consumer_group
     assert member_lag["total"] == (7 - 4) + 3
     assert [
         (p["end_offset"], p["committed_offset"], p["lag"]) for p in member_lag["partitions"]
@@ -257,10 +273,10 @@ def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
         (3, None, 3),
         (0, None, 0),
     ]
-    assert document["lag"][partner_created.consumer_group]["total"] == 0
+    assert document["lag"][partner_created.name]["total"] == 0
+    assert document["consumer_groups"][profile_insert.consumer_group]["total"] == 6
     assert document["dead_letters"] == {
-        profile_insert.dead_letter: 3,
-        partner_created.dead_letter: 0,
+        topic.dead_letter: 3 if topic is profile_insert else 0 for topic in topics
     }
 
 
@@ -285,14 +301,15 @@ def test_status_command_reads_the_databases_and_broker_the_services_are_given(
     assert document["unavailable"] == {}
     assert document["throughput"]["signups_accepted"] == 2
     assert document["outbox"]["auth"]["unpublished"] == 0
-    assert set(document["lag"]) == {"member-service", "batch-service"}
-    assert all(isinstance(group["total"], int) for group in document["lag"].values())
-    assert set(document["dead_letters"]) == {"profile-insert.DLT", "partner-created.DLT"}
+    assert set(document["consumer_groups"]) == {"member-service", "batch-service", "auth-service"}
+    assert set(document["lag"]) == {topic.name for topic in TOPICS}
+    assert all(isinstance(topic["total"], int) for topic in document["lag"].values())
+    assert set(document["dead_letters"]) == {topic.dead_letter for topic in TOPICS}
     assert document["took_ms"] < 2000
 
 
 def test_a_part_that_cannot_be_read_is_unavailable_and_the_rest_still_shows(
-    databases: dict[str, Database], topics: tuple[Topic, Topic]
+    databases: dict[str, Database], topics: tuple[Topic, ...]
 ) -> None:
     add_rows(databases["auth"], Member, [member_row(m, "USER", utcnow()) for m in ids(2)])
     endpoints = endpoints_of(databases, UNREACHABLE_BROKER)
@@ -315,20 +332,21 @@ def test_a_part_that_cannot_be_read_is_unavailable_and_the_rest_still_shows(
 
 
 def test_a_topic_the_broker_lacks_is_unavailable_not_zero(
-    databases: dict[str, Database], topics: tuple[Topic, Topic], kafka_bootstrap: str
+    databases: dict[str, Database], topics: tuple[Topic, ...], kafka_bootstrap: str
 ) -> None:
     missing = dataclasses.replace(topics[1], name=unique_name("never-created"))
 
     document = status_document(endpoints_of(databases, kafka_bootstrap), (topics[0], missing))
 
-    assert document["lag"][topics[0].consumer_group]["total"] == 0
-    assert document["lag"][missing.consumer_group] is None
+    assert document["lag"][topics[0].name]["total"] == 0
+    assert document["lag"][missing.name] is None
+    assert document["consumer_groups"][missing.consumer_group]["total"] is None
     assert document["dead_letters"][missing.dead_letter] is None
     assert f"topic {missing.name}" in document["unavailable"]
 
 
 def test_reading_status_does_not_make_the_consumer_group_rebalance(
-    tmp_path: Path, topics: tuple[Topic, Topic], kafka_bootstrap: str
+    tmp_path: Path, topics: tuple[Topic, ...], kafka_bootstrap: str
 ) -> None:
     topic = topics[0]
     produce(kafka_bootstrap, topic.name, {0: 2, 1: 1})
@@ -369,7 +387,7 @@ def test_reading_status_does_not_make_the_consumer_group_rebalance(
 
         assert changes == joined  # no revocation, no new assignment
         assert set(consumer.assignment()) == assigned
-        lags = [r.lag[topic.consumer_group] for r in readings]
+        lags = [r.lag[topic.name] for r in readings]
         assert [getattr(lag, "total", None) for lag in lags] == [0, 0, 0]
     finally:
         consumer.close(autocommit=False)
@@ -550,7 +568,7 @@ def test_status_with_the_broker_unreachable_shows_the_rest_and_exits_1(tmp_path:
     assert shown.returncode == 1, shown.stderr
     assert took < 10
     assert "Traceback" not in shown.stderr
-    assert "3 profile-insert → member-service  unavailable: kafka:" in shown.stdout
+    assert "3 profile-insert → member-service     unavailable: kafka:" in shown.stdout
     assert "Connection refused" in shown.stdout
     assert shown.stdout.splitlines()[-1].startswith("incomplete: could not read")
     assert shown.stdout.splitlines()[-1].endswith("kafka (exit status 1)")

@@ -22,6 +22,7 @@ from operations.status import (
     OutboxBacklog,
     PipelineStatus,
     StageCounts,
+    TopicBacklog,
     render_status,
     status_json,
 )
@@ -113,20 +114,46 @@ def test_lagging_partitions_that_do_not_fit_are_counted() -> None:
 
 
 def a_status(**changes: Any) -> PipelineStatus:
-    member_lag = GroupLag("member-service", "profile-insert", tuple(lags(0, 2, 0, 1, 0, 0)))
-    batch_lag = GroupLag("batch-service", "partner-created", tuple(lags(0, 0, 0, 0, 0, 0)))
+    def no_lag(group: str, topic: str) -> GroupLag:
+        return GroupLag(group, topic, tuple(lags(0, 0, 0, 0, 0, 0)))
+
+    lag = {
+        topic.name: no_lag(topic.consumer_group, topic.name)
+        for topic in TOPICS
+        if topic.name != "profile-insert"
+    }
+    lag["profile-insert"] = GroupLag("member-service", "profile-insert", tuple(lags(0, 2, 0, 1)))
+    quiet = TopicBacklog(0, None, 0)
     status = PipelineStatus(
         at=NOW,
         window=dt.timedelta(seconds=60),
         topics=TOPICS,
         sources={"auth": "sqlite:///a.db", "kafka": "k:9092"},
         stages={
-            "auth": StageCounts(12, OutboxBacklog(3, NOW - dt.timedelta(seconds=125), 9)),
-            "member": StageCounts(9, OutboxBacklog(0, None, 4)),
+            "auth": StageCounts(
+                12,
+                OutboxBacklog(
+                    {
+                        "profile-insert": TopicBacklog(3, NOW - dt.timedelta(seconds=125), 9),
+                        "profile-delete": TopicBacklog(1, NOW - dt.timedelta(seconds=5), 2),
+                    }
+                ),
+            ),
+            "member": StageCounts(
+                9,
+                OutboxBacklog(
+                    {
+                        "partner-created": TopicBacklog(0, None, 4),
+                        "profile-created": TopicBacklog(0, None, 8),
+                        "profile-rejected": TopicBacklog(0, None, 1),
+                        "partner-deleted": quiet,
+                    }
+                ),
+            ),
             "batch": StageCounts(4, None),
         },
-        lag={"member-service": member_lag, "batch-service": batch_lag},
-        dead_letters={"profile-insert.DLT": 1, "partner-created.DLT": 0},
+        lag=lag,
+        dead_letters={t.dead_letter: 1 if t.name == "profile-insert" else 0 for t in TOPICS},
         took=0.042,
     )
     return dataclasses.replace(status, **changes)
@@ -144,12 +171,23 @@ def test_status_screen_shows_each_stage_in_flow_order() -> None:
         "5 member outbox → partner-created",
         "6 partner-created → batch-service",
         "7 batch: summary created",
+        "8 member outbox → profile-created",
+        "9 profile-created → auth-service",
+        "10 member outbox → profile-rejected",
+        "11 profile-rejected → auth-service",
+        "12 auth outbox → profile-delete",
+        "13 profile-delete → member-service",
+        "14 member outbox → partner-deleted",
+        "15 partner-deleted → batch-service",
     ]
+    dead = [line.split()[0] for line in lines if line.startswith("  ")]
+    assert dead == [t.dead_letter for t in TOPICS]
     text = "\n".join(lines)
     assert "12 accepted" in text
     assert "3 unpublished, oldest 2m 5s" in text
-    assert "9 published" in text
-    assert "lag 3: p0 0  p1 2  p2 0  p3 1  p4 0  p5 0" in text
+    assert "1 unpublished, oldest 5.0 s" in text
+    assert "9 published" in text and "8 published" in text
+    assert "lag 3: p0 0  p1 2  p2 0  p3 1" in text
     assert "1 dead letter" in text and "0 dead letters" in text
     assert "4 created" in text
     assert "last 60 s" in text
@@ -160,8 +198,8 @@ def test_an_unreadable_part_shows_its_reason_and_the_rest_still_shows() -> None:
     broker = Unavailable("kafka", "KafkaTimeoutError: Unable to bootstrap")
     status = a_status(
         stages={**a_status().stages, "member": down},
-        lag=dict.fromkeys(("member-service", "batch-service"), broker),
-        dead_letters=dict.fromkeys(("profile-insert.DLT", "partner-created.DLT"), broker),
+        lag={t.name: broker for t in TOPICS},
+        dead_letters={t.dead_letter: broker for t in TOPICS},
     )
 
     text = render_status(status, width=120)
@@ -177,11 +215,22 @@ def test_an_unreadable_part_shows_its_reason_and_the_rest_still_shows() -> None:
         "kafka": "KafkaTimeoutError: Unable to bootstrap",
     }
     assert document["outbox"]["member"] is None
-    assert document["lag"] == {"member-service": None, "batch-service": None}
-    assert document["dead_letters"] == {"profile-insert.DLT": None, "partner-created.DLT": None}
+    assert document["lag"] == {t.name: None for t in TOPICS}
+    assert document["consumer_groups"]["auth-service"] == {
+        "topics": ["profile-created", "profile-rejected"],
+        "total": None,
+    }
+    assert document["dead_letters"] == {t.dead_letter: None for t in TOPICS}
     assert document["throughput"] == {
         "signups_accepted": 12,
-        "events_published": {"profile-insert": 9, "partner-created": None},
+        "events_published": {
+            "profile-insert": 9,
+            "partner-created": None,
+            "profile-created": None,
+            "profile-rejected": None,
+            "profile-delete": 2,
+            "partner-deleted": None,
+        },
         "profiles_created": None,
         "summaries_created": 4,
     }
@@ -192,23 +241,54 @@ def test_status_json_carries_every_figure() -> None:
 
     assert document["at"] == "2026-03-01T12:00:00Z"
     assert document["outbox"]["auth"] == {
-        "topic": "profile-insert",
-        "unpublished": 3,
+        "unpublished": 4,
         "oldest_unpublished_at": "2026-03-01T11:57:55Z",
         "oldest_unpublished_age_seconds": 125.0,
+        "topics": {
+            "profile-insert": {
+                "unpublished": 3,
+                "oldest_unpublished_at": "2026-03-01T11:57:55Z",
+                "oldest_unpublished_age_seconds": 125.0,
+            },
+            "profile-delete": {
+                "unpublished": 1,
+                "oldest_unpublished_at": "2026-03-01T11:59:55Z",
+                "oldest_unpublished_age_seconds": 5.0,
+            },
+        },
     }
-    assert document["lag"]["member-service"]["total"] == 3
-    assert document["lag"]["member-service"]["partitions"][1] == {
+    assert set(document["outbox"]) == {"auth", "member"}
+    assert document["consumer_groups"] == {
+        "member-service": {"topics": ["profile-insert", "profile-delete"], "total": 3},
+        "batch-service": {"topics": ["partner-created", "partner-deleted"], "total": 0},
+        "auth-service": {"topics": ["profile-created", "profile-rejected"], "total": 0},
+    }
+    assert set(document["lag"]) == {t.name for t in TOPICS}
+    assert document["lag"]["profile-insert"]["group"] == "member-service"
+    assert document["lag"]["profile-insert"]["total"] == 3
+    assert document["lag"]["profile-insert"]["partitions"][1] == {
         "partition": 1,
         "beginning_offset": 0,
         "end_offset": 2,
         "committed_offset": 0,
         "lag": 2,
     }
-    assert document["dead_letters"] == {"profile-insert.DLT": 1, "partner-created.DLT": 0}
+    assert document["lag"]["profile-created"]["group"] == "auth-service"
+    assert document["dead_letters"] == {
+        "profile-insert.DLT": 1,
+        "partner-created.DLT": 0,
+        "profile-created.DLT": 0,
+        "profile-rejected.DLT": 0,
+        "profile-delete.DLT": 0,
+        "partner-deleted.DLT": 0,
+    }
     assert document["throughput"]["events_published"] == {
         "profile-insert": 9,
         "partner-created": 4,
+        "profile-created": 8,
+        "profile-rejected": 1,
+        "profile-delete": 2,
+        "partner-deleted": 0,
     }
     assert document["unavailable"] == {}
 
@@ -452,7 +532,7 @@ def test_watch_stops_on_ctrl_c_with_exit_0(monkeypatch: pytest.MonkeyPatch) -> N
 
     assert code == 0
     assert frames == [1]
-    assert json.loads(out.getvalue().splitlines()[0])["lag"]["member-service"]["total"] == 3
+    assert json.loads(out.getvalue().splitlines()[0])["lag"]["profile-insert"]["total"] == 3
 
 
 # --- where the broker is, what the commands read, and an operator's mistakes ----------
@@ -547,7 +627,8 @@ def test_dlt_on_an_unknown_topic_names_the_valid_ones_and_exits_2_before_connect
     assert captured.out == ""
     [line] = captured.err.splitlines()
     assert line == (
-        "error: unknown topic 'nosuch': use one of profile-insert, partner-created (or its .DLT)"
+        "error: unknown topic 'nosuch': use one of profile-insert, partner-created, "
+        "profile-created, profile-rejected, profile-delete, partner-deleted (or its .DLT)"
     )
 
 
