@@ -51,6 +51,7 @@ IMPLIES_DESCRIBE = ("Read", "Write", "Delete", "Alter")
 # user, because it never talks to Kafka), and the operator's, for `signup-pipeline`.
 PROCESS_PRINCIPALS: Mapping[str, str | None] = {
     "auth-api": "auth-service",
+    "auth-worker": "auth-service",
     "member-worker": "member-service",
     "member-api": None,
     "batch-worker": "batch-service",

@@ -13,7 +13,12 @@ here=$(dirname "$0")
 bin=${KAFKA_HOME:-/opt/kafka}/bin
 bootstrap=${KAFKA_BOOTSTRAP:-kafka:9092}
 replication=${KAFKA_REPLICATION_FACTOR:-1}
-topics=(profile-insert:6 partner-created:6 profile-insert.DLT:1 partner-created.DLT:1)
+topics=(
+  profile-insert:6 partner-created:6 profile-created:6 profile-rejected:6
+  profile-delete:6 partner-deleted:6
+  profile-insert.DLT:1 partner-created.DLT:1 profile-created.DLT:1 profile-rejected.DLT:1
+  profile-delete.DLT:1 partner-deleted.DLT:1
+)
 
 login=()
 if [[ -n ${KAFKA_ADMIN_PASSWORD:-} ]]; then

@@ -27,6 +27,7 @@ APP_SERVICES = {
     "member-migrate": ["python", "-m", "member_service", "migrate"],
     "batch-migrate": ["python", "-m", "batch_service", "migrate"],
     "auth-api": ["python", "-m", "auth_service", "api"],
+    "auth-worker": ["python", "-m", "auth_service", "worker"],
     "member-worker": ["python", "-m", "member_service", "worker"],
     "member-api": ["python", "-m", "member_service", "api"],
     "batch-worker": ["python", "-m", "batch_service", "worker"],
@@ -255,7 +256,7 @@ def test_the_code_reads_no_variable_missing_from_the_declared_list() -> None:
 
 
 def test_workers_can_be_scaled_no_fixed_names_or_host_ports(compose: dict[str, Any]) -> None:
-    for name in ("member-worker", "batch-worker"):
+    for name in ("auth-worker", "member-worker", "batch-worker"):
         service = compose["services"][name]
         assert "container_name" not in service
         assert "ports" not in service

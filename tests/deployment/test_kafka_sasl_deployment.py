@@ -39,11 +39,19 @@ from devtools.kafka_security import (
 )
 from shared.config import ENVIRONMENT, kafka_security
 from shared.messaging.kafka import client_security, pipeline_topics
+from shared.messaging.pipeline import TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.deployment
 SCRIPTS = ROOT / "deploy" / "kafka"
-LONG_RUNNING = ["auth-api", "member-worker", "member-api", "batch-worker", "batch-api"]
+LONG_RUNNING = [
+    "auth-api",
+    "auth-worker",
+    "member-worker",
+    "member-api",
+    "batch-worker",
+    "batch-api",
+]
 ADMIN_PASSWORD = "a" * 12 + "0123456789abcdef"
 GRANTS = load_grants()
 # One password per principal of deploy/kafka/grants.txt, each different.
@@ -493,6 +501,35 @@ def test_with_sasl_the_topic_job_grants_each_principal_exactly_the_table(
     }
     assert granted == expected
     assert ("User:member-service", "topic", "profile-insert", "Write") not in granted
+
+
+def test_the_table_grants_each_service_what_the_topics_say_it_does_and_no_more() -> None:
+    # Each service's principal is named as its topics' producer and consumer group are.
+    expected: set[tuple[str, str, str, str]] = set()
+    for topic in TOPICS:
+        expected |= {
+            (topic.producer, "topic", topic.name, "Write"),
+            (topic.consumer_group, "topic", topic.name, "Read"),
+            (topic.consumer_group, "group", topic.consumer_group, "Read"),
+            (topic.consumer_group, "topic", topic.dead_letter, "Write"),
+            ("operator", "topic", topic.name, "Read"),
+            ("operator", "topic", topic.name, "Write"),
+            ("operator", "topic", topic.dead_letter, "Read"),
+            ("operator", "group", topic.consumer_group, "Describe"),
+        }
+    table = {
+        (grant.principal, grant.resource, grant.name, operation)
+        for grant in GRANTS
+        for operation in grant.operations
+    }
+
+    assert table == expected
+    assert {principal for principal, *_ in table} == {
+        "auth-service",
+        "member-service",
+        "batch-service",
+        "operator",
+    }
 
 
 def test_the_scripts_pass_shellcheck() -> None:
