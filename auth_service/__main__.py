@@ -1,4 +1,4 @@
-"""`python -m auth_service api|migrate`."""
+"""`python -m auth_service api|worker|migrate`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from auth_service.api import create_app
+from auth_service.consumer import SIGNUP_ANSWER_WORKER
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base, IdempotencyKey, OutboxEvent
 from auth_service.passwords import Argon2Parameters
@@ -19,7 +20,7 @@ from auth_service.ratelimit import key_secret, rate_limiter
 from shared.config import ConfigError, Settings, auth_settings
 from shared.messaging.housekeeping import Expiring
 from shared.messaging.outbox import OutboxRelay
-from shared.runtime import migrate, run_api, service_main
+from shared.runtime import migrate, run_api, run_worker, service_main
 from shared.storage.db import Database
 
 DEV_SECRET = "dev-only-secret-do-not-use-in-production-0123456789"
@@ -103,7 +104,13 @@ def main() -> None:
         "auth",
         8001,
         Base.metadata,
-        {"api": api, "migrate": migrate},
+        {
+            "api": api,
+            "worker": lambda settings, args: run_worker(
+                settings, Base.metadata, SIGNUP_ANSWER_WORKER, args
+            ),
+            "migrate": migrate,
+        },
     )
 
 
