@@ -50,7 +50,7 @@ from devtools.broker import BrokerError, LocalBroker
 from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
 from devtools.postgres import LOCAL_POSTGRES_URL, PostgresServer
 from devtools.proxy import nginx_binary
-from devtools.stack import Stack, StackError
+from devtools.stack import PROCESSES, Stack, StackError
 from shared.config import SERVICES, kafka_security, tool_settings
 from shared.messaging.kafka import create_topics, pipeline_topics, use_security
 from shared.messaging.outbox import cloudevent_headers, encode_event
@@ -185,7 +185,7 @@ def measure_pipeline(
         figures["relay"] = stages.relay_throughput(
             postgres.create_database("sp_bench_relay"), servers, scale.relay_rows, progress
         )
-    progress.phase("starting the pipeline (5 processes) on PostgreSQL")
+    progress.phase(f"starting the pipeline ({len(PROCESSES)} processes) on PostgreSQL")
     stack = Stack(
         workdir / "stack",
         database_urls={

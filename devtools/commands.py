@@ -37,7 +37,7 @@ from devtools.broker import BrokerError
 from devtools.http_client import request
 from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
 from devtools.proxy import nginx_binary
-from devtools.stack import Stack, StackError, write_line
+from devtools.stack import PROCESSES, Stack, StackError, write_line
 from shared.config import SERVICES, ConfigError, ToolSettings, dev_broker_file, tool_settings
 from shared.private_files import private_directory
 
@@ -110,7 +110,7 @@ def _banner(stack: Stack, broker_file: Path, seconds: float, broker_note: str = 
     apis = "".join(
         f"  {name:<14}{stack.url(service)}   {routes}\n"
         for name, service, routes in (
-            ("auth API", "auth", "POST /auth/signup, POST /auth/login"),
+            ("auth API", "auth", "POST /auth/signup, GET /auth/signups/<uuid>, POST /auth/login"),
             ("member API", "member", "GET /members/<uuid>"),
             ("batch API", "batch", "GET /partners/<uuid>/summary"),
         )
@@ -139,6 +139,7 @@ def _banner(stack: Stack, broker_file: Path, seconds: float, broker_note: str = 
         f"  cd {shlex.quote(str(Path.cwd()))}\n"
         f"  UUID=$(curl -s -X POST {stack.url('auth')}/auth/signup "
         f"-H 'Content-Type: application/json' -d '{body}' | {read_uuid}); echo \"$UUID\"\n"
+        f"  curl -s {stack.url('auth')}/auth/signups/$UUID\n"
         f"  curl -s {stack.url('member')}/members/$UUID\n"
         f"  curl -s {stack.url('batch')}/partners/$UUID/summary\n"
         f"  {cli} trace $UUID\n"
@@ -148,7 +149,7 @@ def _banner(stack: Stack, broker_file: Path, seconds: float, broker_note: str = 
 
 
 def dev(args: argparse.Namespace) -> int:
-    """Run broker + five processes until Ctrl-C (or SIGTERM, SIGHUP); non-zero if a
+    """Run broker + six processes until Ctrl-C (or SIGTERM, SIGHUP); non-zero if a
     process fails to start or dies, with its last log lines and without any 'ready'.
     With `--kafka apache` the broker is one local Apache Kafka node, its data kept in
     ./var/kafka from one run to the next; it is stopped last, after the processes."""
@@ -233,7 +234,8 @@ def _dev(
             emit("stopped")
             return 0
     emit(
-        f"starting {'the broker, ' if kafka is None else ''}the databases and five processes"
+        f"starting {'the broker, ' if kafka is None else ''}the databases and "
+        f"{len(PROCESSES)} processes"
         f"{' behind nginx' if proxied else ''}..."
     )
     try:
@@ -287,11 +289,17 @@ class DemoSignup:
     accepted_ms: float | None = None
     profile_ms: float | None = None
     summary_ms: float | None = None
+    active_ms: float | None = None  # the auth account ACTIVE: the member service's answer
 
 
-def _wait_found(url: str, started: float, timeout: float = 15.0) -> float | None:
+def _wait_found(
+    url: str, started: float, timeout: float = 15.0, status: str | None = None
+) -> float | None:
+    """Milliseconds from `started` until GET `url` answers 200 (with `status` as its
+    "status", if given); None after `timeout` seconds."""
     while time.perf_counter() - started < timeout:
-        if request("GET", url)[0] == 200:
+        code, body = request("GET", url)
+        if code == 200 and (status is None or body.get("status") == status):
             return (time.perf_counter() - started) * 1000
         time.sleep(0.005)
     return None
@@ -310,7 +318,7 @@ def _result_table(signups: list[DemoSignup], markdown: bool) -> Table:
     or a Markdown table (one header line) when the output is not a terminal."""
     if markdown:
         table = Table(box=box.MARKDOWN)
-        steps = ["signup accepted", "profile created", "partner summary created"]
+        steps = ["signup accepted", "profile created", "partner summary created", "account active"]
     else:
         table = Table(
             box=box.SIMPLE_HEAD,
@@ -319,7 +327,7 @@ def _result_table(signups: list[DemoSignup], markdown: bool) -> Table:
             collapse_padding=True,
             caption="milliseconds from the signup request",
         )
-        steps = ["signup\naccepted", "profile\ncreated", "partner\nsummary"]
+        steps = ["signup\naccepted", "profile\ncreated", "partner\nsummary", "account\nactive"]
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("role", no_wrap=True)
     table.add_column("member uuid", overflow="fold")
@@ -333,6 +341,7 @@ def _result_table(signups: list[DemoSignup], markdown: bool) -> Table:
             _cell(s.accepted_ms),
             _cell(s.profile_ms),
             _cell(s.summary_ms, s.role == "PARTNER"),
+            _cell(s.active_ms),
         )
     return table
 
@@ -396,7 +405,8 @@ def _demo(
     stack = Stack(workdir, database_urls=shell.database_urls, bootstrap_servers=servers)
     broker = "the broker" if kafka is None else f"Apache Kafka {KAFKA_VERSION} (one node)"
     console.print(
-        f"starting {broker} and the five processes (SQLite under a temporary directory)",
+        f"starting {broker} and the {len(PROCESSES)} processes (SQLite under a temporary "
+        "directory)",
         markup=False,
     )
     signups = [
@@ -427,6 +437,11 @@ def _demo(
                     signup.summary_ms = _wait_found(
                         f"{stack.url('batch')}/partners/{signup.member_id}/summary", started
                     )
+                # The auth worker makes the account ACTIVE once the profile-created
+                # answer reaches it.
+                signup.active_ms = _wait_found(
+                    f"{stack.url('auth')}/auth/signups/{signup.member_id}", started, status="ACTIVE"
+                )
             talker.say("stopping")
             codes = stack.stop()
             if kafka is not None:
@@ -446,7 +461,10 @@ def _demo(
         lines = [line.rstrip() for line in table.get().splitlines() if line.strip()]
         print("\n".join(lines) + "\n\n(milliseconds from the signup request)")
     complete = all(
-        s.profile_ms is not None and (s.role == "USER" or s.summary_ms is not None) for s in signups
+        s.profile_ms is not None
+        and s.active_ms is not None
+        and (s.role == "USER" or s.summary_ms is not None)
+        for s in signups
     )
     clean = all(code == 0 for code in codes.values())
     console.print(

@@ -1,5 +1,6 @@
 """The whole pipeline as real OS processes on one machine: the local broker (unless a
-Kafka is given), the three databases migrated, and the contract's five processes.
+Kafka is given), the three databases migrated, and the contract's six processes (each
+worker with a health port of its own).
 
 `signup-pipeline dev` runs it until Ctrl-C; the end-to-end tests and benchmarks drive it.
 """
@@ -27,6 +28,17 @@ from devtools import proxy as nginx
 from devtools.broker import LocalBroker, free_port
 from shared.config import DEV_MODE_VARIABLE, SERVICES, child_environment
 from shared.private_files import open_private_log, private_directory
+
+# The contract's long-running processes, in the order they start: `<service>-<role>`,
+# each run as `python -m <service>_service <role>`.
+PROCESSES = (
+    "auth-api",
+    "auth-worker",
+    "member-worker",
+    "member-api",
+    "batch-worker",
+    "batch-api",
+)
 
 
 class StackError(RuntimeError):
@@ -129,7 +141,7 @@ class ManagedProcess:
 
 
 class Stack:
-    """Broker + migrated databases + the five contract processes; with `proxy`, nginx
+    """Broker + migrated databases + the six contract processes; with `proxy`, nginx
     in front of the three APIs (deploy/nginx/): it listens on `ports`, the APIs on
     loopback ports of their own (`api_ports`), and the auth API trusts one proxy hop."""
 
@@ -209,7 +221,7 @@ class Stack:
         return env
 
     def start(self, timeout: float = 60.0, progress: Callable[[str], None] | None = None) -> Stack:
-        """Start the broker if none was given, migrate, start all five and wait until every
+        """Start the broker if none was given, migrate, start all six and wait until every
         one is ready; `progress` hears each step. If any step fails or a process exits
         meanwhile, stops everything (without echoing their shutdown) and raises."""
         step = progress or (lambda _: None)
@@ -232,8 +244,8 @@ class Stack:
                 for service, port in self.ports.items()
                 if not _can_listen("127.0.0.1", port)
             }
-            step("starting five processes")
-            for name in ("auth-api", "member-worker", "member-api", "batch-worker", "batch-api"):
+            step(f"starting {len(PROCESSES)} processes")
+            for name in PROCESSES:
                 self.spawn(name)
             step("waiting until every API answers and every worker has joined its group")
             if self.proxied:
@@ -427,4 +439,4 @@ def write_line(stream: IO[str]) -> Callable[[str], None]:
     return emit
 
 
-__all__ = ["Stack", "StackError", "http_status", "write_line"]
+__all__ = ["PROCESSES", "Stack", "StackError", "http_status", "write_line"]

@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     dev_parser = sub.add_parser(
-        "dev", help="run the broker and all five processes locally until Ctrl-C"
+        "dev", help="run the broker and all six processes locally until Ctrl-C"
     )
     dev_parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per API")
     dev_parser.add_argument(

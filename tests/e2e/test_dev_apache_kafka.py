@@ -27,7 +27,7 @@ from tests.local_processes import alive, clean_env, descendants, three_free_port
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-c", "from operations.cli import main; main()"]
-READY_WITHIN = 180  # a JVM's start on a busy two-core machine, then the five processes
+READY_WITHIN = 180  # a JVM's start on a busy two-core machine, then the six processes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,10 +190,10 @@ def test_dev_on_apache_kafka_signs_up_keeps_its_topics_and_leaves_no_java_behind
     # The terminal's Ctrl-C reached dev, not the broker: it was stopped last, once the
     # workers had committed and left their groups.
     node_log = (kafka_dir / "node-0.log").read_text(errors="replace")
-    for group in ("member-service", "batch-service"):
+    for group in ("auth-service", "member-service", "batch-service"):
         assert f"[Group {group}] Member" in node_log and "explicit `LeaveGroup`" in node_log
     stopping = kafka_began_to_stop(kafka_dir)
-    for worker in ("member-worker", "batch-worker"):
+    for worker in ("auth-worker", "member-worker", "batch-worker"):
         assert worker_stopped(tmp_path / "logs", worker) <= stopping, worker
 
     # Second run in the same directory: the same broker, its topics and records kept.

@@ -20,6 +20,7 @@ from devtools.http_client import wait_for_status
 from devtools.proxy import nginx_binary
 from devtools.stack import http_status
 from tests.local_processes import alive, clean_env, descendants, three_free_ports
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +63,14 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(
     assert any(line.startswith("ready after") for line in output), "".join(output)
     commands = [line for line in pasted[1:] if line and not line.startswith("Ctrl-C")]
     tree = descendants(dev.pid)
-    assert len(tree) >= 6  # broker + five processes (+ gunicorn workers)
+    assert len(tree) >= 7  # broker + six processes (+ gunicorn workers)
     broker_file = tmp_path / "var" / "dev-broker"
     broker = broker_file.read_text().strip()
     assert any(line.split()[:2] == ["broker", broker] for line in output), "".join(output)
 
     # Every printed command, pasted as printed into a shell of another directory, with
     # nothing of the project's set in the environment.
-    cd, signup, member_curl, summary_curl, trace, status = commands
+    cd, signup, signup_curl, member_curl, summary_curl, trace, status = commands
     assert cd == f"cd {tmp_path}"
     cli = str(Path(sys.executable).parent / "signup-pipeline")
     assert trace == f"{cli} trace $UUID" and status == f"{cli} status --watch"
@@ -93,6 +94,13 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(
     assert again.stdout.strip() not in ("", member_id), again
     wait_for_status(f"http://127.0.0.1:{base + 1}/members/{member_id}")
     wait_for_status(f"http://127.0.0.1:{base + 2}/partners/{member_id}/summary")
+    # The auth worker took the member service's answer: the account is ACTIVE.
+
+    def signup_active() -> subprocess.CompletedProcess[str] | None:
+        answer = paste(cd, f"UUID={member_id}", signup_curl)
+        return answer if '"ACTIVE"' in answer.stdout else None
+
+    active = wait_until(signup_active, 30, "the signup's status ACTIVE")
     member = paste(cd, f"UUID={member_id}", member_curl)
     summary = paste(cd, f"UUID={member_id}", summary_curl)
     traced = paste(cd, f"UUID={member_id}", trace)
@@ -103,6 +111,7 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(
     rest = dev.stdout.read()
     dev.stdout.close()
 
+    assert json.loads(active.stdout) == {"status": "ACTIVE"}, active
     assert json.loads(member.stdout)["role"] == "PARTNER", member
     assert member_id in summary.stdout, summary
     assert traced.returncode == 0, traced.stderr
@@ -195,8 +204,8 @@ def test_demo_runs_to_completion_and_prints_the_table(tmp_path: Path) -> None:
     assert len(rows) == 4
     assert all("MISSING" not in row for row in rows)
     assert sum("PARTNER" in row for row in rows) == 2
-    for n, (number, role, member_id, accepted, profile, summary) in enumerate(rows, 1):
+    for n, (number, role, member_id, accepted, profile, summary, active) in enumerate(rows, 1):
         assert number == str(n) and str(uuid.UUID(member_id)) == member_id
-        assert accepted.endswith(" ms") and profile.endswith(" ms")
+        assert accepted.endswith(" ms") and profile.endswith(" ms") and active.endswith(" ms")
         assert summary.endswith(" ms") if role == "PARTNER" else summary == "-"
     assert "all signups went through; clean shutdown" in result.stdout

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.http_client import request
-from devtools.stack import Stack
+from devtools.stack import PROCESSES, Stack
 from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
 from tests.waiting import wait_until
@@ -166,7 +166,7 @@ def test_every_log_line_is_json_and_no_line_carries_personal_data(
     stack: Stack, run: dict[str, Any]
 ) -> None:
     logs = process_logs(stack)
-    assert {"auth-api", "member-worker", "member-api", "batch-worker", "batch-api"} <= set(logs)
+    assert set(PROCESSES) <= set(logs)
     secrets = [
         secret
         for body in run["bodies"]

@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 from sqlalchemy import create_engine, func, select, text
 
 from devtools.http_client import request, wait_for_status
-from devtools.stack import Stack
+from devtools.stack import PROCESSES, Stack
 from member_service.models import FavoriteStyle, Partner, User
 from tests.kafka_tools import read_topic
 from tests.pipeline_checks import dead_letters, duplicates, event_ids, inbox_rows, wait_caught_up
@@ -85,6 +85,36 @@ def test_user_and_partner_signups_reach_the_member_and_batch_apis(stack: Stack) 
     }
     status, _ = request("GET", f"{stack.url('batch')}/partners/{user_id}/summary")
     assert status == 404
+
+
+def test_the_auth_worker_takes_the_member_services_answer_to_each_signup(stack: Stack) -> None:
+    assert set(stack.processes) == set(PROCESSES)  # the six, the auth worker among them
+    assert set(stack.health_ports) == {"auth-worker", "member-worker", "batch-worker"}
+    first = sign_up(stack, role="USER", nickname="answered-nick")
+    _, created = wait_for_status(f"{stack.url('member')}/members/{first}")
+
+    active = wait_until(
+        lambda: signup_status(stack, first) == {"status": "ACTIVE"} or None,
+        what="the first signup ACTIVE (profile-created through the auth worker)",
+    )
+    taken = sign_up(stack, role="USER", nickname="ANSWERED-nick")  # the same, case aside
+    rejected = wait_until(
+        lambda: signup_status(stack, taken).get("status") == "REJECTED" or None,
+        what="the second signup REJECTED (profile-rejected through the auth worker)",
+    )
+
+    assert created["nickname"] == "answered-nick"
+    assert active and rejected
+    assert signup_status(stack, taken) == {"status": "REJECTED", "reason": "nickname_taken"}
+    assert request("GET", f"{stack.url('member')}/members/{taken}")[0] == 404
+    worker_log = stack.processes["auth-worker"].log_path.read_text()
+    assert "profile-created" in worker_log and "profile-rejected" in worker_log
+
+
+def signup_status(stack: Stack, member_id: str) -> dict[str, object]:
+    status, body = request("GET", f"{stack.url('auth')}/auth/signups/{member_id}")
+    assert status == 200, body
+    return dict(body)
 
 
 def test_redelivered_profile_insert_with_same_ce_id_creates_nothing_new(stack: Stack) -> None:

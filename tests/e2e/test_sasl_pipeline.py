@@ -1,4 +1,4 @@
-"""The production security path end to end: the contract's five processes on a local
+"""The production security path end to end: the contract's six processes on a local
 Apache Kafka secured as docker-compose.sasl.yml secures its broker (SASL_SSL,
 SCRAM-SHA-512, deny by default; devtools/kafka_security.py), each process logging in as
 its own principal with only the grants of deploy/kafka/grants.txt, the read APIs with no
