@@ -8,7 +8,7 @@ never reused, and a partner is only created, then deleted).
 
 from __future__ import annotations
 
-import uuid as uuid_module
+import hashlib
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, select, text
@@ -31,7 +31,9 @@ def lock_partner(uow: UnitOfWork, partner_id: str) -> None:
     SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to do."""
     if uow.session.get_bind().dialect.name != "postgresql":
         return
-    lock_id = int.from_bytes(uuid_module.UUID(partner_id).bytes[:8], "big", signed=True)
+    # 64 bits of a hash of the whole uuid (a uuid's own first bits may be shared).
+    digest = hashlib.blake2b(partner_id.encode(), digest_size=8).digest()
+    lock_id = int.from_bytes(digest, "big", signed=True)
     uow.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
 
 

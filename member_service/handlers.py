@@ -12,7 +12,7 @@ Summaries never carry the nickname (personal data): roles, counts and reasons on
 
 from __future__ import annotations
 
-import uuid as uuid_module
+import hashlib
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, select, text
@@ -60,8 +60,9 @@ def lock_member(uow: UnitOfWork, member_id: str) -> None:
     first committed. SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to do."""
     if uow.session.get_bind().dialect.name != "postgresql":
         return
-    # The uuid's first 64 bits as a signed bigint: uuids are random, so are these.
-    lock_id = int.from_bytes(uuid_module.UUID(member_id).bytes[:8], "big", signed=True)
+    # 64 bits of a hash of the whole uuid (a uuid's own first bits may be shared).
+    digest = hashlib.blake2b(member_id.encode(), digest_size=8).digest()
+    lock_id = int.from_bytes(digest, "big", signed=True)
     uow.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
 
 

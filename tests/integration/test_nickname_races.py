@@ -6,6 +6,7 @@ applied at once by two workers end with the deletion winning, whichever came fir
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,9 +21,17 @@ from devtools.postgres import PostgresServer
 from member_service.handlers import on_profile_delete, on_profile_insert
 from member_service.models import Base as MemberBase
 from member_service.models import DeletedMember, MemberRole, User
+from member_service.models import ProcessedEvent as MemberInbox
 from shared.messaging.kafka import Message
-from shared.messaging.pipeline import PartnerCreated, PartnerDeleted, ProfileDelete, ProfileInsert
-from shared.messaging.processor import Outcome, Summary
+from shared.messaging.pipeline import (
+    PROFILE_DELETE,
+    PROFILE_INSERT,
+    PartnerCreated,
+    PartnerDeleted,
+    ProfileDelete,
+    ProfileInsert,
+)
+from shared.messaging.processor import EventProcessor, Outcome, Route, Summary
 from shared.storage.db import Database, UnitOfWork
 from tests.fakes import FakeBroker
 from tests.lifecycle import insert_record, member_processor, outbox, uuid_of
@@ -71,6 +80,23 @@ def apply_until_done(processor: Any, messages: list[Message]) -> list[Outcome]:
     raise AssertionError(f"never done: {len(pending)} records left")
 
 
+def slow_member_processor(database: Database, broker: FakeBroker) -> EventProcessor:
+    """The member worker's processor, its insert handler pausing 20 ms after it ran (a
+    slow worker, a GC pause): its transaction stays open with the nickname claimed, so
+    the other workers' transactions reach that nickname while it is uncommitted."""
+
+    def slow_insert(event: ProfileInsert, uow: UnitOfWork) -> Summary:
+        summary = on_profile_insert(event, uow)
+        time.sleep(0.02)
+        return summary
+
+    routes: tuple[Route[Any], ...] = (
+        Route(PROFILE_INSERT, slow_insert),
+        Route(PROFILE_DELETE, on_profile_delete),
+    )
+    return EventProcessor(routes, database, MemberInbox, broker.producer())
+
+
 def run_workers(url: str, polls: list[list[Message]], broker: FakeBroker) -> list[list[Outcome]]:
     """Each poll applied by a worker of its own (its own engine, as processes have), all
     starting at the same moment; each worker's outcomes."""
@@ -81,7 +107,7 @@ def run_workers(url: str, polls: list[list[Message]], broker: FakeBroker) -> lis
     def work(worker: int) -> None:
         database = Database.from_url(url, MemberBase.metadata)
         try:
-            processor = member_processor(database, broker)
+            processor = slow_member_processor(database, broker)
             start.wait(10)
             results[worker] = apply_until_done(processor, polls[worker])
         except BaseException as exc:  # reported below
