@@ -24,7 +24,9 @@ ROUTES = (
         errors=(NOT_FOUND, UNAVAILABLE),
         parameters={"member_id": "The uuid that signup answered."},
         description="A signup shows here within moments, not at once: until its "
-        "`profile-insert` event is applied this answers 404.",
+        "`profile-insert` event is applied this answers 404. It answers 404 too for a "
+        "signup whose nickname another member holds (refused, never shown here) and for "
+        "a member whose account was deleted.",
     ),
 )
 
