@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.http_client import request
 from devtools.stack import PROCESSES, Stack
+from shared.messaging.pipeline import TOPICS
 from tests.e2e.conftest import running_stack
 from tests.unit.pipeline_harness import signup_body
 from tests.waiting import wait_until
@@ -135,9 +136,11 @@ def test_member_worker_metrics_count_each_event_once(stack: Stack, run: dict[str
         now = scrape(worker_url(stack, "member-worker"))
         return [v for (n, _), v in now.items() if n == "signup_consumer_lag"]
 
-    # One series per assigned partition, refreshed once a second from the last fetch
-    # (and dropped while a rebalance leaves the worker without partitions).
-    wait_until(lambda: len(lags()) == 6, timeout=15)
+    # One series per assigned partition of every topic the group reads (profile-insert
+    # and profile-delete), refreshed once a second from the last fetch (and dropped while
+    # a rebalance leaves the worker without partitions).
+    read = sum(t.partitions for t in TOPICS if t.consumer_group == "member-service")
+    wait_until(lambda: len(lags()) == read == 12, timeout=15)
     assert sum(lags()) == 0
 
 
