@@ -28,11 +28,11 @@ from auth_service.models import Base as AuthBase
 from auth_service.models import Member
 from auth_service.models import OutboxEvent as AuthOutbox
 from batch_service.models import Base as BatchBase
-from batch_service.models import PartnerSummary
+from batch_service.models import DeletedPartner, PartnerSummary
 from devtools.postgres import PostgresServer
 from member_service.models import Base as MemberBase
+from member_service.models import DeletedMember, Partner, User
 from member_service.models import OutboxEvent as MemberOutbox
-from member_service.models import Partner, User
 from operations.cli import main
 from operations.offsets import OffsetReader
 from operations.sources import Endpoints
@@ -124,7 +124,7 @@ def outbox_row(
     } | more
 
 
-def member_row(member_id: str, role: str, created: dt.datetime) -> dict[str, Any]:
+def member_row(member_id: str, role: str, created: dt.datetime, **more: Any) -> dict[str, Any]:
     return {
         "uuid": member_id,
         "email": f"{member_id}@example.com",
@@ -137,7 +137,8 @@ def member_row(member_id: str, role: str, created: dt.datetime) -> dict[str, Any
         "role": role,
         "nickname": "nick",
         "created_at": created,
-    }
+        "status": "PENDING",
+    } | more
 
 
 def profile_row(member_id: str, created: dt.datetime) -> dict[str, Any]:
@@ -411,7 +412,11 @@ def test_trace_follows_a_partner_through_all_three_databases(
     databases: dict[str, Database],
 ) -> None:
     partner_id, t0 = ids(1)[0], utcnow() - dt.timedelta(seconds=5)
-    add_rows(databases["auth"], Member, [member_row(partner_id, "PARTNER", t0)])
+    add_rows(
+        databases["auth"],
+        Member,
+        [member_row(partner_id, "PARTNER", t0, status="ACTIVE", status_changed_at=ms(t0, 70))],
+    )
     insert_event = outbox_row(
         "profile-insert", partner_id, t0, ms(t0, 12.5), traceparent=TRACEPARENT
     )
@@ -420,7 +425,8 @@ def test_trace_follows_a_partner_through_all_three_databases(
     created_event = outbox_row(
         "partner-created", partner_id, ms(t0, 40), ms(t0, 55), traceparent=TRACEPARENT
     )
-    add_rows(databases["member"], MemberOutbox, [created_event])
+    answer = outbox_row("profile-created", partner_id, ms(t0, 40), ms(t0, 52))
+    add_rows(databases["member"], MemberOutbox, [created_event, answer])
     add_rows(databases["batch"], PartnerSummary, [summary_row(partner_id, ms(t0, 81.25))])
 
     code, document = trace_document(databases, partner_id)
@@ -430,12 +436,23 @@ def test_trace_follows_a_partner_through_all_three_databases(
         ("accepted", "done"),
         ("profile-insert published", "done"),
         ("profile created", "done"),
+        ("profile-created published", "done"),
+        ("account active", "done"),
         ("partner-created published", "done"),
         ("summary created", "done"),
     ]
-    assert [s["ms_since_previous"] for s in document["steps"]] == [None, 12.5, 27.5, 15.0, 26.25]
+    assert [s["ms_since_previous"] for s in document["steps"]] == [
+        None,
+        12.5,
+        27.5,
+        12.0,
+        18.0,
+        15.0,
+        26.25,
+    ]
     assert document["steps"][1]["ce_id"] == insert_event["event_id"]
-    assert document["steps"][3]["ce_id"] == created_event["event_id"]
+    assert document["steps"][3]["ce_id"] == answer["event_id"]
+    assert document["steps"][5]["ce_id"] == created_event["event_id"]
     assert document["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert (document["role"], document["complete"], document["total_ms"]) == (
         "PARTNER",
@@ -448,7 +465,11 @@ def test_trace_of_a_user_stops_after_its_profile_and_shows_what_is_pending(
     databases: dict[str, Database],
 ) -> None:
     user_id, waiting_id, t0 = *ids(2), utcnow() - dt.timedelta(seconds=2)
-    add_rows(databases["auth"], Member, [member_row(user_id, "USER", t0)])
+    add_rows(
+        databases["auth"],
+        Member,
+        [member_row(user_id, "USER", t0, status="ACTIVE", status_changed_at=ms(t0, 30))],
+    )
     add_rows(databases["auth"], Member, [member_row(waiting_id, "USER", t0)])
     add_rows(
         databases["auth"],
@@ -459,6 +480,11 @@ def test_trace_of_a_user_stops_after_its_profile_and_shows_what_is_pending(
         ],
     )
     add_rows(databases["member"], User, [profile_row(user_id, ms(t0, 20))])
+    add_rows(
+        databases["member"],
+        MemberOutbox,
+        [outbox_row("profile-created", user_id, ms(t0, 20), ms(t0, 25))],
+    )
 
     code, done = trace_document(databases, user_id)
     _, waiting = trace_document(databases, waiting_id)
@@ -468,9 +494,12 @@ def test_trace_of_a_user_stops_after_its_profile_and_shows_what_is_pending(
         "accepted",
         "profile-insert published",
         "profile created",
+        "profile-created published",
+        "account active",
     ]
     assert done["complete"] is True
-    assert [s["state"] for s in waiting["steps"]] == ["done", "pending", "pending"]
+    assert done["total_ms"] == 30.0
+    assert [s["state"] for s in waiting["steps"]] == ["done"] + ["pending"] * 4
     assert waiting["steps"][1]["note"].startswith(
         "profile-insert not yet published (in outbox since"
     )
@@ -480,7 +509,8 @@ def test_trace_says_an_outbox_row_was_cleaned_up_by_housekeeping(
     databases: dict[str, Database],
 ) -> None:
     partner_id, long_ago = ids(1)[0], utcnow() - dt.timedelta(days=3)
-    add_rows(databases["auth"], Member, [member_row(partner_id, "PARTNER", long_ago)])
+    active = {"status": "ACTIVE", "status_changed_at": ms(long_ago, 60)}
+    add_rows(databases["auth"], Member, [member_row(partner_id, "PARTNER", long_ago, **active)])
     add_rows(
         databases["auth"],
         AuthOutbox,
@@ -500,10 +530,98 @@ def test_trace_says_an_outbox_row_was_cleaned_up_by_housekeeping(
 
     assert code == 0
     states = [s["state"] for s in document["steps"]]
-    assert states == ["done", "cleaned_up", "done", "cleaned_up", "done"]
+    assert states == ["done", "cleaned_up", "done", "cleaned_up", "done", "cleaned_up", "done"]
     assert "outbox row already cleaned up" in document["steps"][1]["note"]
     assert document["steps"][2]["ms_since_previous"] == 30.0
     assert document["complete"] is True
+
+
+def test_trace_of_a_rejected_signup_shows_the_reason_and_when_auth_applied_it(
+    databases: dict[str, Database],
+) -> None:
+    member_id, t0 = ids(1)[0], utcnow() - dt.timedelta(seconds=5)
+    erased = {"email": None, "email_key": None, "password_hash": None, "name": None}
+    rejected = {"status": "REJECTED", "status_reason": "nickname_taken"}
+    add_rows(
+        databases["auth"],
+        Member,
+        [member_row(member_id, "PARTNER", t0, status_changed_at=ms(t0, 50)) | erased | rejected],
+    )
+    answer = outbox_row(
+        "profile-rejected",
+        member_id,
+        ms(t0, 20),
+        ms(t0, 31),
+        payload=json.dumps({"uuid": member_id, "reason": "nickname_taken"}),
+    )
+    add_rows(databases["member"], MemberOutbox, [answer])
+
+    code, document = trace_document(databases, member_id)
+
+    assert code == 0
+    assert [(s["step"], s["state"], s["note"]) for s in document["steps"]][2:] == [
+        ("profile rejected", "done", "reason nickname_taken"),
+        ("profile-rejected published", "done", ""),
+        ("account rejected", "done", "reason nickname_taken"),
+    ]
+    assert document["steps"][1]["state"] == "erased"
+    assert [s["ms_since_previous"] for s in document["steps"]] == [None, None, 20.0, 11.0, 19.0]
+    assert document["steps"][3]["ce_id"] == answer["event_id"]
+    assert (document["role"], document["complete"], document["total_ms"]) == (
+        "PARTNER",
+        True,
+        50.0,
+    )
+
+
+def test_trace_of_a_deleted_partner_reads_the_tombstones_of_member_and_batch(
+    databases: dict[str, Database],
+) -> None:
+    partner_id, t0 = ids(1)[0], utcnow() - dt.timedelta(seconds=5)
+    deleted = {"status": "DELETED", "status_changed_at": ms(t0, 2_000), "email_key": None}
+    add_rows(databases["auth"], Member, [member_row(partner_id, "PARTNER", t0) | deleted])
+    delete_event = outbox_row("profile-delete", partner_id, ms(t0, 2_000), ms(t0, 2_010))
+    add_rows(databases["auth"], AuthOutbox, [delete_event])
+    add_rows(
+        databases["member"], DeletedMember, [{"uuid": partner_id, "deleted_at": ms(t0, 2_030)}]
+    )
+    add_rows(
+        databases["member"],
+        MemberOutbox,
+        [outbox_row("partner-deleted", partner_id, ms(t0, 2_030), ms(t0, 2_040))],
+    )
+    add_rows(
+        databases["batch"],
+        DeletedPartner,
+        [{"partner_id": partner_id, "deleted_at": ms(t0, 2_055)}],
+    )
+
+    code, document = trace_document(databases, partner_id)
+
+    assert code == 0
+    assert [(s["step"], s["state"]) for s in document["steps"]] == [
+        ("accepted", "done"),
+        ("profile-insert published", "erased"),
+        ("profile created", "erased"),
+        ("profile-created published", "erased"),
+        ("account active", "erased"),
+        ("partner-created published", "erased"),
+        ("summary created", "erased"),
+        ("account deleted", "done"),
+        ("profile-delete published", "done"),
+        ("profile erased", "done"),
+        ("partner-deleted published", "done"),
+        ("summary erased", "done"),
+    ]
+    assert [s["ms_since_previous"] for s in document["steps"][7:]] == [
+        2000.0,
+        10.0,
+        20.0,
+        10.0,
+        15.0,
+    ]
+    assert document["steps"][8]["ce_id"] == delete_event["event_id"]
+    assert (document["complete"], document["total_ms"]) == (True, 2055.0)
 
 
 def test_trace_of_an_unknown_uuid_exits_1(databases: dict[str, Database]) -> None:

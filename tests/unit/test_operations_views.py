@@ -298,8 +298,15 @@ def test_status_json_carries_every_figure() -> None:
 
 def partner_rows(**overrides: Any) -> dict[str, Any]:
     rows: dict[str, Any] = {
-        "auth": AuthRecord(at(0), "PARTNER", OutboxRow("ce-1", at(0), at(7.5), TRACEPARENT)),
-        "member": MemberRecord("PARTNER", at(30), OutboxRow("ce-2", at(30), at(42), None)),
+        "auth": AuthRecord(
+            at(0), "PARTNER", OutboxRow("ce-1", at(0), at(7.5), TRACEPARENT), "ACTIVE", None, at(60)
+        ),
+        "member": MemberRecord(
+            "PARTNER",
+            at(30),
+            OutboxRow("ce-2", at(30), at(42), None),
+            created_answer=OutboxRow("ce-3", at(30), at(41), None),
+        ),
         "batch": BatchRecord(at(70)),
     }
     rows.update(overrides)
@@ -310,7 +317,7 @@ def trace_of(rows: dict[str, Any], now: dt.datetime = NOW) -> SignupTrace:
     return assemble_trace(MEMBER, rows["auth"], rows["member"], rows["batch"], now=now)
 
 
-def test_a_partner_signup_has_five_steps_with_the_milliseconds_between_them() -> None:
+def test_an_active_partner_has_seven_steps_each_timed_from_the_one_that_caused_it() -> None:
     trace = trace_of(partner_rows())
     document = trace_json(trace)
 
@@ -318,11 +325,31 @@ def test_a_partner_signup_has_five_steps_with_the_milliseconds_between_them() ->
         "accepted",
         "profile-insert published",
         "profile created",
+        "profile-created published",
+        "account active",
         "partner-created published",
         "summary created",
     ]
-    assert [s["ms_since_previous"] for s in document["steps"]] == [None, 7.5, 22.5, 12.0, 28.0]
-    assert [s["ce_id"] for s in document["steps"]] == [None, "ce-1", None, "ce-2", None]
+    # partner-created is caused by the profile, not by the account's activation.
+    assert [s["ms_since_previous"] for s in document["steps"]] == [
+        None,
+        7.5,
+        22.5,
+        11.0,
+        19.0,
+        12.0,
+        28.0,
+    ]
+    assert document["steps"][5]["since"] == "profile created"
+    assert [s["ce_id"] for s in document["steps"]] == [
+        None,
+        "ce-1",
+        None,
+        "ce-3",
+        None,
+        "ce-2",
+        None,
+    ]
     assert document["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert (document["complete"], document["total_ms"], document["role"]) == (
         True,
@@ -331,6 +358,7 @@ def test_a_partner_signup_has_five_steps_with_the_milliseconds_between_them() ->
     )
     text = render_trace(trace)
     assert "+22.5 ms" in text
+    assert "+12.0 ms from 3" in text  # not from the line above it
     assert "complete: 70.0 ms from accepted to summary created" in text
 
 
@@ -348,10 +376,14 @@ def test_a_consumer_faster_than_the_relays_stamp_shows_a_negative_interval_expla
     assert "published_at is stamped after the broker's acknowledgement" in text
 
 
-def test_a_user_signup_has_three_steps() -> None:
+def test_an_active_user_has_five_steps() -> None:
     rows = partner_rows(
-        auth=AuthRecord(at(0), "USER", OutboxRow("ce-1", at(0), at(5), TRACEPARENT)),
-        member=MemberRecord("USER", at(20), None),
+        auth=AuthRecord(
+            at(0), "USER", OutboxRow("ce-1", at(0), at(5), TRACEPARENT), "ACTIVE", None, at(31)
+        ),
+        member=MemberRecord(
+            "USER", at(20), None, created_answer=OutboxRow("ce-3", at(20), at(26), None)
+        ),
         batch=BatchRecord(None),
     )
 
@@ -361,9 +393,156 @@ def test_a_user_signup_has_three_steps() -> None:
         "accepted",
         "profile-insert published",
         "profile created",
+        "profile-created published",
+        "account active",
     ]
     assert document["complete"] is True
-    assert document["total_ms"] == 20.0
+    assert document["total_ms"] == 31.0
+
+
+def test_a_pending_account_waits_for_the_auth_worker_to_apply_profile_created() -> None:
+    rows = partner_rows(
+        auth=AuthRecord(
+            at(0), "USER", OutboxRow("ce-1", at(0), at(5), TRACEPARENT), "PENDING", None, None
+        ),
+        member=MemberRecord(
+            "USER", at(20), None, created_answer=OutboxRow("ce-3", at(20), at(26), None)
+        ),
+        batch=BatchRecord(None),
+    )
+
+    trace = trace_of(rows, now=at(5_026))
+    text = render_trace(trace)
+
+    assert [s.state for s in trace.steps][-1] == "pending"
+    assert "account active not yet: auth-service has not applied it, profile-created " in text
+    assert "signup-pipeline dlt list profile-created" in text
+    assert text.endswith("not complete: next step account active")
+
+
+def test_a_rejected_signup_shows_the_rejection_its_reason_and_when_auth_applied_it() -> None:
+    rows = {
+        "auth": AuthRecord(at(0), "PARTNER", None, "REJECTED", "nickname_taken", at(60)),
+        "member": MemberRecord(
+            None,
+            None,
+            None,
+            rejected_answer=OutboxRow("ce-3", at(30), at(41), TRACEPARENT, "nickname_taken"),
+        ),
+        "batch": BatchRecord(None),
+    }
+
+    trace = trace_of(rows)
+    document = trace_json(trace)
+    text = render_trace(trace)
+
+    assert [(s["step"], s["state"]) for s in document["steps"]] == [
+        ("accepted", "done"),
+        ("profile-insert published", "erased"),
+        ("profile rejected", "done"),
+        ("profile-rejected published", "done"),
+        ("account rejected", "done"),
+    ]
+    assert [s["ms_since_previous"] for s in document["steps"]] == [None, None, 30.0, 11.0, 19.0]
+    assert document["steps"][2]["note"] == "reason nickname_taken"
+    assert document["steps"][4]["note"] == "reason nickname_taken"
+    assert "purged when it is REJECTED" in document["steps"][1]["note"]
+    assert (document["complete"], document["total_ms"]) == (True, 60.0)
+    assert document["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert "partner-created" not in text and "summary" not in text
+    assert "profile rejected           2026-03-01T12:00:00.030000Z" in text
+    assert "reason nickname_taken" in text
+    assert "missing" not in text
+
+
+def test_a_deleted_partner_shows_its_erasure_in_each_service_and_what_was_erased() -> None:
+    rows = {
+        "auth": AuthRecord(
+            at(0),
+            "PARTNER",
+            None,
+            "DELETED",
+            None,
+            at(1_000),
+            OutboxRow("ce-4", at(1_000), at(1_010), TRACEPARENT),
+        ),
+        "member": MemberRecord(
+            None,
+            None,
+            None,
+            deleted_at=at(1_020),
+            delete_event=OutboxRow("ce-5", at(1_020), at(1_030), None),
+        ),
+        "batch": BatchRecord(None, at(1_045)),
+    }
+
+    trace = trace_of(rows, now=at(5_000))
+    document = trace_json(trace)
+    text = render_trace(trace)
+
+    assert [(s["step"], s["state"]) for s in document["steps"]] == [
+        ("accepted", "done"),
+        ("profile-insert published", "erased"),
+        ("profile created", "erased"),
+        ("profile-created published", "erased"),
+        ("account active", "erased"),
+        ("partner-created published", "erased"),
+        ("summary created", "erased"),
+        ("account deleted", "done"),
+        ("profile-delete published", "done"),
+        ("profile erased", "done"),
+        ("partner-deleted published", "done"),
+        ("summary erased", "done"),
+    ]
+    assert [s["ms_since_previous"] for s in document["steps"][7:]] == [
+        1000.0,
+        10.0,
+        10.0,
+        10.0,
+        15.0,
+    ]
+    assert [s["ce_id"] for s in document["steps"][7:]] == [None, "ce-4", None, "ce-5", None]
+    assert (document["role"], document["complete"], document["total_ms"]) == (
+        "PARTNER",
+        True,
+        1045.0,
+    )
+    assert "missing" not in text
+    assert "erased: status_changed_at now holds the deletion" in text
+    assert text.endswith("complete: 1,045.0 ms from accepted to summary erased")
+
+
+def test_a_deletion_not_yet_applied_by_batch_points_at_its_lag() -> None:
+    rows = {
+        "auth": AuthRecord(
+            at(0),
+            "PARTNER",
+            None,
+            "DELETED",
+            None,
+            at(1_000),
+            OutboxRow("ce-4", at(1_000), at(1_010), None),
+        ),
+        "member": MemberRecord(
+            None,
+            None,
+            None,
+            deleted_at=at(1_020),
+            delete_event=OutboxRow("ce-5", at(1_020), at(1_030), None),
+        ),
+        "batch": BatchRecord(at(70)),
+    }
+
+    trace = trace_of(rows, now=at(11_030))
+    text = render_trace(trace)
+
+    assert trace.steps[6].state == "done"  # the summary is still there
+    assert trace.steps[-1].state == "pending"
+    assert (
+        "summary erased not yet: batch-service has not applied it, partner-deleted "
+        "published 10.0 s ago" in text
+    )
+    assert text.endswith("not complete: next step summary erased")
 
 
 def test_an_unpublished_event_says_since_when_it_waits_in_the_outbox() -> None:
@@ -382,7 +561,7 @@ def test_an_unpublished_event_says_since_when_it_waits_in_the_outbox() -> None:
     assert "profile not yet: waits for profile-insert to be published" in text
     assert "not complete: next step profile-insert published" in text
     states = [s["state"] for s in trace_json(trace)["steps"]]
-    assert states == ["done", "pending", "pending", "pending", "pending"]
+    assert states == ["done"] + ["pending"] * 6
 
 
 def test_a_published_event_not_yet_applied_points_at_lag_and_dead_letters() -> None:
@@ -396,15 +575,15 @@ def test_a_published_event_not_yet_applied_points_at_lag_and_dead_letters() -> N
 
 def test_an_outbox_row_deleted_by_housekeeping_is_reported_as_cleaned_up() -> None:
     rows = partner_rows(
-        auth=AuthRecord(at(0), "PARTNER", None),
+        auth=AuthRecord(at(0), "PARTNER", None, "ACTIVE", None, at(60)),
         member=MemberRecord("PARTNER", at(30), None),
     )
 
     trace = trace_of(rows, now=at(3 * 86_400_000))
     document = trace_json(trace)
 
-    published = [document["steps"][1], document["steps"][3]]
-    assert [s["state"] for s in published] == ["cleaned_up", "cleaned_up"]
+    published = [document["steps"][n] for n in (1, 3, 5)]
+    assert [s["state"] for s in published] == ["cleaned_up"] * 3
     assert all("outbox row already cleaned up" in s["note"] for s in published)
     assert document["complete"] is True
     assert document["steps"][2]["ms_since_previous"] == 30.0  # from the last known time
@@ -433,6 +612,8 @@ def test_an_unreadable_database_makes_its_steps_unknown_not_pending() -> None:
         "accepted": "done",
         "profile-insert published": "done",
         "profile created": "unavailable",
+        "profile-created published": "unavailable",
+        "account active": "done",
         "partner-created published": "unavailable",
         "summary created": "done",
     }
