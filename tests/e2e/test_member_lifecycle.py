@@ -152,6 +152,18 @@ def rows_holding(stack: Stack, text: str) -> list[tuple[str, str, str, Any]]:
     return found
 
 
+def outbox_topics(stack: Stack, service: str, member_id: str) -> list[str]:
+    """The topics of the outbox rows keyed by `member_id` in `service`'s database."""
+    outbox = METADATA[service].tables["outbox"]
+    engine = create_engine(stack.database_urls[service])
+    try:
+        with engine.connect() as connection:
+            query = select(outbox.c.topic).where(outbox.c.key == member_id).order_by(outbox.c.id)
+            return list(connection.scalars(query))
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class PartnerLife:
     member_id: str
@@ -254,6 +266,10 @@ def test_a_deleted_partner_leaves_nothing_personal_in_any_database(stack: Stack)
 
     for value in personal(body):
         assert rows_holding(stack, value) == [], f"{value!r} is still stored"
+    # Of the member's outbox rows, only the deletion's announcements are left: the
+    # others are purged with its data, published or not.
+    assert outbox_topics(stack, "auth", life.member_id) == ["profile-delete"]
+    assert outbox_topics(stack, "member", life.member_id) == ["partner-deleted"]
     status, answer, _ = call("GET", f"{stack.url('auth')}/auth/me", token=life.token)
     assert (status, answer["error"]) == (401, "invalid_token")
     again = sign_up(stack, {**body, "nickname": f"back-{uuid.uuid4().hex[:8]}"})
