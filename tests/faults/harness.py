@@ -1,13 +1,18 @@
 """Fault injection against real processes: a TCP proxy that can cut a database off, a
-registry of every accepted signup, and the reconciliation every fault test ends with."""
+registry of every accepted signup (and of those deleted right after), and the
+reconciliation every fault test ends with."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,18 +98,52 @@ class TcpProxy:
 
 @dataclass(frozen=True)
 class Signup:
-    """An accepted signup: what must exist downstream."""
+    """An accepted signup: what must exist downstream (nothing, once it is deleted)."""
 
     uuid: str
     role: str
     styles: tuple[int, ...]
+    email: str = ""
+    password: str = ""
+
+
+def bearer_request(
+    method: str, url: str, token: str, body: Any = None, timeout: float = 30.0
+) -> tuple[int, Any]:
+    """(status, parsed JSON body) of one request carrying `Authorization: Bearer token`."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def delete_account(auth_url: str, email: str, password: str) -> None:
+    """Log in as `email` and DELETE /auth/me at once; assert both succeed."""
+    body = {"email": email, "password": password}
+    status, answer = request("POST", f"{auth_url}/auth/login", body, timeout=30)
+    assert status == 200, ("login", status, answer)
+    status, answer = bearer_request(
+        "DELETE", f"{auth_url}/auth/me", answer["accessToken"], {"password": password}
+    )
+    assert status == 202, ("DELETE /auth/me", status, answer)
 
 
 @dataclass
 class Registry:
-    """Every signup the module's stack accepted (201), across its tests."""
+    """Every signup the module's stack accepted (201), across its tests, and those of
+    them deleted since (DELETE /auth/me answered 202). With `delete_every` n > 0, every
+    n-th signup of a burst is deleted right after it was accepted (login, then DELETE
+    /auth/me), so each fault also meets deletions racing their own signup."""
 
     accepted: list[Signup] = field(default_factory=list)
+    deleted: list[Signup] = field(default_factory=list)
+    delete_every: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sign_up(self, stack: Stack, number: int, **overrides: Any) -> Signup:
@@ -114,19 +153,42 @@ class Registry:
         body = signup_body(role=role, favoriteStyles=styles, **overrides)
         status, answer = request("POST", f"{stack.url('auth')}/auth/signup", body, timeout=30)
         assert status == 201, (status, answer)
-        signup = Signup(answer["uuid"], role, tuple(styles))
-        with self.lock:
-            self.accepted.append(signup)
+        signup = Signup(answer["uuid"], role, tuple(styles), body["email"], body["password"])
+        self.record(signup)
         return signup
 
+    def record(self, signup: Signup) -> None:
+        with self.lock:
+            self.accepted.append(signup)
+
+    def deletes(self, number: int) -> bool:
+        """Whether the `number`-th signup of a burst is to be deleted right after."""
+        return self.delete_every > 0 and number % self.delete_every == self.delete_every - 1
+
+    def delete(self, stack: Stack, signup: Signup) -> None:
+        """Delete an accepted signup's account (login, DELETE /auth/me); record it."""
+        delete_account(stack.url("auth"), signup.email, signup.password)
+        with self.lock:
+            self.deleted.append(signup)
+
     def burst(self, stack: Stack, count: int, during: Any = None, at: int = -1) -> list[Signup]:
-        """`count` signups one after another; `during()` runs after the `at`-th."""
+        """`count` signups one after another; `during()` runs after the `at`-th. Those
+        `deletes()` picks are deleted right after their signup (and still returned)."""
         made = []
         for number in range(count):
-            made.append(self.sign_up(stack, number))
+            signup = self.sign_up(stack, number)
+            made.append(signup)
+            if self.deletes(number):
+                self.delete(stack, signup)
             if number == at and during is not None:
                 during()
         return made
+
+    def kept(self) -> list[Signup]:
+        """The accepted signups not deleted."""
+        with self.lock:
+            gone = {s.uuid for s in self.deleted}
+            return [s for s in self.accepted if s.uuid not in gone]
 
 
 def _scalar_rows(url: str, query: str) -> list[tuple[Any, ...]]:
@@ -140,72 +202,115 @@ def _scalar_rows(url: str, query: str) -> list[tuple[Any, ...]]:
 
 @dataclass
 class Reconciliation:
-    """What the three databases hold against what was accepted."""
+    """What the three databases hold against what was accepted (and deleted)."""
 
     accepted: int
+    deleted: int
     partners_expected: int
     users: int
     partners: int
     styles: int
     summaries: int
     auth_members: int
+    member_tombstones: int
+    batch_tombstones: int
     unpublished: int
     problems: list[str]
 
     def line(self) -> str:
         return (
-            f"accepted={self.accepted} users={self.users} partners={self.partners} "
-            f"styles={self.styles} summaries={self.summaries} (expected partners/summaries "
-            f"{self.partners_expected}) auth_members={self.auth_members} "
-            f"unpublished_outbox={self.unpublished}"
+            f"accepted={self.accepted} deleted={self.deleted} users={self.users} "
+            f"partners={self.partners} styles={self.styles} summaries={self.summaries} "
+            f"(expected partners/summaries {self.partners_expected}) "
+            f"auth_members={self.auth_members} tombstones member={self.member_tombstones} "
+            f"batch={self.batch_tombstones} unpublished_outbox={self.unpublished}"
         )
 
 
 def reconcile(stack: Stack, registry: Registry, real_urls: dict[str, str]) -> Reconciliation:
-    """Compare every accepted signup with the member and batch databases, row for row."""
+    """Compare every accepted signup with the three databases, row for row: a kept one
+    has exactly one profile of its role, exactly its styles, a partner exactly one
+    summary, and its account is ACTIVE (the member service's answer was applied); a
+    deleted one has none of these, its account is DELETED, the member service holds its
+    tombstone, and the batch service a tombstone for no one else. Nothing else exists."""
     urls = real_urls
     users = _scalar_rows(urls["member"], "SELECT uuid FROM users")
     partners = _scalar_rows(urls["member"], "SELECT uuid FROM partners")
     styles = _scalar_rows(urls["member"], "SELECT member_uuid, style_id FROM favorite_styles")
+    member_tombstones = _scalar_rows(urls["member"], "SELECT uuid FROM deleted_members")
     summaries = _scalar_rows(urls["batch"], "SELECT partner_id FROM partner_summaries")
-    members = _scalar_rows(urls["auth"], "SELECT uuid FROM members")
+    batch_tombstones = _scalar_rows(urls["batch"], "SELECT partner_id FROM deleted_partners")
+    members = _scalar_rows(urls["auth"], "SELECT uuid, status FROM members")
     unpublished = _scalar_rows(
         urls["auth"], "SELECT count(*) FROM outbox WHERE published_at IS NULL"
     )
-    accepted = list(registry.accepted)
+    with registry.lock:
+        accepted = list(registry.accepted)
+        deleted = list(registry.deleted)
+    gone = {s.uuid for s in deleted}
+    kept = [s for s in accepted if s.uuid not in gone]
     problems: list[str] = []
-    expect_users = {s.uuid for s in accepted if s.role == "USER"}
-    expect_partners = {s.uuid for s in accepted if s.role == "PARTNER"}
-    expect_styles = Counter((s.uuid, style) for s in accepted for style in s.styles)
+    expect_users = {s.uuid for s in kept if s.role == "USER"}
+    expect_partners = {s.uuid for s in kept if s.role == "PARTNER"}
+    expect_styles = Counter((s.uuid, style) for s in kept for style in s.styles)
     if Counter(u for (u,) in users) != Counter(expect_users):
-        problems.append("users differ from accepted USER signups")
+        problems.append("users differ from kept USER signups")
     if Counter(p for (p,) in partners) != Counter(expect_partners):
-        problems.append("partners differ from accepted PARTNER signups")
+        problems.append("partners differ from kept PARTNER signups")
     if Counter((m, int(s)) for m, s in styles) != expect_styles:
         problems.append("favorite styles differ")
     if Counter(p for (p,) in summaries) != Counter(expect_partners):
-        problems.append("partner summaries differ from accepted PARTNER signups")
-    if Counter(m for (m,) in members) != Counter(s.uuid for s in accepted):
+        problems.append("partner summaries differ from kept PARTNER signups")
+    if Counter(m for m, _ in members) != Counter(s.uuid for s in accepted):
         problems.append("auth members differ from accepted signups")
+    status = dict(members)
+    not_active = [s.uuid for s in kept if status.get(s.uuid) != "ACTIVE"]
+    if not_active:
+        problems.append(f"{len(not_active)} kept accounts not ACTIVE, e.g. {not_active[:3]}")
+    not_deleted = [s.uuid for s in deleted if status.get(s.uuid) != "DELETED"]
+    if not_deleted:
+        problems.append(f"{len(not_deleted)} deleted accounts not DELETED: {not_deleted[:3]}")
+    if Counter(u for (u,) in member_tombstones) != Counter(gone):
+        problems.append("member tombstones differ from deleted signups")
+    # A partner deleted before its profile was made (its insert purged from the outbox,
+    # or consumed after the deletion) never reached the batch service: no tombstone.
+    deleted_partners = {s.uuid for s in deleted if s.role == "PARTNER"}
+    if not {p for (p,) in batch_tombstones} <= deleted_partners:
+        problems.append("batch tombstones for partners never deleted")
     return Reconciliation(
         accepted=len(accepted),
+        deleted=len(deleted),
         partners_expected=len(expect_partners),
         users=len(users),
         partners=len(partners),
         styles=len(styles),
         summaries=len(summaries),
         auth_members=len(members),
+        member_tombstones=len(member_tombstones),
+        batch_tombstones=len(batch_tombstones),
         unpublished=int(unpublished[0][0]),
         problems=problems,
     )
 
 
+# Every topic a service consumes, with the group and the database whose inbox claims it.
+CONSUMED = (
+    ("member-service", "member", "profile-insert"),
+    ("member-service", "member", "profile-delete"),
+    ("batch-service", "batch", "partner-created"),
+    ("batch-service", "batch", "partner-deleted"),
+    ("auth-service", "auth", "profile-created"),
+    ("auth-service", "auth", "profile-rejected"),
+)
+
+
 def wait_reconciled(
     stack: Stack, registry: Registry, real_urls: dict[str, str], timeout: float = 60.0
 ) -> Reconciliation:
-    """Reconcile until nothing is missing (or `timeout`), then wait until both consumer
-    groups have committed their topics to the end (every redelivery handled, so anything
-    doubled late shows too) and reconcile once more. Returns the final reconciliation."""
+    """Reconcile until nothing is missing (or `timeout`), then wait until every consumer
+    group has committed each of its topics to the end (every redelivery handled, so
+    anything doubled late shows too) and reconcile once more. Returns the final
+    reconciliation."""
     deadline = time.monotonic() + timeout
     try:
         wait_until(
@@ -217,11 +322,10 @@ def wait_reconciled(
         pass  # the final reconciliation below reports what is missing
     else:
         assert stack.bootstrap_servers
-        wait_caught_up(
-            stack.bootstrap_servers,
-            {"member-service": "profile-insert", "batch-service": "partner-created"},
-            max(deadline - time.monotonic(), 30.0),
-        )
+        for group, _, topic in CONSUMED:
+            wait_caught_up(
+                stack.bootstrap_servers, {group: topic}, max(deadline - time.monotonic(), 30.0)
+            )
     return reconcile(stack, registry, real_urls)
 
 
@@ -236,6 +340,69 @@ def inbox_counts(real_urls: dict[str, str]) -> dict[str, int]:
         )
         counts[topic] = int(count)
     return counts
+
+
+def inbox_against_topics(
+    real_urls: dict[str, str], servers: list[str], keys: Collection[str] | None = None
+) -> dict[str, str]:
+    """For every consumed topic whose inbox differs from it: the inbox rows' event ids
+    against the distinct ce_ids of the topic's records (copies of a record share one),
+    in words. Each event on a topic claimed once by its consumer's inbox, and no claim
+    without an event: {} when all agree. Only for a broker that kept every record. With
+    `keys` (a broker shared with other stacks), only the records keyed by one of them
+    count, and only the inbox rows of those records' ids or of no record at all."""
+    differences = {}
+    for _, service, topic in CONSUMED:
+        claimed = Counter(
+            str(event_id)
+            for (event_id,) in _scalar_rows(
+                real_urls[service],
+                f"SELECT event_id FROM processed_events WHERE topic = '{topic}'",
+            )
+        )
+        records = read_topic(servers, topic, timeout=10)
+        sent = {str(r.header("ce_id")) for r in records}
+        if keys is not None:
+            wanted = {key.encode() for key in keys}
+            others = {str(r.header("ce_id")) for r in records if r.key not in wanted}
+            sent -= others
+            claimed = Counter({i: n for i, n in claimed.items() if i not in others})
+        if set(claimed) != sent or any(n > 1 for n in claimed.values()):
+            differences[topic] = (
+                f"{sum(claimed.values())} inbox rows ({len(claimed)} ids), {len(sent)} events, "
+                f"{len(set(claimed) - sent)} claimed not sent, {len(sent - set(claimed))} "
+                "sent not claimed"
+            )
+    return differences
+
+
+def inbox_within_bounds(registry: Registry, real_urls: dict[str, str]) -> list[str]:
+    """Inbox counts against the signups, for when the topics no longer hold every event:
+    every kept signup's profile-insert and answer claimed, a deleted one's at most once
+    (its insert may have been purged from the outbox before it was sent), one deletion
+    claimed per deleted signup; what is out of bounds, in words."""
+    with registry.lock:
+        accepted = list(registry.accepted)
+        deleted = list(registry.deleted)
+    gone = {s.uuid for s in deleted}
+    kept = [s for s in accepted if s.uuid not in gone]
+    partners = [s for s in accepted if s.role == "PARTNER"]
+    kept_partners = [s for s in kept if s.role == "PARTNER"]
+    bounds = {
+        ("member", "profile-insert"): (len(kept), len(accepted)),
+        ("member", "profile-delete"): (len(deleted), len(deleted)),
+        ("auth", "profile-created"): (len(kept), len(accepted)),
+        ("batch", "partner-created"): (len(kept_partners), len(partners)),
+        ("batch", "partner-deleted"): (0, len(partners) - len(kept_partners)),
+    }
+    problems = []
+    for (service, topic), (low, high) in bounds.items():
+        [(count,)] = _scalar_rows(
+            real_urls[service], f"SELECT count(*) FROM processed_events WHERE topic = '{topic}'"
+        )
+        if not low <= int(count) <= high:
+            problems.append(f"{service} inbox holds {count} {topic}, not {low} to {high}")
+    return problems
 
 
 def dead_letters(stack: Stack, topic: str) -> list[Any]:
