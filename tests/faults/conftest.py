@@ -57,7 +57,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory, postgres) -> Iterator[Fault
     except Exception:
         broker.stop()
         raise
-    yield FaultStack(stack, broker, Registry(), proxies, real)
+    # One signup in ten is deleted right after it was accepted, so every fault also
+    # meets deletions racing their own signup.
+    yield FaultStack(stack, broker, Registry(delete_every=10), proxies, real)
     stack.stop()
     broker.stop()
     for proxy in proxies.values():
