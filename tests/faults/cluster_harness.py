@@ -28,12 +28,21 @@ from devtools.http_client import request
 from devtools.kafka_cluster import LocalKafkaCluster
 from devtools.stack import Stack
 from shared.messaging.kafka import read_topic
-from tests.faults.harness import Registry, Signup, reconcile
+from tests.faults.harness import CONSUMED, Registry, Signup, delete_account, reconcile
 from tests.unit.pipeline_harness import signup_body
 from tests.waiting import wait_until
 
 # Who publishes what, from which database's outbox, and which group consumes it.
-PUBLISHERS = {"profile-insert": "auth", "partner-created": "member"}
+PUBLISHERS = {
+    "profile-insert": "auth",
+    "profile-delete": "auth",
+    "partner-created": "member",
+    "partner-deleted": "member",
+    "profile-created": "member",
+    "profile-rejected": "member",
+}
+# Each group's first topic (the one whose assignment the tests watch); CONSUMED (from
+# tests/faults/harness.py) has every topic each group reads.
 GROUPS = {"member-service": "profile-insert", "batch-service": "partner-created"}
 OFFSETS_TOPIC = "__consumer_offsets"
 T = TypeVar("T")
@@ -215,13 +224,15 @@ def revive(stack: Stack) -> list[str]:
 class LoadGenerator:
     """Signs up one after another on its own thread until stopped, recording each answer
     (a status, or the error when nothing answered) and every accepted signup in the
-    module's Registry."""
+    module's Registry; deletes right after its signup each one the Registry's
+    `deletes()` picks (a deletion that fails is recorded in `refused_deletions`)."""
 
     stack: Stack
     registry: Registry
     pause: float = 0.05
     answers: list[int | str] = field(default_factory=list)
     accepted: list[Signup] = field(default_factory=list)
+    refused_deletions: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -247,11 +258,23 @@ class LoadGenerator:
                 continue
             self.answers.append(status)
             if status == 201:
-                signup = Signup(answer["uuid"], role, tuple(styles))
+                signup = Signup(
+                    answer["uuid"], role, tuple(styles), body["email"], body["password"]
+                )
                 self.accepted.append(signup)
-                with self.registry.lock:
-                    self.registry.accepted.append(signup)
+                self.registry.record(signup)
+                if self.registry.deletes(number):
+                    self._delete(signup)
             self._stop.wait(self.pause)
+
+    def _delete(self, signup: Signup) -> None:
+        try:
+            delete_account(self.stack.url("auth"), signup.email, signup.password)
+        except Exception as exc:  # noqa: BLE001 - recorded: the test asserts on it
+            self.refused_deletions.append(f"{type(exc).__name__}: {exc}")
+            return
+        with self.registry.lock:
+            self.registry.deleted.append(signup)
 
     def stop(self) -> None:
         self._stop.set()
@@ -419,9 +442,9 @@ def drain(
     servers: Sequence[str],
     timeout: float = 90.0,
 ) -> Drain:
-    """Wait until every accepted signup is applied (reconcile() finds nothing wrong), both
-    outboxes are empty and both groups committed their topics to the end; how long it
-    took, and what was still wrong if it never happened."""
+    """Wait until every accepted signup is applied and every deletion done (reconcile()
+    finds nothing wrong), both outboxes are empty and every group committed each of its
+    topics to the end; how long it took, and what was still wrong if it never happened."""
     start = time.monotonic()
     deadline = start + timeout
     problems: list[str] = ["not reconciled yet"]
@@ -433,8 +456,8 @@ def drain(
         waiting = {s: unpublished(urls, s) for s in ("auth", "member")}
         problems += [f"{s} outbox holds {n} unpublished" for s, n in waiting.items() if n]
         if not problems:
-            behind = [g for g, t in GROUPS.items() if not caught_up(servers, g, t)]
-            problems = [f"group {g} has not committed its topic to the end" for g in behind]
+            behind = [(g, t) for g, _, t in CONSUMED if not caught_up(servers, g, t)]
+            problems = [f"group {g} has not committed {t} to the end" for g, t in behind]
             if not problems:
                 return Drain(time.monotonic() - start, [], line)
         time.sleep(0.5)
