@@ -48,7 +48,9 @@ def signup_body(n: int) -> dict[str, Any]:
         "birth": "1994-05-17",
         "gender": "FEMALE",
         "role": "PARTNER" if n % PARTNER_EVERY == 0 else "USER",
-        "nickname": f"bench-{n}",
+        # Unique among members (the member service rejects a taken one), also across
+        # the stages of one run that share a database.
+        "nickname": f"b{n}-{uuid.uuid4().hex[:10]}",
         "favoriteStyles": STYLES,
     }
 
@@ -65,9 +67,10 @@ def profile_insert_payload(n: int) -> dict[str, Any]:
 
 
 def rows_per_event() -> float:
-    """Rows a member worker writes per event of the mix: the profile, its styles and the
-    inbox row, plus an outbox row for a partner."""
-    return 1 + len(STYLES) + 1 + 1 / PARTNER_EVERY
+    """Rows a member worker writes per event of the mix: the profile, its styles, its
+    member_roles row, the inbox row and its profile-created answer, plus a partner's
+    partner-created."""
+    return 1 + len(STYLES) + 1 + 1 + 1 + 1 / PARTNER_EVERY
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
