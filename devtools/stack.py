@@ -244,6 +244,13 @@ class Stack:
                 for service, port in self.ports.items()
                 if not _can_listen("127.0.0.1", port)
             }
+            # nginx holds the public ports; if one is taken it cannot start: let it say so
+            # at once rather than after every process has started.
+            proxy_first = self.proxied and bool(taken)
+            if proxy_first:
+                step("starting nginx in front of the APIs")
+                self.spawn_proxy()
+                self.wait_ready(timeout, names=["proxy"], untrusted={"proxy"})
             step(f"starting {len(PROCESSES)} processes")
             for name in PROCESSES:
                 self.spawn(name)
@@ -251,10 +258,11 @@ class Stack:
             if self.proxied:
                 # The APIs first, on their own ports; then nginx, which would only answer
                 # 503 (and log each refused connection) until they do.
-                self.wait_ready(timeout, names=list(self.processes))
-                step("starting nginx in front of the APIs")
-                self.spawn_proxy()
-                self.wait_ready(timeout, names=["proxy"], untrusted={"proxy"} if taken else ())
+                self.wait_ready(timeout, names=[n for n in self.processes if n != "proxy"])
+                if not proxy_first:
+                    step("starting nginx in front of the APIs")
+                    self.spawn_proxy()
+                    self.wait_ready(timeout, names=["proxy"])
             else:
                 self.wait_ready(timeout, untrusted=taken)
         except BaseException:

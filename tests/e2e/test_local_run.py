@@ -115,7 +115,7 @@ def test_dev_serves_the_printed_curl_and_ctrl_c_leaves_no_process_behind(
     assert json.loads(member.stdout)["role"] == "PARTNER", member
     assert member_id in summary.stdout, summary
     assert traced.returncode == 0, traced.stderr
-    assert "5 summary created" in traced.stdout and "complete:" in traced.stdout, traced.stdout
+    assert " 7 summary created" in traced.stdout and "complete:" in traced.stdout, traced.stdout
     assert broker in once.stdout, once
     # dev's processes log readable text lines, not JSON.
     assert any(" INFO " in line and not line.split(" ", 1)[-1].startswith("{") for line in output)
