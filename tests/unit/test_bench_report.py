@@ -70,7 +70,9 @@ def test_every_target_met_reads_yes() -> None:
 
 
 def test_a_drain_below_half_its_ceiling_is_a_miss_even_above_6000() -> None:
-    # PostgreSQL at 200,000 rows/s makes the database ceiling ~38,000 events/s.
+    # PostgreSQL at 200,000 rows/s makes the database ceiling ~27,800 events/s (7.2 rows
+    # an event: profile, 3 styles, role, inbox, the profile-created answer, a fifth of a
+    # partner-created).
     figures = run(
         postgres_rows={
             "per_commit": {"per_second": 2000.0},
@@ -81,7 +83,7 @@ def test_a_drain_below_half_its_ceiling_is_a_miss_even_above_6000() -> None:
     drain = next(row for row in assess(figures) if row["figure"].startswith("backlog drain, 1"))
 
     assert drain["met"] is False
-    assert drain["ceiling"].endswith("→ 18%")
+    assert drain["ceiling"].endswith("→ 25%")
 
 
 def test_misses_are_marked_in_the_table() -> None:
