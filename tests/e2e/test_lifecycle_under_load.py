@@ -5,12 +5,13 @@ member workers, each with its relay) on PostgreSQL.
 500 members sign up and are deleted at once (signup, login, DELETE /auth/me, one right
 after the other) while 500 others sign up and stay, 16 clients at a time, with the member
 workers held (SIGSTOP) meanwhile so that both of their topics pile up and deletions can be
-read before their inserts. Once everything has drained, a deleted member has left nothing anywhere (no profile, no summary, none of
-its personal data in any text column of any table of the three databases, its account
-DELETED, a tombstone in the member service and, for a partner whose profile was made, in
-the batch service) and a kept member exists exactly once (ACTIVE, one profile with its
-styles, one summary for a partner); every event was claimed once by its consumer's inbox
-and none was dead-lettered.
+read before their inserts. Once everything has drained, a deleted member has left
+nothing anywhere (no profile, no summary, none of its personal data in any text column
+of any table of the three databases, its account DELETED, a tombstone in the member
+service and, for a partner whose profile was made, in the batch service) and a kept
+member exists exactly once (ACTIVE, one profile with its styles, one summary for a
+partner); every event was claimed once by its consumer's inbox and none was
+dead-lettered.
 
 Then a deletion forced to be consumed before its insert: the insert creates nothing."""
 
