@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
 from auth_service.api import create_app
@@ -209,3 +209,21 @@ def test_the_saga_and_deletion_routes_are_in_the_openapi_document(client: FlaskC
     paths = document["paths"]  # type: ignore[index]
     assert "202" in paths["/auth/me"]["delete"]["responses"]
     assert "/auth/signups/{member_id}" in paths
+
+
+def test_an_account_whose_email_the_normal_form_now_refuses_can_still_be_deleted(
+    client: FlaskClient, database: Database
+) -> None:
+    """Migration 0003 keeps an address the new rules refuse (a quoted local part); its
+    holder's token (issued before) must still reach DELETE /auth/me, not a 500."""
+    body = signup_body()
+    account = Account(client, body)
+    token = account.token()
+    with database.sessions() as session, session.begin():
+        session.execute(
+            update(Member)
+            .where(Member.uuid == account.uuid)
+            .values(email='"quoted"@example.com')
+        )
+    answer = client.delete("/auth/me", json={"password": body["password"]}, headers=bearer(token))
+    assert answer.status_code == 202, answer.json
