@@ -110,7 +110,7 @@ for tier in "${TIERS[@]}"; do
   echo "== $tier: starting (broker: $broker)"
   started=$SECONDS
   status=0
-  TEST_KAFKA=$(broker_for "$tier") .venv/bin/python -m pytest "tests/$tier" --junitxml="$reports/$tier.xml" "$@" || status=$?
+  TEST_KAFKA=$(broker_for "$tier") .venv/bin/python -m pytest "tests/$tier" --junitxml="$reports/$tier.xml" --durations=8 "$@" || status=$?
   elapsed=$((SECONDS - started))
   read -r passed failed skipped < <(counts "$reports/$tier.xml")
   total_passed=$((total_passed + passed))
