@@ -8,39 +8,23 @@ never reused, and a partner is only created, then deleted).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, delete, select
 
 from batch_service.models import DeletedPartner, PartnerSummary
 from shared.messaging.pipeline import PartnerCreated, PartnerDeleted
 from shared.messaging.processor import Summary
-from shared.storage.db import UnitOfWork, utcnow
+from shared.storage.db import UnitOfWork, insert_or_skip, utcnow
 
 OPENED = Summary("partner summary opened")
 ALREADY_DELETED = Summary("partner already deleted: no summary opened")
 
 
-def lock_partner(uow: UnitOfWork, partner_id: str) -> None:
-    """Serialise, per partner, the transactions that open and drop its summary: on
-    PostgreSQL a transaction-level advisory lock on the uuid, held until commit or
-    rollback, so that a creation and a deletion applied at once by two workers cannot
-    each miss the other's uncommitted rows (the summary would outlive the deletion).
-    SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to do."""
-    if uow.session.get_bind().dialect.name != "postgresql":
-        return
-    # 64 bits of a hash of the whole uuid (a uuid's own first bits may be shared).
-    digest = hashlib.blake2b(partner_id.encode(), digest_size=8).digest()
-    lock_id = int.from_bytes(digest, "big", signed=True)
-    uow.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
-
-
 def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> Summary:
     """Open the new partner's summary with every counter at zero; nothing for a partner
     already deleted (its tombstone)."""
-    lock_partner(uow, event.partner_id)
+    uow.lock(event.partner_id)
     deleted = uow.session.scalar(
         select(DeletedPartner.partner_id).where(DeletedPartner.partner_id == event.partner_id)
     )
@@ -64,14 +48,9 @@ def on_partner_created(event: PartnerCreated, uow: UnitOfWork) -> Summary:
 def on_partner_deleted(event: PartnerDeleted, uow: UnitOfWork) -> Summary:
     """Drop the partner's summary and leave its tombstone; a second deletion is a no-op,
     and the deletion of a partner never seen leaves only the tombstone."""
-    lock_partner(uow, event.partner_id)
-    insert: Any = (
-        postgresql.insert
-        if uow.session.get_bind().dialect.name == "postgresql"
-        else (sqlite.insert)
-    )
+    uow.lock(event.partner_id)
     tombstoned = uow.session.execute(
-        insert(DeletedPartner)
+        insert_or_skip(uow.session)(DeletedPartner)
         .values(partner_id=event.partner_id, deleted_at=utcnow())
         .on_conflict_do_nothing(index_elements=[DeletedPartner.partner_id])
         .returning(DeletedPartner.partner_id)

@@ -12,11 +12,9 @@ Summaries never carry the nickname (personal data): roles, counts and reasons on
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import CursorResult, delete, select
 
 from member_service.models import (
     DeletedMember,
@@ -43,36 +41,12 @@ from shared.messaging.pipeline import (
     Topic,
 )
 from shared.messaging.processor import Summary
-from shared.storage.db import UnitOfWork, utcnow
+from shared.storage.db import UnitOfWork, insert_or_skip, utcnow
 from shared.telemetry.tracecontext import current_traceparent
 
 SOURCE = "member-service"
 NICKNAME_TAKEN = "nickname_taken"
 ALREADY_DELETED = Summary("member already deleted: no profile created, no answer")
-
-
-def lock_member(uow: UnitOfWork, member_id: str) -> None:
-    """Serialise, per member, the transactions that create and delete it: on PostgreSQL a
-    transaction-level advisory lock on the uuid, held until commit or rollback. Without
-    it an insert and a deletion applied at once by two workers (they come from two
-    topics) would each miss the other's uncommitted rows, and the profile would outlive
-    its deletion. With it the second one waits, and its next statement sees what the
-    first committed. SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to do."""
-    if uow.session.get_bind().dialect.name != "postgresql":
-        return
-    # 64 bits of a hash of the whole uuid (a uuid's own first bits may be shared).
-    digest = hashlib.blake2b(member_id.encode(), digest_size=8).digest()
-    lock_id = int.from_bytes(digest, "big", signed=True)
-    uow.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
-
-
-def _insert(uow: UnitOfWork) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT DO NOTHING."""
-    return (
-        postgresql.insert
-        if uow.session.get_bind().dialect.name == "postgresql"
-        else (sqlite.insert)
-    )
 
 
 def _deleted(uow: UnitOfWork, statement: Any) -> int:
@@ -106,14 +80,14 @@ def on_profile_insert(event: ProfileInsert, uow: UnitOfWork) -> Summary:
     nothing (it committed). So of any number of members asking for one nickname, in one
     batch or in concurrent workers, exactly one gets it and the others are rejected;
     none fails, so none is dead-lettered for a mere clash."""
-    lock_member(uow, event.uuid)
+    uow.lock(event.uuid)
     deleted = uow.session.scalar(select(DeletedMember.uuid).where(DeletedMember.uuid == event.uuid))
     if deleted is not None:
         return ALREADY_DELETED
     key = nickname_key(event.nickname)
     role_row = {"uuid": event.uuid, "role": event.role, "nickname_key": key}
     claimed = uow.session.execute(
-        _insert(uow)(MemberRole)
+        insert_or_skip(uow.session)(MemberRole)
         .values(role_row)
         .on_conflict_do_nothing(index_elements=[MemberRole.nickname_key])
         .returning(MemberRole.uuid)
@@ -127,7 +101,7 @@ def on_profile_insert(event: ProfileInsert, uow: UnitOfWork) -> Summary:
             # role): the primary key refuses it, as every contradiction, and the
             # IntegrityError has the event dead-lettered. Never a rejection: auth would
             # erase an account whose profile exists.
-            uow.session.execute(_insert(uow)(MemberRole).values(role_row))
+            uow.session.execute(insert_or_skip(uow.session)(MemberRole).values(role_row))
         _answer(
             uow,
             PROFILE_REJECTED,
@@ -161,9 +135,9 @@ def on_profile_delete(event: ProfileDelete, uow: UnitOfWork) -> Summary:
     partner's deletion is announced (`partner-deleted`) for the batch service. The
     tombstone makes a later `profile-insert` for the uuid create nothing, and a second
     deletion a no-op. A deletion of a member never seen leaves only the tombstone."""
-    lock_member(uow, event.uuid)
+    uow.lock(event.uuid)
     tombstoned = uow.session.execute(
-        _insert(uow)(DeletedMember)
+        insert_or_skip(uow.session)(DeletedMember)
         .values(uuid=event.uuid, deleted_at=utcnow())
         .on_conflict_do_nothing(index_elements=[DeletedMember.uuid])
         .returning(DeletedMember.uuid)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import String
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from shared.storage.db import UTCDateTime, utcnow
+from shared.storage.db import UTCDateTime, insert_or_skip, utcnow
 
 
 class InboxRecord:
@@ -42,8 +41,7 @@ def claim_events(
     """
     if not events:
         return set()
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = insert_or_skip(session)
     now = utcnow()
     rows = [
         {"consumer": consumer, "event_id": event_id, "topic": topic, "processed_at": now}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Engine, Integer, create_engine, event, insert, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -178,12 +180,30 @@ class UnitOfWork:
             self.session.connection().execute(insert(model.__table__), rows)
         self._staged.clear()
 
+    def lock(self, key: str) -> None:
+        """Serialise, per `key`, the transactions that take this lock: on PostgreSQL a
+        transaction-level advisory lock on 64 bits of a hash of the whole key (a uuid's
+        own first bits may be shared), held until commit or rollback, so the second
+        transaction waits and its next statement sees what the first committed. SQLite
+        has one writer at a time (BEGIN IMMEDIATE): nothing to do."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        lock_id = int.from_bytes(digest, "big", signed=True)
+        self.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+
     def commit(self) -> None:
         """Flush, commit the transaction, then run the after-commit hook."""
         self.flush()
         self.session.commit()
         if self._after_commit is not None:
             self._after_commit()
+
+
+def insert_or_skip(session: Session) -> Any:
+    """The dialect's INSERT, the one with `on_conflict_do_nothing()` (PostgreSQL or
+    SQLite, the two this project runs on)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def redact_url(url: str) -> str:
