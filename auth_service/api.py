@@ -263,11 +263,13 @@ def _fingerprint(secret: bytes, key: str, body: dict[str, Any]) -> Idempotency:
     )
 
 
-def _replayed(member_id: str) -> tuple[Response, int]:
+def _signed_up(member_id: str, *, replayed: bool = False) -> tuple[Response, int]:
+    """The signup's 201: its uuid, and where to follow it; a retry's says it is one."""
+    bind(member_uuid=member_id)  # the access-log line of this request names the member
     response = jsonify(uuid=member_id)
-    response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/auth/signups/{member_id}"
-    bind(member_uuid=member_id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response, 201
 
 
@@ -346,7 +348,7 @@ def create_app(
                 with database.unit_of_work() as uow:
                     created = find_idempotent(idempotency, uow)
                 if created is not None:
-                    return _replayed(created)
+                    return _signed_up(created, replayed=True)
             if limiter is not None:  # nothing of a request is used before the schema's yes
                 _refuse(limiter.check("signup-per-email", email_key(data["email"])))
         except ValidationError as exc:
@@ -380,11 +382,8 @@ def create_app(
             except IdempotencyKeyReused:
                 raise _key_reused() from None
             assert created is not None  # the key's row is committed: it is why we failed
-            return _replayed(created)
-        bind(member_uuid=member_id)  # the access-log line of this request names the member
-        response = jsonify(uuid=member_id)
-        response.headers["Location"] = f"/auth/signups/{member_id}"
-        return response, 201
+            return _signed_up(created, replayed=True)
+        return _signed_up(member_id)
 
     @auth.post("/login")
     def login() -> Response:
