@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batch_service.api import create_app
-from batch_service.consumer import PARTNER_CREATED_WORKER
+from batch_service.consumer import BATCH_WORKER
 from batch_service.models import Base
 from shared.runtime import migrate, run_api, run_worker, service_main
 
@@ -16,7 +16,7 @@ def main() -> None:
         Base.metadata,
         {
             "worker": lambda settings, args: run_worker(
-                settings, Base.metadata, PARTNER_CREATED_WORKER, args
+                settings, Base.metadata, BATCH_WORKER, args
             ),
             "api": lambda settings, args: run_api(
                 settings, Base.metadata, lambda db, _relay: create_app(db), args

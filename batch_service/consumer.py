@@ -1,17 +1,22 @@
-"""The batch service's worker: a partner's summary opened, and dropped when the partner
-deletes their account."""
+"""The batch service's worker: a partner's summary opened by `partner-created`, counted
+from the partners' activity, and dropped by `partner-deleted`. Every topic goes to one
+batch handler, which sees a whole transaction's events at once."""
 
 from __future__ import annotations
 
-from batch_service.handlers import on_partner_created, on_partner_deleted
+from typing import Any, cast
+
+from batch_service.handlers import apply_batch
 from batch_service.models import ProcessedEvent
-from shared.messaging.pipeline import PARTNER_CREATED, PARTNER_DELETED
+from shared.messaging.pipeline import ACTIVITY_TOPICS, PARTNER_CREATED, PARTNER_DELETED, Topic
 from shared.runtime import Route, WorkerSpec
 
-PARTNER_CREATED_WORKER = WorkerSpec(
-    routes=(
-        Route(PARTNER_CREATED, on_partner_created),
-        Route(PARTNER_DELETED, on_partner_deleted),
+BATCH_WORKER = WorkerSpec(
+    routes=tuple(
+        Route(topic, batch=apply_batch)
+        for topic in cast(
+            tuple[Topic[Any], ...], (PARTNER_CREATED, PARTNER_DELETED, *ACTIVITY_TOPICS)
+        )
     ),
     inbox=ProcessedEvent,
 )

@@ -193,6 +193,19 @@ def worker_join_timeout(env: Mapping[str, str] | None = None) -> float:
     return _positive(_environment(env), WORKER_JOIN_TIMEOUT_VARIABLE, 120.0)
 
 
+WORKER_TRANSACTION_VARIABLE = "WORKER_TRANSACTION"
+
+
+def one_event_per_transaction(env: Mapping[str, str] | None = None) -> bool:
+    """WORKER_TRANSACTION: `batch` (the default) applies each poll's records in one
+    transaction; `event` gives every record its own, the way a worker without batching
+    works (the benchmark's baseline; slower, never needed for correctness)."""
+    value = _environment(env).get(WORKER_TRANSACTION_VARIABLE, "batch").strip() or "batch"
+    if value not in ("batch", "event"):
+        raise ConfigError(f"{WORKER_TRANSACTION_VARIABLE} is batch or event, not {value!r}")
+    return value == "event"
+
+
 # The auth API's rate limits, each overridable by its own variable.
 RATE_LIMIT_KINDS = (
     "signup-per-address",

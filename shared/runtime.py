@@ -30,6 +30,7 @@ from shared.config import (
     WebSettings,
     failpoint_spec,
     log_settings,
+    one_event_per_transaction,
     web_settings,
     worker_health_port,
     worker_join_timeout,
@@ -235,6 +236,7 @@ def run_worker(
             spec.inbox,
             dead_letters,
             after_commit=relay.wake if relay else None,
+            one_event_per_transaction=one_event_per_transaction(),
         )
         names = [topic.name for topic in spec.topics]
         consumer = make_consumer(servers, spec.consumer_group, names, state)

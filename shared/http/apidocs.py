@@ -179,6 +179,8 @@ class Route:
     body: type[Schema] | None = None
     errors: tuple[ErrorAnswer, ...] = ()
     parameters: Mapping[str, str] = field(default_factory=dict)  # path parameter: description
+    # query parameter: (description, its JSON Schema); never required
+    query: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
     media_type: str = "application/json"
     description: str = ""
 
@@ -278,6 +280,16 @@ def _operation(spec: APISpec, route: Route) -> dict[str, Any]:
             }
             for name in names
         ]
+    for name, (description, schema) in route.query.items():
+        operation.setdefault("parameters", []).append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": description,
+                "schema": dict(schema),
+            }
+        )
     if route.body is not None:
         operation["requestBody"] = {
             "required": True,

@@ -17,6 +17,10 @@ and who consumes it. Read this first.
     member_service worker: profile erased (+ outbox partner-deleted) --relay--> partner-deleted
     batch_service worker: partner summary erased
 
+    other teams' services --> post-created | post-deleted | follow-created |
+        follow-deleted | coordinate-closed | review-created (keyed by partner uuid)
+    batch_service worker: each partner's counters, average star and score, exactly once
+
 A record that can never be applied goes, byte for byte, to ``<topic>.DLT``.
 """
 
@@ -185,6 +189,159 @@ class PartnerDeletedSchema(EventSchema):
         return PartnerDeleted(**data)
 
 
+MAX_ITEM_ID = 2**63 - 1  # a Java long
+
+
+class ItemId(fields.Field):  # type: ignore[type-arg]
+    """An id another team's service gave a post, a coordination request or a review: a
+    string of 1 to 64 printable characters, or a non-negative integer (a Java long),
+    which is kept as its decimal text (so `7` and `"7"` are one item)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, bool):
+            raise ValidationError("Not an id: a string or an integer.")
+        if isinstance(value, int):
+            if not 0 <= value <= MAX_ITEM_ID:
+                raise ValidationError("An integer id is between 0 and 2^63-1.")
+            return str(value)
+        if isinstance(value, str):
+            if not 1 <= len(value) <= 64 or not value.isprintable() or value != value.strip():
+                raise ValidationError("A string id has 1 to 64 printable characters.")
+            return value
+        raise ValidationError("Not an id: a string or an integer.")
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value
+
+
+@dataclass(frozen=True)
+class PostCreated:
+    """A partner published a post (the post service's event)."""
+
+    post_id: str
+    partner_id: str
+
+
+@dataclass(frozen=True)
+class PostDeleted:
+    """A partner's post was deleted."""
+
+    post_id: str
+    partner_id: str
+
+
+@dataclass(frozen=True)
+class FollowCreated:
+    """A member started following a partner."""
+
+    follower_id: str
+    partner_id: str
+
+
+@dataclass(frozen=True)
+class FollowDeleted:
+    """A member stopped following a partner."""
+
+    follower_id: str
+    partner_id: str
+
+
+@dataclass(frozen=True)
+class CoordinateClosed:
+    """A coordination request to a partner was closed (done): it counts for the partner."""
+
+    request_id: str
+    partner_id: str
+
+
+STARS = (1, 5)
+
+
+@dataclass(frozen=True)
+class ReviewCreated:
+    """A member reviewed a partner with 1 to 5 stars."""
+
+    review_id: str
+    partner_id: str
+    star: int
+
+
+ActivityEvent = (
+    PostCreated | PostDeleted | FollowCreated | FollowDeleted | CoordinateClosed | ReviewCreated
+)
+
+
+def _partner_id() -> fields.String:
+    return fields.String(required=True, validate=_uuid_text, data_key="partnerId")
+
+
+class PostCreatedSchema(EventSchema):
+    """`post-created`: `{"postId", "partnerId"}`."""
+
+    post_id = ItemId(required=True, data_key="postId")
+    partner_id = _partner_id()
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> PostCreated:
+        return PostCreated(**data)
+
+
+class PostDeletedSchema(EventSchema):
+    """`post-deleted`: `{"postId", "partnerId"}`."""
+
+    post_id = ItemId(required=True, data_key="postId")
+    partner_id = _partner_id()
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> PostDeleted:
+        return PostDeleted(**data)
+
+
+class FollowCreatedSchema(EventSchema):
+    """`follow-created`: `{"followerId", "partnerId"}` (the follower is a member)."""
+
+    follower_id = fields.String(required=True, validate=_uuid_text, data_key="followerId")
+    partner_id = _partner_id()
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> FollowCreated:
+        return FollowCreated(**data)
+
+
+class FollowDeletedSchema(EventSchema):
+    """`follow-deleted`: `{"followerId", "partnerId"}`."""
+
+    follower_id = fields.String(required=True, validate=_uuid_text, data_key="followerId")
+    partner_id = _partner_id()
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> FollowDeleted:
+        return FollowDeleted(**data)
+
+
+class CoordinateClosedSchema(EventSchema):
+    """`coordinate-closed`: `{"requestId", "partnerId"}`."""
+
+    request_id = ItemId(required=True, data_key="requestId")
+    partner_id = _partner_id()
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> CoordinateClosed:
+        return CoordinateClosed(**data)
+
+
+class ReviewCreatedSchema(EventSchema):
+    """`review-created`: `{"reviewId", "partnerId", "star": 1..5}`."""
+
+    review_id = ItemId(required=True, data_key="reviewId")
+    partner_id = _partner_id()
+    star = StrictInteger(required=True, validate=validate.Range(min=STARS[0], max=STARS[1]))
+
+    @post_load
+    def _event(self, data: dict[str, Any], **_: Any) -> ReviewCreated:
+        return ReviewCreated(**data)
+
+
 E = TypeVar("E")
 
 
@@ -288,7 +445,44 @@ PARTNER_DELETED = Topic(
     partitions=6,
 )
 
-# In the order a member's life goes through them: the signup, its answer, the deletion.
+# What partners do, told by other teams' services (the contract defines what they send):
+# the batch service turns them into each partner's counters. Keyed by partner uuid, so
+# one partner's events of a topic keep their order; between topics nothing is ordered,
+# and a partner's activity may even come before its `partner-created`.
+
+
+def _activity(name: str, event: type[E], schema: type[Schema], producer: str) -> Topic[E]:
+    return Topic(
+        name=name,
+        key="partner uuid",
+        event=event,
+        schema=schema,
+        producer=producer,
+        consumer_group="batch-service",
+        partitions=6,
+    )
+
+
+POST_CREATED = _activity("post-created", PostCreated, PostCreatedSchema, "post-service")
+POST_DELETED = _activity("post-deleted", PostDeleted, PostDeletedSchema, "post-service")
+FOLLOW_CREATED = _activity("follow-created", FollowCreated, FollowCreatedSchema, "follow-service")
+FOLLOW_DELETED = _activity("follow-deleted", FollowDeleted, FollowDeletedSchema, "follow-service")
+COORDINATE_CLOSED = _activity(
+    "coordinate-closed", CoordinateClosed, CoordinateClosedSchema, "coordinate-service"
+)
+REVIEW_CREATED = _activity("review-created", ReviewCreated, ReviewCreatedSchema, "review-service")
+
+ACTIVITY_TOPICS: tuple[Topic[Any], ...] = (
+    POST_CREATED,
+    POST_DELETED,
+    FOLLOW_CREATED,
+    FOLLOW_DELETED,
+    COORDINATE_CLOSED,
+    REVIEW_CREATED,
+)
+
+# In the order a member's life goes through them: the signup, its answer, the deletion;
+# then the partners' activity.
 TOPICS: tuple[Topic[Any], ...] = (
     PROFILE_INSERT,
     PARTNER_CREATED,
@@ -296,4 +490,5 @@ TOPICS: tuple[Topic[Any], ...] = (
     PROFILE_REJECTED,
     PROFILE_DELETE,
     PARTNER_DELETED,
+    *ACTIVITY_TOPICS,
 )

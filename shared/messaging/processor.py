@@ -48,7 +48,7 @@ from shared.messaging.pipeline import Topic
 from shared.storage.db import Database, UnitOfWork
 from shared.telemetry.logs import FLOW_LOGGER, flow_level, log_context
 from shared.telemetry.metrics import metrics
-from shared.telemetry.tracecontext import SpanKind, span, trace_id_of
+from shared.telemetry.tracecontext import SpanKind, record_spans, span, trace_id_of
 
 log = logging.getLogger(__name__)
 flow_log = logging.getLogger(FLOW_LOGGER)
@@ -141,6 +141,13 @@ Handler = Callable[[E, UnitOfWork], Summary | None]
 """What a service does with one event of its topic, inside the consumer's transaction;
 it may say what it did (a Summary), which the worker logs once the transaction committed."""
 
+BatchHandler = Callable[[Sequence[Any], UnitOfWork], Sequence[Summary | None]]
+"""What a service does with all the new events of a transaction that are routed to it
+(in the order they were polled, each partition's in offset order), at once: where one
+statement for many events pays, as folding a poll's activity into one counter update per
+partner. It answers one Summary (or None) per event, in the order given. Every route
+naming the same batch handler shares the one call."""
+
 
 def is_transient(exc: BaseException) -> bool:
     """Failures of the database rather than of the record: lost connections, deadlocks,
@@ -188,10 +195,16 @@ class _Again:
 
 @dataclass(frozen=True)
 class Route(Generic[E]):
-    """One topic a worker reads, and the handler its events go to."""
+    """One topic a worker reads, and where its events go: `handler`, one event at a time,
+    or `batch`, every new event of the transaction routed to that batch handler at once."""
 
     topic: Topic[E]
-    handler: Handler[E]
+    handler: Handler[E] | None = None
+    batch: BatchHandler | None = None
+
+    def __post_init__(self) -> None:
+        if (self.handler is None) == (self.batch is None):
+            raise ValueError(f"route {self.topic.name}: give a handler or a batch handler")
 
 
 def consumer_group_of(routes: Sequence[Route[Any]]) -> str:
@@ -221,6 +234,7 @@ class EventProcessor:
         *,
         after_commit: Callable[[], None] | None = None,
         max_unexpected_attempts: int = 5,
+        one_event_per_transaction: bool = False,
     ) -> None:
         self.group = consumer_group_of(routes)
         self._routes: dict[str, Route[Any]] = {route.topic.name: route for route in routes}
@@ -230,6 +244,9 @@ class EventProcessor:
         self._dead_letters = dead_letters
         self._after_commit = after_commit
         self._max_unexpected_attempts = max_unexpected_attempts
+        # WORKER_TRANSACTION=event: every record in its own transaction, the way a worker
+        # without batching works (the benchmark's baseline), never the default.
+        self._one_event_per_transaction = one_event_per_transaction
 
     def apply(
         self,
@@ -260,7 +277,7 @@ class EventProcessor:
         ]
         report = BatchReport()
         applied = False  # every record that decoded is committed
-        if len(together) > 1:
+        if len(together) > 1 and not self._one_event_per_transaction:
             try:
                 outcomes = self._transaction(together)
             except Exception as exc:
@@ -360,28 +377,64 @@ class EventProcessor:
         group = self.group
         durations: list[tuple[str, float]] = []
         done: list[tuple[Message, Summary | None]] = []
+        spans: list[tuple[list[Message], int, int]] = []  # of batch handlers' events
         started_at = time.perf_counter()
         with self._database.unit_of_work(self._after_commit) as uow:
             # dict.fromkeys: the same event twice in one batch is claimed once.
             wanted = dict.fromkeys((c.event_id, c.message.topic) for c in contexts)
             unclaimed = claim_events(uow.session, self._inbox, group, list(wanted))
             outcomes = []
+            batched: dict[BatchHandler, list[tuple[Message, Any]]] = {}
             for (message, event), context in zip(decoded, contexts, strict=True):
                 if context.event_id not in unclaimed:
                     outcomes.append(Outcome.DUPLICATE)
                     continue
                 unclaimed.discard(context.event_id)
                 failpoint("handle", message.value.decode("utf-8", errors="replace"))
+                outcomes.append(Outcome.APPLIED)
+                route = self._routes[message.topic]
+                if route.batch is not None:
+                    batched.setdefault(route.batch, []).append((message, event))
+                    continue
+                assert route.handler is not None  # a route has one or the other
                 with self._event_scope(message, context):
                     started = time.perf_counter()
-                    handler = self._routes[message.topic].handler
-                    done.append((message, handler(event, uow)))
+                    done.append((message, route.handler(event, uow)))
                     durations.append((message.topic, time.perf_counter() - started))
                     log.debug("handled %s", _where(message))
-                outcomes.append(Outcome.APPLIED)
+            for batch_handler, pairs in batched.items():
+                messages = [message for message, _ in pairs]
+                with message_log_context(messages[0]):
+                    start_ns, started = time.time_ns(), time.perf_counter()
+                    summaries = batch_handler([event for _, event in pairs], uow)
+                    # A batch's time is shared among its events in the histogram.
+                    each = (time.perf_counter() - started) / len(pairs)
+                if len(summaries) != len(pairs):
+                    raise RuntimeError(
+                        f"a batch handler answered {len(summaries)} summaries "
+                        f"for {len(pairs)} events"
+                    )
+                spans.append((messages, start_ns, time.time_ns()))
+                done.extend(zip(messages, summaries, strict=True))
+                durations.extend((message.topic, each) for message in messages)
             uow.commit()
         # Committed (a rolled-back batch raised above and says nothing here).
         self._log_flow(done, time.perf_counter() - started_at)
+        for messages, start_ns, end_ns in spans:
+            record_spans(
+                (
+                    (
+                        f"{message.topic} process",
+                        message.header("traceparent"),
+                        self._span_attributes(message, event_id_of(message))
+                        | {"messaging.batch.message_count": len(messages)},
+                    )
+                    for message in messages
+                ),
+                SpanKind.CONSUMER,
+                start_ns,
+                end_ns,
+            )
         failpoint("after-db-commit")
         # Only once committed: a batch rolled back and applied again record by record
         # must not count its handlers twice.
@@ -422,18 +475,22 @@ class EventProcessor:
                 f"{message.topic} process",
                 SpanKind.CONSUMER,
                 parent=context.traceparent,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": message.topic,
-                    "messaging.consumer.group.name": self.group,
-                    "messaging.message.id": context.event_id,
-                    "messaging.destination.partition.id": str(message.partition),
-                    "messaging.kafka.offset": message.offset,
-                },
+                attributes=self._span_attributes(message, context.event_id),
             ),
         ):
             yield
+
+    def _span_attributes(self, message: Message, event_id: str) -> dict[str, Any]:
+        """What a span of the processing of `message` says (OTel messaging conventions)."""
+        return {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": message.topic,
+            "messaging.consumer.group.name": self.group,
+            "messaging.message.id": event_id,
+            "messaging.destination.partition.id": str(message.partition),
+            "messaging.kafka.offset": message.offset,
+        }
 
     def _dead_letter(self, message: Message, error: str, attempts: int) -> Outcome | _Again:
         """Copy `message` to its own topic's DLT with why and where, and wait for the broker's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -188,9 +188,23 @@ class UnitOfWork:
         has one writer at a time (BEGIN IMMEDIATE): nothing to do."""
         if self.session.get_bind().dialect.name != "postgresql":
             return
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        lock_id = int.from_bytes(digest, "big", signed=True)
-        self.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        self.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(key)})
+
+    def lock_all(self, keys: Iterable[str]) -> None:
+        """`lock(key)` for every key, in one statement and in one global order (of the
+        lock ids), so that two transactions locking overlapping sets never wait for each
+        other in a cycle. A key already held by this transaction is taken again at no
+        cost (advisory locks are re-entrant within a session)."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        ids = sorted({_lock_id(key) for key in keys})
+        if ids:
+            # unnest yields the array in order, and each row's lock is taken as the row
+            # is produced (an ORDER BY would sort only after every lock was taken).
+            self.session.execute(
+                text("SELECT count(pg_advisory_xact_lock(id)) FROM unnest(:ids) AS id"),
+                {"ids": ids},
+            )
 
     def commit(self) -> None:
         """Flush, commit the transaction, then run the after-commit hook."""
@@ -198,6 +212,12 @@ class UnitOfWork:
         self.session.commit()
         if self._after_commit is not None:
             self._after_commit()
+
+
+def _lock_id(key: str) -> int:
+    """The advisory lock of `key`: 64 bits of a hash of the whole key."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def insert_or_skip(session: Session) -> Any:
