@@ -11,8 +11,7 @@ from typing import Any
 
 from sqlalchemy import MetaData, String, Text, func, or_, select
 
-from batch_service.handlers import on_partner_created, on_partner_deleted
-from batch_service.models import ProcessedEvent as BatchInbox
+from batch_service.consumer import BATCH_WORKER
 from member_service.handlers import on_profile_delete, on_profile_insert
 from member_service.models import OutboxEvent
 from member_service.models import ProcessedEvent as MemberInbox
@@ -86,13 +85,11 @@ def member_processor(database: Database, broker: FakeBroker, **options: Any) -> 
     return EventProcessor(routes, database, MemberInbox, broker.producer(), **options)
 
 
-def batch_processor(database: Database, broker: FakeBroker) -> EventProcessor:
-    """The batch worker's processor: partner-created and partner-deleted, real handlers."""
-    routes: tuple[Route[Any], ...] = (
-        Route(PARTNER_CREATED, on_partner_created),
-        Route(PARTNER_DELETED, on_partner_deleted),
+def batch_processor(database: Database, broker: FakeBroker, **options: Any) -> EventProcessor:
+    """The batch worker's processor: every topic it reads, its real batch handler."""
+    return EventProcessor(
+        BATCH_WORKER.routes, database, BATCH_WORKER.inbox, broker.producer(), **options
     )
-    return EventProcessor(routes, database, BatchInbox, broker.producer())
 
 
 def outbox(database: Database, key: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:

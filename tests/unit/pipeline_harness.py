@@ -13,7 +13,7 @@ from auth_service.api import create_app
 from auth_service.handlers import TokenIssuer
 from auth_service.models import Base as AuthBase
 from auth_service.models import OutboxEvent as AuthOutbox
-from batch_service.consumer import PARTNER_CREATED_WORKER
+from batch_service.consumer import BATCH_WORKER
 from batch_service.models import Base as BatchBase
 from member_service.consumer import PROFILE_INSERT_WORKER
 from member_service.models import Base as MemberBase
@@ -70,7 +70,7 @@ class InMemoryPipeline:
         self.app = create_app(self.auth_db, TokenIssuer("k" * 32), hasher=FAST_HASHER)
         self.client: FlaskClient = self.app.test_client()
         self.member = self._processor(PROFILE_INSERT_WORKER, self.member_db)
-        self.batch = self._processor(PARTNER_CREATED_WORKER, self.batch_db)
+        self.batch = self._processor(BATCH_WORKER, self.batch_db)
         self.cursors: dict[str, int] = {}
 
     @staticmethod
