@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from apispec.ext.marshmallow import MarshmallowPlugin
+
 from shared.http.apidocs import CANONICAL_UUID, new_spec, package_version, schema_name
 from shared.messaging import deadletters
-from shared.messaging.pipeline import TOPICS, Topic
+from shared.messaging.pipeline import ACTIVITY_TOPICS, MAX_ITEM_ID, TOPICS, ItemId, Topic
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
@@ -27,6 +29,18 @@ OPERATORS = "operators (`signup-pipeline dlt list|replay <topic>`)"
 
 # One made-up event per topic, for the document's examples (and the README's).
 EXAMPLE_MEMBER = "5f0c7f5e-8d0b-4a8e-9a53-2f4f1c2d9b71"
+EXAMPLE_FOLLOWER = "9d3b7e21-64c8-4f0a-b5e2-81c4d6f0a937"
+# The topics other teams' services produce (their own way: no outbox of ours).
+OUTSIDE_PRODUCED = frozenset(topic.name for topic in ACTIVITY_TOPICS)
+ITEM_ID = {
+    "description": "The producing service's id for it: a string of 1 to 64 printable "
+    "characters, or a non-negative integer (a Java `long`), kept as its decimal text "
+    '(`7` and `"7"` are the same item).',
+    "oneOf": [
+        {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^\S(?:.*\S)?$"},
+        {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_ID},
+    ],
+}
 # One trace follows the signup through its events (each event has its own span); the
 # deletion is another request, so another trace.
 EXAMPLE_TRACEPARENTS = {
@@ -36,6 +50,13 @@ EXAMPLE_TRACEPARENTS = {
     "profile-rejected": "00-8e2d4c6a0b1f3e5d7c9a2b4d6f8e0a1c-9a4c2e6b8d0f1a3c-01",
     "profile-delete": "00-0af7651916cd43dd8448eb211c80319c-e457b5a2e4d86bd1-01",
     "partner-deleted": "00-0af7651916cd43dd8448eb211c80319c-3f9b6d1e5a7c2b84-01",
+    # The partner's activity: each another team's request, each its own trace.
+    "post-created": "00-2c7e9a1b3d5f4a6c8e0b2d4f6a8c0e1b-7a1c3e5b9d2f4a60-01",
+    "post-deleted": "00-6f1a3c5e7b9d4f0a2c4e6b8d0f1a3c5e-1d3f5a7c9e2b4d68-01",
+    "follow-created": "00-a4c6e8f0b2d4468ab9c1e3f5a7b9d1e3-5e7a9c1b3d5f7a92-01",
+    "follow-deleted": "00-d8f0b2c4e6a8471bc3d5e7f9a1b3c5d7-9b1d3f5a7c9e1b34-01",
+    "coordinate-closed": "00-1e3a5c7e9b0d42f6a8c0e2b4d6f8a0c2-3c5e7a9b1d3f5e76-01",
+    "review-created": "00-5b7d9f1a3c5e4a7b9d1f3a5c7e9b1d3f-e2a4c6e8b0d2f4a1-01",
 }
 EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
     "profile-insert": {
@@ -49,6 +70,12 @@ EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
     "profile-rejected": {"uuid": EXAMPLE_MEMBER, "reason": "nickname_taken"},
     "profile-delete": {"uuid": EXAMPLE_MEMBER},
     "partner-deleted": {"partnerId": EXAMPLE_MEMBER},
+    "post-created": {"postId": "1024", "partnerId": EXAMPLE_MEMBER},
+    "post-deleted": {"postId": "1024", "partnerId": EXAMPLE_MEMBER},
+    "follow-created": {"followerId": EXAMPLE_FOLLOWER, "partnerId": EXAMPLE_MEMBER},
+    "follow-deleted": {"followerId": EXAMPLE_FOLLOWER, "partnerId": EXAMPLE_MEMBER},
+    "coordinate-closed": {"requestId": "req-20261203-0042", "partnerId": EXAMPLE_MEMBER},
+    "review-created": {"reviewId": 88172, "partnerId": EXAMPLE_MEMBER, "star": 4},
 }
 EXAMPLE_EVENT_IDS = {
     "profile-insert": "b3e1a9c2-4f6d-4e8a-9c1b-7d2e5f8a0c34",
@@ -57,6 +84,12 @@ EXAMPLE_EVENT_IDS = {
     "profile-rejected": "c9e7a5b3-8d1f-4a2c-b6e4-0f2d4a6c8e57",
     "profile-delete": "4e6a8c0e-2f4b-4d6f-8a0c-3b5d7f9a1c24",
     "partner-deleted": "7b9d1f3a-5c7e-4a9b-8d1f-6e8a0c2e4b35",
+    "post-created": "e1c3a5b7-9d2f-4e6a-8c1b-3d5f7a9c2e48",
+    "post-deleted": "2a4c6e8a-0b3d-4f5a-9c7e-1b3d5f7a9c61",
+    "follow-created": "8f0b2d4f-6a1c-4e3b-a5d7-9f1b3d5e7a82",
+    "follow-deleted": "3b5d7f9b-1c4e-4a6c-8e0a-2c4e6a8c0b93",
+    "coordinate-closed": "c4e6a8c0-2d5f-4b7d-9f1b-3d5f7b9d1ea4",
+    "review-created": "5d7f9b1d-3e6a-4c8e-a0c2-4e6a8c0e2fb5",
 }
 EXAMPLE_TIMES = {
     "profile-insert": "2026-11-21T22:15:03.123456Z",
@@ -65,6 +98,12 @@ EXAMPLE_TIMES = {
     "profile-rejected": "2026-11-21T22:15:03.198211Z",
     "profile-delete": "2026-12-02T09:41:17.502118Z",
     "partner-deleted": "2026-12-02T09:41:17.588403Z",
+    "post-created": "2026-11-22T10:02:45.310027Z",
+    "post-deleted": "2026-11-25T18:30:12.004513Z",
+    "follow-created": "2026-11-22T11:47:09.872260Z",
+    "follow-deleted": "2026-11-28T07:15:33.419981Z",
+    "coordinate-closed": "2026-11-24T16:05:58.663102Z",
+    "review-created": "2026-11-24T16:40:21.095374Z",
 }
 
 
@@ -90,6 +129,21 @@ def example_headers(topic: Topic[Any]) -> dict[str, str]:
     }
 
 
+def _event_id_description(topic: Topic[Any]) -> str:
+    if topic.name in OUTSIDE_PRODUCED:
+        return (
+            "Unique per event and the same on every redelivery: the consumer applies an "
+            "event once per `ce_id` (a uuid is a good choice). A record that comes without "
+            "one is applied once per position, `<topic>:<partition>:<offset>`, so a copy "
+            "the producer sends again is applied again."
+        )
+    return (
+        "Unique per event and the same on every redelivery: consumers apply an event "
+        "once per `ce_id`. The producer's outbox row id (a uuid); a replayed dead "
+        "letter that came without one carries `<topic>:<partition>:<offset>`."
+    )
+
+
 def cloudevents_headers(topic: Topic[Any]) -> dict[str, Any]:
     """The headers every record of `topic` carries: the CloudEvents 1.0 Kafka binding
     (binary mode) and W3C trace context."""
@@ -99,11 +153,7 @@ def cloudevents_headers(topic: Topic[Any]) -> dict[str, Any]:
         "required": ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "content-type"],
         "properties": {
             "ce_specversion": _text("CloudEvents version.", const="1.0"),
-            "ce_id": _text(
-                "Unique per event and the same on every redelivery: consumers apply an event "
-                "once per `ce_id`. The producer's outbox row id (a uuid); a replayed dead "
-                "letter that came without one carries `<topic>:<partition>:<offset>`."
-            ),
+            "ce_id": _text(_event_id_description(topic)),
             "ce_source": _text("The service that produced the event.", const=topic.producer),
             "ce_type": _text("The event type: the topic's name.", const=topic.name),
             "ce_time": _text(
@@ -148,9 +198,10 @@ def dead_letter_headers(topic: Topic[Any]) -> dict[str, Any]:
 
 
 def _key(topic: Topic[Any]) -> dict[str, Any]:
+    who = "partner" if topic.name in OUTSIDE_PRODUCED else "member"
     return {
         "key": _text(
-            f"The {topic.key}: every event about one member lands on one partition, in order.",
+            f"The {topic.key}: every event about one {who} lands on one partition, in order.",
             format="uuid",
             pattern=CANONICAL_UUID,
         ),
@@ -230,11 +281,20 @@ def _operation(
     return operation
 
 
+def _item_id(converter: Any, field: Any, **kwargs: Any) -> dict[str, Any]:
+    """An ItemId's JSON Schema: a string or a non-negative integer (apispec knows nothing
+    of a custom field, and would leave it as `{}`: anything)."""
+    return dict(ITEM_ID) if isinstance(field, ItemId) else {}
+
+
 def payload_schemas(topics: Sequence[Topic[Any]] = TOPICS) -> dict[str, Any]:
     """Each topic's event schema as JSON Schema, converted from its marshmallow schema."""
     # OpenAPI 3.1's schema dialect is plain JSON Schema (no `nullable`), which is what
     # an AsyncAPI Schema Object and a JSON Schema validator expect.
     spec = new_spec("events", "", openapi_version="3.1.0")
+    [plugin] = spec.plugins
+    assert isinstance(plugin, MarshmallowPlugin) and plugin.converter is not None
+    plugin.converter.add_attribute_function(_item_id)  # type: ignore[no-untyped-call]
     for topic in topics:
         spec.components.schema(schema_name(topic.schema), schema=topic.schema)
     schemas: dict[str, Any] = spec.to_dict()["components"]["schemas"]
@@ -255,12 +315,14 @@ def asyncapi_document(topics: Sequence[Topic[Any]] = TOPICS) -> dict[str, Any]:
         name, dlt = _camel(topic.name), _camel(topic.dead_letter)
         messages[name] = _message(topic)
         messages[dlt] = _dead_letter_message(topic)
+        outside = topic.name in OUTSIDE_PRODUCED
         channels[name] = _channel(
             topic.name,
             name,
             topic.partitions,
-            f"Produced by {topic.producer} (through its outbox), consumed by consumer group "
-            f"{topic.consumer_group}; keyed by {topic.key}.",
+            f"Produced by {topic.producer}"
+            + (" (another team's service)" if outside else " (through its outbox)")
+            + f", consumed by consumer group {topic.consumer_group}; keyed by {topic.key}.",
         )
         channels[dlt] = _channel(
             topic.dead_letter,
@@ -275,8 +337,13 @@ def asyncapi_document(topics: Sequence[Topic[Any]] = TOPICS) -> dict[str, Any]:
             name,
             name,
             topic.producer,
-            f"{topic.producer} publishes a {topic.name} event once the transaction that "
-            "recorded it committed (transactional outbox; at least once).",
+            (
+                f"{topic.producer} publishes a {topic.name} event once the change it "
+                "describes is committed, at least once, each event under one `ce_id`."
+            )
+            if outside
+            else f"{topic.producer} publishes a {topic.name} event once the transaction "
+            "that recorded it committed (transactional outbox; at least once).",
         )
         operations[f"receive{verb}"] = _operation(
             "receive",
@@ -307,7 +374,9 @@ def asyncapi_document(topics: Sequence[Topic[Any]] = TOPICS) -> dict[str, Any]:
             "title": "Signup pipeline events",
             "version": package_version(),
             "description": "The Kafka topics between auth-service, member-service and "
-            "batch-service. Values are the event JSON only; metadata travels in headers "
+            "batch-service, and those on which other teams' services (post-service, "
+            "follow-service, coordinate-service, review-service) tell batch-service what "
+            "partners do. Values are the event JSON only; metadata travels in headers "
             "(CloudEvents 1.0 Kafka binding, binary mode). Delivery is at least once; "
             "consumers deduplicate by `ce_id`.",
         },

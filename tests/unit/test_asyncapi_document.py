@@ -287,3 +287,22 @@ def test_examples_validate_against_their_messages(document: dict[str, Any]) -> N
 
         assert not problems(part_validator(document, f"{message}/payload"), example["payload"])
         assert not problems(part_validator(document, f"{message}/headers"), example["headers"])
+
+
+@pytest.mark.parametrize("topic", ["post-created", "coordinate-closed", "review-created"])
+def test_an_item_ids_schema_takes_what_the_consumer_takes(
+    document: dict[str, Any], topic: str
+) -> None:
+    """Another team's id: a string of 1 to 64 printable characters or a non-negative
+    integer (a Java long); the document and the consumer's schema agree on each."""
+    [event] = [t for t in TOPICS if t.name == topic]
+    schema = part_validator(document, f"{message_of(document, topic)}/payload")
+    example = resolve(document, message_of(document, topic))["examples"][0]["payload"]
+    [id_field] = [name for name in example if name.endswith("Id") and name != "partnerId"]
+    taken = ["7", "req-2026-0042", "x" * 64, 0, 7, 2**63 - 1]
+    refused = ["", "x" * 65, " padded", "two\nlines", -1, 2**63, True, 1.5, None, ["7"]]
+
+    for value in taken + refused:
+        payload = {**example, id_field: value}
+        consumer_takes = not event.schema().validate(payload)
+        assert schema.is_valid(payload) == consumer_takes == (value in taken), value
