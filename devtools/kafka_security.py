@@ -36,6 +36,7 @@ from typing import Any
 
 from devtools.kafka_cluster import REPO_ROOT, KafkaClusterError, LocalKafkaCluster, NodeLayout
 from shared.config import child_environment
+from shared.messaging.pipeline import ACTIVITY_TOPICS
 
 GRANTS_FILE = REPO_ROOT / "deploy" / "kafka" / "grants.txt"
 MAKE_TLS_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "make-tls.sh"
@@ -58,6 +59,11 @@ PROCESS_PRINCIPALS: Mapping[str, str | None] = {
     "batch-api": None,
 }
 OPERATOR = "operator"
+# The principals of other teams' services, which produce the partners' activity topics
+# (each its own topics, Write only): users of this broker, but no process of ours.
+OUTSIDE_PRODUCERS: tuple[str, ...] = tuple(
+    dict.fromkeys(topic.producer for topic in ACTIVITY_TOPICS)
+)
 
 
 @dataclass(frozen=True)
@@ -365,6 +371,7 @@ __all__ = [
     "BROKER_USER",
     "GRANTS_FILE",
     "OPERATOR",
+    "OUTSIDE_PRODUCERS",
     "PROCESS_PRINCIPALS",
     "Grant",
     "SecureLocalKafkaCluster",

@@ -16,8 +16,12 @@ replication=${KAFKA_REPLICATION_FACTOR:-1}
 topics=(
   profile-insert:6 partner-created:6 profile-created:6 profile-rejected:6
   profile-delete:6 partner-deleted:6
+  post-created:6 post-deleted:6 follow-created:6 follow-deleted:6
+  coordinate-closed:6 review-created:6
   profile-insert.DLT:1 partner-created.DLT:1 profile-created.DLT:1 profile-rejected.DLT:1
   profile-delete.DLT:1 partner-deleted.DLT:1
+  post-created.DLT:1 post-deleted.DLT:1 follow-created.DLT:1 follow-deleted.DLT:1
+  coordinate-closed.DLT:1 review-created.DLT:1
 )
 
 login=()

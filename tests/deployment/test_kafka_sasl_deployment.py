@@ -31,6 +31,7 @@ import yaml
 from kafka.net.transport import KafkaSSLTransport
 
 from devtools.kafka_security import (
+    OUTSIDE_PRODUCERS,
     PROCESS_PRINCIPALS,
     acl_bindings,
     load_grants,
@@ -529,7 +530,16 @@ def test_the_table_grants_each_service_what_the_topics_say_it_does_and_no_more()
         "member-service",
         "batch-service",
         "operator",
+        # Other teams' services, producers of the partners' activity: write only.
+        "post-service",
+        "follow-service",
+        "coordinate-service",
+        "review-service",
     }
+    for producer in OUTSIDE_PRODUCERS:
+        assert {(kind, op) for who, kind, _, op in table if who == producer} == {
+            ("topic", "Write")
+        }, producer
 
 
 def test_the_scripts_pass_shellcheck() -> None:

@@ -117,7 +117,7 @@ def test_the_operator_sees_the_drained_pipeline_with_status(
         assert shown.returncode == 0, shown.stderr
         document: dict[str, Any] = json.loads(shown.stdout)
         lags = [topic["total"] for topic in document["lag"].values()]
-        return document if lags == [0] * 6 else None
+        return document if lags == [0] * len(TOPICS) else None
 
     document = wait_until(drained, 30, "signup-pipeline status as the operator shows no lag")
     assert document is not None

@@ -34,6 +34,7 @@ from devtools.kafka_security import (
     BROKER_USER,
     MAKE_TLS_SCRIPT,
     OPERATOR,
+    OUTSIDE_PRODUCERS,
     PROCESS_PRINCIPALS,
     SecureLocalKafkaCluster,
     allows,
@@ -84,6 +85,12 @@ REFUSED = [
     ("member-service", "group", "batch-service", "Read"),
     ("operator", "group", "member-service", "Read"),
     ("operator", "topic", "profile-insert.DLT", "Write"),
+    # Another team's producer writes its own topics, nothing else, and reads nothing.
+    ("post-service", "topic", "follow-created", "Write"),
+    ("post-service", "topic", "partner-created", "Write"),
+    ("post-service", "topic", "post-created", "Read"),
+    ("review-service", "group", "batch-service", "Read"),
+    ("batch-service", "topic", "review-created", "Write"),
 ]
 
 
@@ -465,4 +472,5 @@ def test_the_local_broker_is_configured_as_the_compose_broker(
     local = cluster.properties(cluster.layout[0])
     assert {k: compose.get(k) for k in SECURITY_KEYS} == {k: local.get(k) for k in SECURITY_KEYS}
     assert local["super.users"] == f"User:{BROKER_USER}"
-    assert set(PROCESS_PRINCIPALS.values()) - {None} | {OPERATOR} == set(PRINCIPALS)
+    ours = set(PROCESS_PRINCIPALS.values()) - {None} | {OPERATOR}
+    assert ours | set(OUTSIDE_PRODUCERS) == set(PRINCIPALS)
