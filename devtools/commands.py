@@ -42,6 +42,7 @@ from devtools.proxy import nginx_binary
 from devtools.simulate import ActivitySimulator, ProduceError, Totals, produce
 from devtools.stack import PROCESSES, Stack, StackError, write_line
 from shared.config import SERVICES, ConfigError, ToolSettings, dev_broker_file, tool_settings
+from shared.messaging.kafka import KafkaError
 from shared.private_files import private_directory
 
 
@@ -433,6 +434,74 @@ def _wait_found(
     return None
 
 
+# How much activity the demo sends for its partners once they are ACTIVE.
+DEMO_ACTIVITY = 300
+
+
+@dataclass
+class DemoActivity:
+    """The demo's simulated activity: what was sent, what reconcile found, the ranking."""
+
+    sent: int
+    seconds: float  # from the first event sent to the summaries found matching
+    differences: int
+    lag: int
+    ranking: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return self.differences == 0 and self.lag == 0 and bool(self.ranking)
+
+
+def _demo_activity(stack: Stack, partners: list[str]) -> DemoActivity:
+    """Send DEMO_ACTIVITY events for `partners`, wait until the batch service applied
+    them all (reconcile: its group caught up and every summary matches the events), and
+    read the top 5 of the ranking."""
+    from operations.reconcile import reconcile_batch
+
+    servers = (stack.bootstrap_servers or "").split(",")
+    started = time.perf_counter()
+    sent = produce(servers, ActivitySimulator(partners, skew=1.0), count=DEMO_ACTIVITY)
+    report = reconcile_batch(servers, stack.database_urls["batch"], wait=10.0, timeout=30.0)
+    took = time.perf_counter() - started
+    status, answer = request("GET", f"{stack.url('batch')}/partners/ranking?limit=5")
+    if status != 200:
+        raise StackError(f"GET /partners/ranking answered {status}: {answer}")
+    return DemoActivity(sent.count, took, len(report.differences), report.lag, answer["partners"])
+
+
+def _ranking_table(ranking: list[dict[str, Any]], markdown: bool) -> Table:
+    """The top partners: their id's first characters, followers, closed coordinations,
+    average star and score."""
+    if markdown:
+        table = Table(box=box.MARKDOWN)
+    else:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for heading in ("rank", "partner", "followers", "coordinates", "avg star", "score"):
+        table.add_column(heading, justify="left" if heading == "partner" else "right")
+    for rank, partner in enumerate(ranking, 1):
+        table.add_row(
+            str(rank),
+            partner["partnerId"][:8],
+            str(partner["followerCount"]),
+            str(partner["coordinateCount"]),
+            f"{partner['averageStar']:.2f}",
+            f"{partner['score']:.2f}",
+        )
+    return table
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """A table as rich draws it on a terminal; elsewhere, its Markdown lines without the
+    blank edge lines and trailing spaces rich pads a table with."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    print("\n".join(line.rstrip() for line in captured.get().splitlines() if line.strip()))
+
+
 def _cell(ms: float | None, applies: bool = True) -> Text:
     if not applies:
         return Text("-", style="dim")
@@ -570,37 +639,56 @@ def _demo(
                 signup.active_ms = _wait_found(
                     f"{stack.url('auth')}/auth/signups/{signup.member_id}", started, status="ACTIVE"
                 )
+            partners = [s.member_id for s in signups if s.role == "PARTNER" and s.summary_ms]
+            activity = None
+            if partners:
+                talker.say(
+                    f"sending {DEMO_ACTIVITY} activity events for the {len(partners)} partners "
+                    "and reconciling"
+                )
+                activity = _demo_activity(stack, partners)
             talker.say("stopping")
             codes = stack.stop()
             if kafka is not None:
                 kafka.stop()
-    except (StackError, BrokerError, KafkaClusterError) as exc:
+    except (StackError, BrokerError, KafkaClusterError, KafkaError) as exc:
         print(f"error: {exc}\n(the processes' logs: {stack.log_dir})", file=sys.stderr)
         return 1
     finally:
         stack.stop()  # already done unless something failed; then nothing is left running
     console.print()
-    if console.is_terminal:
-        console.print(_result_table(signups, markdown=False))
-    else:
-        with console.capture() as table:
-            console.print(_result_table(signups, markdown=True))
-        # Without the blank edge lines and trailing spaces rich pads a table with.
-        lines = [line.rstrip() for line in table.get().splitlines() if line.strip()]
-        print("\n".join(lines) + "\n\n(milliseconds from the signup request)")
+    _print_table(console, _result_table(signups, markdown=not console.is_terminal))
+    if not console.is_terminal:
+        print("\n(milliseconds from the signup request)")
+    if activity is not None:
+        console.print(
+            f"\n{activity.sent} activity events (posts, follows, coordinations, reviews) "
+            f"applied in {activity.seconds:.1f} s; reconcile: "
+            + (
+                "every summary matches the events"
+                if activity.ok
+                else f"{activity.differences} differences, {activity.lag} events not applied"
+            )
+            + "; the ranking (GET /partners/ranking?limit=5):\n",
+            markup=False,
+        )
+        _print_table(console, _ranking_table(activity.ranking, markdown=not console.is_terminal))
+        console.print()
     complete = all(
         s.profile_ms is not None
         and s.active_ms is not None
         and (s.role == "USER" or s.summary_ms is not None)
         for s in signups
     )
+    counted = activity is None or activity.ok
     clean = all(code == 0 for code in codes.values())
     console.print(
         f"{'all signups went through' if complete else 'SOME SIGNUPS DID NOT GO THROUGH'}; "
+        f"{'' if counted else 'THE SUMMARIES DO NOT MATCH THE ACTIVITY; '}"
         f"{'clean shutdown' if clean else f'exit codes {codes}'}; "
         f"wall time {time.perf_counter() - wall:.1f} s",
-        style="bold green" if complete and clean else "bold red",
+        style="bold green" if complete and counted and clean else "bold red",
         markup=False,
     )
     shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if complete and clean else 1
+    return 0 if complete and counted and clean else 1

@@ -194,11 +194,12 @@ def test_demo_runs_to_completion_and_prints_the_table(tmp_path: Path) -> None:
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # Not a terminal: a plain Markdown table, no colour codes.
+    # Not a terminal: plain Markdown tables, no colour codes.
     assert "\x1b[" not in result.stdout
+    signups_part, _, ranking_part = result.stdout.partition("the ranking (GET")
     rows = [
         [cell.strip() for cell in line.strip("|").split("|")]
-        for line in result.stdout.splitlines()
+        for line in signups_part.splitlines()
         if line.startswith("| ") and "uuid" not in line
     ]
     assert len(rows) == 4
@@ -208,4 +209,21 @@ def test_demo_runs_to_completion_and_prints_the_table(tmp_path: Path) -> None:
         assert number == str(n) and str(uuid.UUID(member_id)) == member_id
         assert accepted.endswith(" ms") and profile.endswith(" ms") and active.endswith(" ms")
         assert summary.endswith(" ms") if role == "PARTNER" else summary == "-"
+    # Then the partners' simulated activity, reconciled, and the ranking of the two.
+    assert "300 activity events" in signups_part
+    assert "reconcile: every summary matches the events" in signups_part
+    ranking = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in ranking_part.splitlines()
+        if line.startswith("| ") and "partner" not in line
+    ]
+    partners = {row[2][:8] for row in rows if row[1] == "PARTNER"}
+    assert [row[0] for row in ranking] == ["1", "2"], result.stdout
+    assert {row[1] for row in ranking} == partners
+    scores = [float(row[5]) for row in ranking]
+    assert scores == sorted(scores, reverse=True)
+    for _, _, followers, coordinates, star, score in ranking:
+        # The score as the contract defines it, from the columns shown (2 decimals).
+        expected = int(followers) * 0.4 + int(coordinates) * 0.3 + float(star) * 0.3
+        assert abs(float(score) - expected) < 0.01, ranking
     assert "all signups went through; clean shutdown" in result.stdout
