@@ -230,10 +230,7 @@ def apply_activity(events: Sequence[Any], uow: UnitOfWork) -> list[Summary]:
                 counters["star_sum"] += change * (star or 0)
         if after < 0:
             orphans.add(item)
-    existing = _existing_summaries(uow, list(per_partner))
-    _add_to_summaries(
-        uow, {p: d.counters for p, d in per_partner.items() if p in existing and d.counters}
-    )
+    existing = _add_to_summaries(uow, {p: d.counters for p, d in per_partner.items()})
     missing = [partner for partner in per_partner if partner not in existing]
     deleted = _deleted(uow, missing)
     waiting = {p: per_partner[p].events for p in missing if p not in deleted}
@@ -275,14 +272,13 @@ def _add_nets(
     ]
     if not rows:
         return []
-    insert = insert_or_skip(uow.session)
-    table = PartnerActivity.__table__
-    statement = insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=[table.c.partner_id, table.c.kind, table.c.item_id],
-        set_={"net": table.c.net + statement.excluded.net},
-    ).returning(table.c.partner_id, table.c.kind, table.c.item_id, table.c.net, table.c.star)
-    result = uow.session.connection().execute(statement, rows)
+    connection = uow.session.connection()
+    if connection.dialect.name == "postgresql":
+        result = connection.execute(
+            _ADD_NETS_PG, {column: [row[column] for row in rows] for column in _ITEM_COLUMNS}
+        )
+    else:
+        result = _add_nets_generic(uow, rows)
     changed = []
     for partner, kind, item_id, after, star in result:
         item = (partner, kind, item_id)
@@ -290,12 +286,30 @@ def _add_nets(
     return changed
 
 
-def _existing_summaries(uow: UnitOfWork, partners: list[str]) -> set[str]:
-    return set(
-        uow.session.scalars(
-            select(PartnerSummary.partner_id).where(PartnerSummary.partner_id.in_(partners))
-        )
-    )
+_ITEM_COLUMNS = ("partner_id", "kind", "item_id", "net", "star")
+
+# PostgreSQL: the rows travel as arrays into a statement of constant text (parsed and
+# planned once), not as a VALUES list of thousands of parameters.
+_ADD_NETS_PG = text(
+    "INSERT INTO partner_activity (partner_id, kind, item_id, net, star) "
+    "SELECT * FROM unnest(CAST(:partner_id AS text[]), CAST(:kind AS text[]), "
+    "CAST(:item_id AS text[]), CAST(:net AS integer[]), CAST(:star AS smallint[])) "
+    "ON CONFLICT (partner_id, kind, item_id) "
+    "DO UPDATE SET net = partner_activity.net + excluded.net "
+    "RETURNING partner_id, kind, item_id, net, star"
+)
+
+
+def _add_nets_generic(uow: UnitOfWork, rows: list[dict[str, Any]]) -> Any:
+    """The same upsert on SQLite: one INSERT .. ON CONFLICT for all rows (insertmanyvalues)."""
+    insert = insert_or_skip(uow.session)
+    table = PartnerActivity.__table__
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.partner_id, table.c.kind, table.c.item_id],
+        set_={"net": table.c.net + statement.excluded.net},
+    ).returning(table.c.partner_id, table.c.kind, table.c.item_id, table.c.net, table.c.star)
+    return uow.session.connection().execute(statement, rows)
 
 
 def _deleted(uow: UnitOfWork, partners: list[str]) -> set[str]:
@@ -311,7 +325,8 @@ def _deleted(uow: UnitOfWork, partners: list[str]) -> set[str]:
 _COLUMNS = ("post_count", "follower_count", "coordinate_count", "review_count", "star_sum")
 
 # One statement for every partner of the batch on PostgreSQL: the changes travel as
-# arrays, one row update per partner however many events it had.
+# arrays, one row update per partner however many events it had; it answers which
+# partners have a summary.
 _ADD_TO_SUMMARIES_PG = text(
     "UPDATE partner_summaries AS s SET "
     + ", ".join(f"{c} = s.{c} + d.{c}" for c in _COLUMNS)
@@ -319,29 +334,37 @@ _ADD_TO_SUMMARIES_PG = text(
     + ", ".join(f"CAST(:{c} AS bigint[])" for c in _COLUMNS)
     + ") AS d(partner_id, "
     + ", ".join(_COLUMNS)
-    + ") WHERE s.partner_id = d.partner_id"
+    + ") WHERE s.partner_id = d.partner_id RETURNING s.partner_id"
 )
 
 
-def _add_to_summaries(uow: UnitOfWork, changes: dict[str, Counter[str]]) -> None:
-    """Add each partner's counter changes to its summary: one row update per partner."""
-    if not changes:
-        return
+def _add_to_summaries(uow: UnitOfWork, changes: dict[str, Counter[str]]) -> set[str]:
+    """Add each partner's counter changes to its summary, one row update per partner;
+    answer the partners that have a summary (the others' events wait or are dropped)."""
     partners = sorted(changes)
     connection = uow.session.connection()
     if connection.dialect.name == "postgresql":
+        # A partner whose changes are all 0 (only duplicates of things counted) is
+        # updated too, by nothing: that is what says whether its summary exists.
         arrays: dict[str, list[Any]] = {"partner_id": partners}
         for column in _COLUMNS:
             arrays[column] = [changes[p][column] for p in partners]
-        connection.execute(_ADD_TO_SUMMARIES_PG, arrays)
-        return
-    table = cast(Table, PartnerSummary.__table__)
-    connection.execute(
-        update(table)
-        .where(table.c.partner_id == bindparam("partner"))
-        .values({c: table.c[c] + bindparam(f"d_{c}") for c in _COLUMNS}),
-        [{"partner": p} | {f"d_{c}": changes[p][c] for c in _COLUMNS} for p in partners],
+        return set(connection.execute(_ADD_TO_SUMMARIES_PG, arrays).scalars())
+    existing = set(
+        uow.session.scalars(
+            select(PartnerSummary.partner_id).where(PartnerSummary.partner_id.in_(partners))
+        )
     )
+    table = cast(Table, PartnerSummary.__table__)
+    changed = [p for p in partners if p in existing and changes[p]]
+    if changed:
+        connection.execute(
+            update(table)
+            .where(table.c.partner_id == bindparam("partner"))
+            .values({c: table.c[c] + bindparam(f"d_{c}") for c in _COLUMNS}),
+            [{"partner": p} | {f"d_{c}": changes[p][c] for c in _COLUMNS} for p in changed],
+        )
+    return existing
 
 
 def _wait(uow: UnitOfWork, waiting: dict[str, int]) -> None:

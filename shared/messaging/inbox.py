@@ -11,8 +11,9 @@ counts the event as a duplicate.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
-from sqlalchemy import String
+from sqlalchemy import String, TextClause, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shared.storage.db import UTCDateTime, insert_or_skip, utcnow
@@ -41,6 +42,18 @@ def claim_events(
     """
     if not events:
         return set()
+    table = model.__table__  # type: ignore[attr-defined]
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # The ids travel as two arrays into a statement of constant text: PostgreSQL
+        # parses and plans it once, where a VALUES list of 500 rows costs a parse of
+        # 2,000 parameters every batch (measured: about a third of a batch's claim).
+        ids, topics = zip(*events, strict=True)
+        claimed = connection.execute(
+            _claim_statement(table.name),
+            {"consumer": consumer, "now": utcnow(), "ids": list(ids), "topics": list(topics)},
+        )
+        return set(claimed.scalars())
     insert = insert_or_skip(session)
     now = utcnow()
     rows = [
@@ -49,6 +62,16 @@ def claim_events(
     ]
     # One statement for any number of rows (SQLAlchemy's "insertmanyvalues"), compiled
     # once and cached, rather than a VALUES list whose length changes every batch.
-    table = model.__table__  # type: ignore[attr-defined]
     statement = insert(table).on_conflict_do_nothing().returning(table.c.event_id)
-    return set(session.connection().execute(statement, rows).scalars())
+    return set(connection.execute(statement, rows).scalars())
+
+
+@functools.cache
+def _claim_statement(table: str) -> TextClause:
+    """PostgreSQL's claim of many events in one statement of constant text."""
+    return text(
+        f"INSERT INTO {table} (consumer, event_id, topic, processed_at) "
+        "SELECT :consumer, u.event_id, u.topic, :now "
+        "FROM unnest(CAST(:ids AS text[]), CAST(:topics AS text[])) AS u(event_id, topic) "
+        "ON CONFLICT DO NOTHING RETURNING event_id"
+    )

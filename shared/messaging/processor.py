@@ -377,6 +377,7 @@ class EventProcessor:
         group = self.group
         durations: list[tuple[str, float]] = []
         done: list[tuple[Message, Summary | None]] = []
+        folded: list[tuple[Message, Summary | None]] = []  # applied by batch handlers
         spans: list[tuple[list[Message], int, int]] = []  # of batch handlers' events
         started_at = time.perf_counter()
         with self._database.unit_of_work(self._after_commit) as uow:
@@ -415,11 +416,11 @@ class EventProcessor:
                         f"for {len(pairs)} events"
                     )
                 spans.append((messages, start_ns, time.time_ns()))
-                done.extend(zip(messages, summaries, strict=True))
+                folded.extend(zip(messages, summaries, strict=True))
                 durations.extend((message.topic, each) for message in messages)
             uow.commit()
         # Committed (a rolled-back batch raised above and says nothing here).
-        self._log_flow(done, time.perf_counter() - started_at)
+        self._log_flow(done, folded, time.perf_counter() - started_at)
         for messages, start_ns, end_ns in spans:
             record_spans(
                 (
@@ -439,30 +440,54 @@ class EventProcessor:
         # Only once committed: a batch rolled back and applied again record by record
         # must not count its handlers twice.
         handler_duration = metrics().handler_duration
+        by_topic: dict[str, list[float]] = {}
         for topic, duration in durations:
-            handler_duration.labels(topic).observe(duration)
+            by_topic.setdefault(topic, []).append(duration)
+        for topic, seconds in by_topic.items():
+            histogram = handler_duration.labels(topic)
+            for duration in seconds:
+                histogram.observe(duration)
         return outcomes
 
-    def _log_flow(self, done: list[tuple[Message, Summary | None]], took: float) -> None:
+    def _log_flow(
+        self,
+        done: list[tuple[Message, Summary | None]],
+        folded: list[tuple[Message, Summary | None]],
+        took: float,
+    ) -> None:
         """One line per applied event: `profile-insert <key> → <summary> in 4.1 ms` (the
         transaction's time, claim to commit; shared by the events of a batch, which the
-        line then says). One level check per batch; the lines are formatted only if shown."""
+        line then says). Events a batch handler applied at once are told together, one
+        line per topic and outcome (`post-created ×212 → counted in 14.2 ms (batch of
+        500)`), or as above when alone in theirs: thousands of lines a second would tell
+        an operator less. One level check per batch; lines are formatted only if shown."""
         level = flow_level()
-        if not done or not flow_log.isEnabledFor(level):
+        if not (done or folded) or not flow_log.isEnabledFor(level):
             return
         ms = took * 1000
-        shared = f" (batch of {len(done)})" if len(done) > 1 else ""
-        for message, summary in done:
+        total = len(done) + len(folded)
+        shared = f" (batch of {total})" if total > 1 else ""
+        groups: dict[tuple[str, str], list[Message]] = {}
+        for message, summary in folded:
+            groups.setdefault((message.topic, str(summary or "applied")), []).append(message)
+        lines: list[tuple[Message, object]] = [*done]
+        lines += [(batch[0], said) for (_, said), batch in groups.items() if len(batch) == 1]
+        for message, told in lines:
             key = message.key.decode("utf-8", errors="replace") if message.key else "-"
             flow_log.log(
                 level,
                 "%s %s → %s in %.1f ms%s",
                 message.topic,
                 key,
-                summary or "applied",
+                told or "applied",
                 ms,
                 shared,
             )
+        for (topic, said), messages in groups.items():
+            if len(messages) > 1:
+                flow_log.log(
+                    level, "%s ×%d → %s in %.1f ms%s", topic, len(messages), said, ms, shared
+                )
 
     @contextlib.contextmanager
     def _event_scope(self, message: Message, context: EventContext) -> Iterator[None]:

@@ -172,3 +172,43 @@ def test_json_mode_at_debug_carries_the_flow_line_as_json(tmp_path: Path, config
     ]
     assert document["level"] == "DEBUG"
     assert document["message"].startswith(f"profile-insert {uuid_of(1)} → USER profile created")
+
+
+def test_a_batch_handlers_events_are_told_together_per_topic_and_outcome(
+    tmp_path: Path, configured: Any
+) -> None:
+    """The batch worker folds a poll's activity: one line per topic and outcome (with how
+    many), and the usual per-event line for an event alone in its group."""
+    from batch_service.consumer import BATCH_WORKER
+    from batch_service.models import Base as BatchBase
+
+    lines = configured("text")
+    database = Database.from_url(f"sqlite:///{tmp_path / 'batch.db'}", BatchBase.metadata)
+    create_tables(database)
+    worker = EventProcessor(
+        BATCH_WORKER.routes, database, BATCH_WORKER.inbox, FakeBroker().producer()
+    )
+    partner, waiting = uuid_of(7), uuid_of(8)
+
+    def record(topic: str, document: dict[str, Any], offset: int) -> Message:
+        key = document["partnerId"].encode()
+        headers = [("ce_id", f"{topic}-{offset}".encode())]
+        return Message(topic, key, json.dumps(document).encode(), headers, 0, offset)
+
+    created = record("partner-created", {"partnerId": partner}, 0)
+    posts = [record("post-created", {"postId": n, "partnerId": partner}, n) for n in range(5)]
+    early = record("post-created", {"postId": 99, "partnerId": waiting}, 9)
+    worker.apply(
+        {
+            TopicPartition("partner-created", 0): [created],
+            TopicPartition("post-created", 0): [*posts, early],
+        }
+    )
+
+    flow = [line for line, _ in lines.lines if "→" in line]
+    assert len(flow) == 3, flow
+    opened = rf"partner-created {partner} → partner summary opened in [\d.]+ ms \(batch of 7\)$"
+    folded = r"post-created ×5 → counted in [\d.]+ ms \(batch of 7\)$"
+    alone = rf"post-created {waiting} → waiting for partner-created in [\d.]+ ms"
+    for pattern in (opened, folded, alone):
+        assert sum(bool(re.search(pattern, line)) for line in flow) == 1, (pattern, flow)
