@@ -37,6 +37,7 @@ from kafka.errors import KafkaTimeoutError
 from marshmallow import ValidationError
 from sqlalchemy import Connection, text
 
+from operations.formatting import plural
 from operations.offsets import LogRange, OffsetReader
 from operations.sources import read_database
 from shared.messaging.kafka import Message, message_from_record, process_client_security
@@ -343,6 +344,8 @@ def reconcile_batch(
             time.sleep(0.1)
             lag = _lag(reader, group, ranges)
         stored = read_summaries(database_url)
+    # A new reader: one that fetched already answers its last fetch's high watermarks.
+    with OffsetReader(servers, 30.0) as reader:
         after = reader.log_ranges(actual)
         dead = reader.log_ranges(f"{name}.DLT" for name in actual)
     before_ends = {(t, r.partition): r.end for t, rs in ranges.items() for r in rs}
@@ -373,8 +376,9 @@ def print_report(report: Report, out: TextIO = sys.stdout, limit: int = 20) -> N
     """The report as text: what was read, then each difference (at most `limit`)."""
     write = out.write
     write(
-        f"{report.partners_checked:,} partners checked against {report.events_read:,} events "
-        f"read from the topics ({report.duplicates:,} duplicates counted once, "
+        f"{plural(report.partners_checked, 'partner')} checked against "
+        f"{plural(report.events_read, 'event')} read from the topics "
+        f"({plural(report.duplicates, 'duplicate')} counted once, "
         f"{report.undecodable:,} not decodable and not counted)\n"
     )
     notes = []
@@ -410,7 +414,11 @@ def print_report(report: Report, out: TextIO = sys.stdout, limit: int = 20) -> N
         write("no difference: every summary matches what the events in the topics say\n")
         return
     partners = len({d.partner_id for d in report.differences})
-    write(f"{len(report.differences):,} differences in {partners:,} partners:\n")
+    write(
+        f"{plural(len(report.differences), 'difference')} in {plural(partners, 'partner')}"
+        + (" (events arrived meanwhile: see the notes)" if report.arrived else "")
+        + ":\n"
+    )
     for difference in report.differences[:limit]:
         why = f" ({difference.why})" if difference.why else ""
         write(
