@@ -3,6 +3,7 @@ partners' lives), its comparison with stored summaries, and the command's exit c
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import sqlite3
@@ -18,7 +19,9 @@ from operations.reconcile import (
     SUMMARY,
     Counters,
     Difference,
+    Report,
     compare,
+    print_report,
     recompute,
 )
 from shared.messaging.kafka import Message
@@ -228,3 +231,29 @@ def test_simulate_without_partners_says_so(
         main(["simulate", "--partners", P1])
     assert exit_.value.code == 1
     assert "cannot reach Kafka at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_the_report_says_when_its_differences_may_be_in_flight() -> None:
+    report = Report(
+        partners_checked=2,
+        events_read=30,
+        duplicates=1,
+        undecodable=0,
+        orphan_deletions=0,
+        deleted_partners=0,
+        waiting_partners=0,
+        lag=4,
+        arrived=7,
+        dead_letters=0,
+        missing_topics=[],
+        differences=[Difference(P1, "post_count", 3, 2), Difference(P2, "star_sum", 9, 8)],
+    )
+    out = io.StringIO()
+    print_report(report, out, limit=1)
+    text = out.getvalue()
+    assert "not yet consumed 4 of these events" in text
+    assert "7 events arrived while checking" in text
+    assert f"{P1}  post_count       events say 3, stored 2" in text
+    assert P2 not in text and "... and 1 more" in text
+    document = report.as_json()
+    assert document["ok"] is False and len(document["differences"]) == 2
