@@ -1,7 +1,7 @@
 """One stack for the fault suite: real processes, a private broker (the one TEST_KAFKA
 chooses: see tests/brokers.py), real PostgreSQL with the member and batch databases behind
-cuttable TCP proxies. Every test leaves it healthy
-and ends with a reconciliation of everything the module accepted so far."""
+cuttable TCP proxies, and partners' activity flowing all along. Every test leaves it
+healthy and ends with a reconciliation of everything the module accepted so far."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from devtools.stack import Stack
 from shared.config import SERVICES
 from tests.brokers import TestBroker, broker_choice, start_test_broker
-from tests.faults.harness import Registry, TcpProxy
+from tests.faults.harness import ActivityFeed, Registry, TcpProxy
 
 pytestmark = pytest.mark.faults
 
@@ -28,6 +28,7 @@ class FaultStack:
     registry: Registry
     proxies: dict[str, TcpProxy]
     real_urls: dict[str, str]
+    activity: ActivityFeed
     # Records the tests meant to dead-letter, by topic: any other in a DLT is a failure.
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
@@ -58,8 +59,12 @@ def faults(tmp_path_factory: pytest.TempPathFactory, postgres) -> Iterator[Fault
         broker.stop()
         raise
     # One signup in ten is deleted right after it was accepted, so every fault also
-    # meets deletions racing their own signup.
-    yield FaultStack(stack, broker, Registry(delete_every=10), proxies, real)
+    # meets deletions racing their own signup; partners' activity flows all along.
+    registry = Registry(delete_every=10)
+    activity = ActivityFeed(stack, registry).start()
+    yield FaultStack(stack, broker, registry, proxies, real, activity)
+    activity.stop()
+    print(f"activity feed: {activity.sent} events sent, {activity.failed_rounds} rounds failed")
     stack.stop()
     broker.stop()
     for proxy in proxies.values():

@@ -11,8 +11,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +21,11 @@ from sqlalchemy import create_engine, text
 
 from devtools.broker import free_port
 from devtools.http_client import request
+from devtools.simulate import ActivitySimulator, produce
 from devtools.stack import Stack
+from operations.reconcile import reconcile_batch
 from shared.messaging.kafka import read_topic
+from shared.messaging.pipeline import ACTIVITY_TOPICS
 from tests.pipeline_checks import wait_caught_up
 from tests.unit.pipeline_harness import signup_body
 from tests.waiting import wait_until
@@ -301,6 +305,7 @@ CONSUMED = (
     ("batch-service", "batch", "partner-deleted"),
     ("auth-service", "auth", "profile-created"),
     ("auth-service", "auth", "profile-rejected"),
+    *(("batch-service", "batch", topic.name) for topic in ACTIVITY_TOPICS),
 )
 
 
@@ -409,3 +414,76 @@ def dead_letters(stack: Stack, topic: str) -> list[Any]:
     """Records in `topic`'s DLT."""
     assert stack.bootstrap_servers
     return read_topic((stack.bootstrap_servers or "").split(","), f"{topic}.DLT", timeout=5)
+
+
+class ActivityFeed:
+    """Partners' activity flowing through every fault: a thread that keeps sending rounds
+    of simulated activity (devtools.simulate) for the module's PARTNER signups, deleted
+    ones included (their late events must be dropped), plus a partner that never signs
+    up (its events wait forever). Sends that fail while a fault lasts are logged and the
+    feed goes on: whatever reached the topics is what reconciliation recomputes from.
+
+    `paused()`: a block during which nothing is sent (reconciliation needs the topics
+    still)."""
+
+    def __init__(self, stack: Stack, registry: Registry, per_round: int = 60) -> None:
+        self._stack = stack
+        self._registry = registry
+        self._per_round = per_round
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
+        self.sent = 0
+        self.failed_rounds = 0
+        self.never_created = str(uuid.uuid4())
+        self._thread = threading.Thread(target=self._run, name="activity-feed", daemon=True)
+
+    def start(self) -> ActivityFeed:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._go.set()
+        self._thread.join(60)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self._go.clear()
+        self._idle.wait(60)
+        try:
+            yield
+        finally:
+            self._idle.clear()
+            self._go.set()
+
+    def _run(self) -> None:
+        servers = (self._stack.bootstrap_servers or "").split(",")
+        round_number = 0
+        while not self._stop.is_set():
+            if not self._go.is_set():
+                self._idle.set()
+                self._go.wait()
+                continue
+            with self._registry.lock:
+                partners = [s.uuid for s in self._registry.accepted if s.role == "PARTNER"]
+            round_number += 1
+            simulator = ActivitySimulator([*partners, self.never_created], seed=round_number)
+            try:
+                sent = produce(servers, simulator.events(self._per_round), keep_events=False)
+                self.sent += sent.count
+            except Exception as exc:  # noqa: BLE001 - a fault may be on; go on after it
+                self.failed_rounds += 1
+                print(f"activity feed: round {round_number} failed: {exc}")
+            self._stop.wait(0.2)
+
+
+def activity_differences(stack: Stack, real_urls: dict[str, str]) -> tuple[Any, list[str]]:
+    """`signup-pipeline reconcile batch` on the module's broker and batch database (the
+    real one, not its cuttable proxy): every partner's counters recomputed from the events
+    in the topics against the stored summaries, once the batch service consumed them all.
+    (report, its differences as lines)."""
+    servers = (stack.bootstrap_servers or "").split(",")
+    report = reconcile_batch(servers, real_urls["batch"], wait=90)
+    return report, [str(difference) for difference in report.differences]

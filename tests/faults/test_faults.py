@@ -21,6 +21,7 @@ from tests.faults.conftest import FaultStack
 from tests.faults.harness import (
     CONSUMED,
     Signup,
+    activity_differences,
     dead_letters,
     inbox_against_topics,
     wait_reconciled,
@@ -31,6 +32,8 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
 
+BATCH_TOPICS = sorted({topic for group, _, topic in CONSUMED if group == "batch-service"})
+
 
 def assert_reconciled(faults: FaultStack, label: str, timeout: float = 60.0) -> None:
     """Every kept signup exists exactly once downstream and its account is ACTIVE; every
@@ -39,17 +42,27 @@ def assert_reconciled(faults: FaultStack, label: str, timeout: float = 60.0) -> 
     a dead-letter topic but what the tests put there. (Primary keys alone prevent doubled
     rows: a broken inbox shows in the inbox counts and as duplicates dead-lettered on
     the keys.)"""
-    result = wait_reconciled(faults.stack, faults.registry, faults.real_urls, timeout)
-    print(f"\n[{label}] {result.line()}")
-    assert result.problems == [], (result.problems, result.line())
-    assert result.unpublished == 0
-    servers = (faults.stack.bootstrap_servers or "").split(",")
-    assert inbox_against_topics(faults.real_urls, servers) == {}
-    for _, _, topic in CONSUMED:
-        dead = dead_letters(faults.stack, topic)
-        assert len(dead) == faults.dead_lettered[topic], [
-            (record.key, record.header("dlt-error")) for record in dead
-        ]
+    with faults.activity.paused():
+        result = wait_reconciled(faults.stack, faults.registry, faults.real_urls, timeout)
+        print(f"\n[{label}] {result.line()}")
+        assert result.problems == [], (result.problems, result.line())
+        assert result.unpublished == 0
+        servers = (faults.stack.bootstrap_servers or "").split(",")
+        assert inbox_against_topics(faults.real_urls, servers) == {}
+        for _, _, topic in CONSUMED:
+            dead = dead_letters(faults.stack, topic)
+            assert len(dead) == faults.dead_lettered[topic], [
+                (record.key, record.header("dlt-error")) for record in dead
+            ]
+        # Partners' counters: recomputed from every activity event in the topics.
+        report, differences = activity_differences(faults.stack, faults.real_urls)
+        print(
+            f"[{label}] reconcile batch: {report.partners_checked} partners, "
+            f"{report.events_read} events, {len(differences)} differences"
+        )
+        assert report.lag == 0
+        assert differences == []
+        assert report.events_read > 0
 
 
 def duplicates_counted(faults: FaultStack, worker: str = "member-worker") -> float:
@@ -110,6 +123,23 @@ def test_member_worker_killed_after_db_commit_before_offset_commit_changes_nothi
     assert duplicates_counted(faults) >= 1
 
 
+def test_batch_worker_killed_after_db_commit_with_activity_flowing_counts_nothing_twice(
+    faults: FaultStack,
+) -> None:
+    """The batch worker dies between its DB commit and its offset commit, with a poll of
+    activity folded into that transaction: the new worker gets those records again, its
+    inbox skips them, and not one counter moved twice."""
+    restart(faults, "batch-worker", SIGNUP_PIPELINE_FAILPOINTS="after-db-commit=kill@5")
+    faults.registry.burst(faults.stack, 10)
+    assert faults.stack.processes["batch-worker"].wait(60) == -signal.SIGKILL
+    restart(faults, "batch-worker")
+
+    assert_reconciled(faults, "batch SIGKILL after DB commit")
+    # Its last transaction committed but its offsets did not: the records came again.
+    port = faults.stack.health_ports["batch-worker"]
+    assert sum(duplicates(port, topic) for topic in BATCH_TOPICS) >= 1
+
+
 def test_member_and_batch_databases_unreachable_for_10s_under_load_nothing_dead_lettered(
     faults: FaultStack,
 ) -> None:
@@ -135,20 +165,22 @@ def test_member_and_batch_databases_unreachable_for_10s_under_load_nothing_dead_
     assert dead_letters(faults.stack, "partner-created") == []
 
 
-def test_member_workers_scaled_1_to_3_to_1_during_a_burst_lose_and_double_nothing(
+def test_member_and_batch_workers_scaled_1_to_3_to_1_during_a_burst_lose_and_double_nothing(
     faults: FaultStack,
 ) -> None:
     stack = faults.stack
 
+    extra = [f"{kind}-worker-{n}" for kind in ("member", "batch") for n in (2, 3)]
+
     def scale_up() -> None:
-        for n in (2, 3):
-            stack.spawn("member-worker", instance=f"member-worker-{n}")
+        for name in extra:
+            stack.spawn(name.rsplit("-", 1)[0], instance=name)
 
     faults.registry.burst(stack, 25, during=scale_up, at=5)
-    stack.wait_ready(60, ["member-worker-2", "member-worker-3"])
+    stack.wait_ready(60, extra)
     faults.registry.burst(stack, 25)
-    for n in (2, 3):
-        assert stack.processes.pop(f"member-worker-{n}").stop(15) == 0
+    for name in extra:
+        assert stack.processes.pop(name).stop(15) == 0
     faults.registry.burst(stack, 15)
 
     assert_reconciled(faults, "scale 1->3->1", timeout=90)
