@@ -24,7 +24,7 @@ from sqlalchemy import Connection, func, select
 
 from auth_service.models import Member
 from auth_service.models import OutboxEvent as AuthOutbox
-from batch_service.models import PartnerSummary
+from batch_service.models import DeletedPartner, PartnerActivity, PartnerSummary, WaitingActivity
 from member_service.models import OutboxEvent as MemberOutbox
 from member_service.models import Partner, User
 from operations.formatting import (
@@ -62,6 +62,7 @@ class Stage:
     verb: str
     outbox: type[OutboxRecord] | None
     created_by: type[Any] | None = None  # the event whose applying creates those rows
+    counts_activity: bool = False  # the batch service: partners' activity not counted
 
     @property
     def producer(self) -> str:
@@ -72,7 +73,15 @@ class Stage:
 STAGES = (
     Stage("auth", (Member,), "signup accepted", "accepted", AuthOutbox),
     Stage("member", (User, Partner), "profile created", "created", MemberOutbox, ProfileInsert),
-    Stage("batch", (PartnerSummary,), "summary created", "created", None, PartnerCreated),
+    Stage(
+        "batch",
+        (PartnerSummary,),
+        "summary created",
+        "created",
+        None,
+        PartnerCreated,
+        counts_activity=True,
+    ),
 )
 
 
@@ -110,11 +119,27 @@ class OutboxBacklog:
 
 
 @dataclass(frozen=True)
+class ActivityCounts:
+    """The partners' activity the batch service holds but does not count (yet, or ever):
+    events waiting for their partner's `partner-created` (and for how many partners),
+    orphan deletions (a deletion of something never counted: partner_activity rows with
+    net < 0; its creation, when it comes, cancels it) and events dropped because their
+    partner was deleted."""
+
+    waiting_events: int
+    waiting_partners: int
+    orphan_deletions: int
+    dropped_events: int
+
+
+@dataclass(frozen=True)
 class StageCounts:
-    """What one service's database says: rows created lately, and its outbox."""
+    """What one service's database says: rows created lately, its outbox, and for the
+    batch service the activity it does not count."""
 
     created_recently: int
     outbox: OutboxBacklog | None
+    activity: ActivityCounts | None = None
 
 
 @dataclass(frozen=True)
@@ -183,13 +208,27 @@ def _outbox_backlog(
     )
 
 
+def _activity_counts(connection: Connection) -> ActivityCounts:
+    waiting_events, waiting_partners = connection.execute(
+        select(func.coalesce(func.sum(WaitingActivity.events), 0), func.count())
+    ).one()
+    orphans = connection.scalar(
+        select(func.count()).select_from(PartnerActivity).where(PartnerActivity.net < 0)
+    )
+    dropped = connection.scalar(select(func.coalesce(func.sum(DeletedPartner.dropped_events), 0)))
+    return ActivityCounts(
+        int(waiting_events), int(waiting_partners), int(orphans or 0), int(dropped or 0)
+    )
+
+
 def _stage_counts(
     stage: Stage, topics: Sequence[str], since: dt.datetime
 ) -> Callable[[Connection], StageCounts]:
     def read(connection: Connection) -> StageCounts:
         created = sum(_count_since(connection, table, since) for table in stage.created)
         outbox = _outbox_backlog(connection, stage.outbox, topics, since) if stage.outbox else None
-        return StageCounts(created, outbox)
+        activity = _activity_counts(connection) if stage.counts_activity else None
+        return StageCounts(created, outbox, activity)
 
     return read
 
@@ -344,6 +383,24 @@ def status_json(status: PipelineStatus) -> dict[str, Any]:
         counts = stages.get(service)
         return counts.created_recently if counts else None
 
+    activity: dict[str, Any] | None = None
+    for stage in STAGES:
+        counts = stages.get(stage.service)
+        if stage.counts_activity:
+            found = counts.activity if counts else None
+            activity = (
+                {
+                    "waiting": {
+                        "events": found.waiting_events,
+                        "partners": found.waiting_partners,
+                    },
+                    "orphan_deletions": found.orphan_deletions,
+                    "dropped_events": found.dropped_events,
+                }
+                if found
+                else None
+            )
+
     return {
         "at": rfc3339(status.at),
         "window_seconds": status.window.total_seconds(),
@@ -358,6 +415,7 @@ def status_json(status: PipelineStatus) -> dict[str, Any]:
             "profiles_created": created("member"),
             "summaries_created": created("batch"),
         },
+        "partner_activity": activity,
         "unavailable": unavailable,
         "took_ms": round(status.took * 1000, 1),
     }
@@ -416,6 +474,35 @@ def render_status(status: PipelineStatus, width: int = 100) -> str:
         )
         rows.append((f"  {topic.dead_letter}", text, ""))
 
+    def activity_rows(stage: Stage) -> None:
+        part = status.stages[stage.service]
+        label = f"{next(numbers)} {stage.service}: partner activity not counted"
+        if isinstance(part, Unavailable):
+            rows.append((label, why_unavailable(part, shown), ""))
+            return
+        if part.activity is None:
+            return
+        found = part.activity
+        rows.extend(
+            [
+                (label, "", ""),
+                (
+                    "  waiting for partner-created",
+                    f"{plural(found.waiting_events, 'event')}, "
+                    f"{plural(found.waiting_partners, 'partner')}",
+                    "",
+                ),
+                (
+                    "  orphan deletions",
+                    f"{found.orphan_deletions} (deletions of things never counted)"
+                    if found.orphan_deletions
+                    else "0",
+                    "",
+                ),
+                ("  dropped: partner deleted", plural(found.dropped_events, "event"), ""),
+            ]
+        )
+
     for topic in status.topics:
         producer = next((s for s in STAGES if s.producer == topic.producer), None)
         if producer is not None:
@@ -429,6 +516,9 @@ def render_status(status: PipelineStatus, width: int = 100) -> str:
     for stage in STAGES:
         if stage.service not in stages_shown:
             stage_row(stage)
+    for stage in STAGES:
+        if stage.counts_activity:
+            activity_rows(stage)
 
     lines = [
         f"signup-pipeline status at {rfc3339(status.at)} (read in {format_duration(status.took)})",

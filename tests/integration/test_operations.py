@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from auth_service.models import Base as AuthBase
 from auth_service.models import Member
 from auth_service.models import OutboxEvent as AuthOutbox
+from batch_service.handlers import apply_batch
 from batch_service.models import Base as BatchBase
 from batch_service.models import DeletedPartner, PartnerSummary
 from devtools.postgres import PostgresServer
@@ -40,7 +41,17 @@ from operations.status import read_status, show_status
 from operations.trace import show_trace
 from shared.messaging.housekeeping import Housekeeper
 from shared.messaging.kafka import create_topics, make_consumer, pipeline_topics
-from shared.messaging.pipeline import TOPICS, Topic
+from shared.messaging.pipeline import (
+    TOPICS,
+    CoordinateClosed,
+    FollowCreated,
+    FollowDeleted,
+    PartnerDeleted,
+    PostCreated,
+    PostDeleted,
+    ReviewCreated,
+    Topic,
+)
 from shared.storage.db import Database, utcnow
 from tests.kafka_tools import create_topic, unique_name
 from tests.schema import create_tables
@@ -152,7 +163,7 @@ def summary_row(partner_id: str, created: dt.datetime) -> dict[str, Any]:
         "follower_count": 0,
         "coordinate_count": 0,
         "review_count": 0,
-        "average_star": 0.0,
+        "star_sum": 0,
         "created_at": created,
     }
 
@@ -210,7 +221,7 @@ def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
     databases: dict[str, Database], topics: tuple[Topic, ...], kafka_bootstrap: str
 ) -> None:
     auth, member, batch = databases["auth"], databases["member"], databases["batch"]
-    profile_insert, partner_created, profile_created, *_, profile_delete, _ = topics
+    profile_insert, partner_created, profile_created, _, profile_delete, *_ = topics
     now = utcnow()
     recent, old = now - dt.timedelta(seconds=10), now - dt.timedelta(minutes=5)
     signups = ids(4)
@@ -256,7 +267,9 @@ def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
     assert 30 <= waiting["oldest_unpublished_age_seconds"] < 60
     assert backlog["topics"][profile_delete.name]["unpublished"] == 1
     assert document["outbox"]["member"]["unpublished"] == 1
-    published = {topic.name: 0 for topic in topics}
+    # Other teams' services publish the activity topics: no outbox of ours to count.
+    ours = ("auth-service", "member-service")
+    published = {topic.name: 0 if topic.producer in ours else None for topic in topics}
     published |= {profile_insert.name: 3, profile_created.name: 2}
     assert document["throughput"] == {
         "signups_accepted": 3,
@@ -279,6 +292,56 @@ def test_status_reports_backlog_lag_dead_letters_and_last_minute_throughput(
     assert document["dead_letters"] == {
         topic.dead_letter: 3 if topic is profile_insert else 0 for topic in topics
     }
+
+
+def test_status_counts_the_activity_the_batch_service_holds_but_does_not_count(
+    databases: dict[str, Database], topics: tuple[Topic, ...], kafka_bootstrap: str
+) -> None:
+    """The batch worker's own handler leaves the state: activity for a partner not yet
+    created waits, a deletion of something never counted is an orphan, activity for a
+    deleted partner is dropped; status reads each from the batch database."""
+    batch = databases["batch"]
+    counted, unborn, other_unborn, gone = ids(4)
+    follower, stranger = ids(2)
+    add_rows(batch, PartnerSummary, [summary_row(counted, utcnow())])
+    events: list[list[Any]] = [
+        [PartnerDeleted(gone)],
+        [
+            PostCreated("p-1", counted),  # counted
+            FollowCreated(follower, counted),
+            FollowDeleted(stranger, counted),  # an orphan
+            PostDeleted("p-9", counted),  # an orphan
+            PostCreated("p-2", unborn),  # three events wait for two partners
+            ReviewCreated("r-1", unborn, 4),
+            CoordinateClosed("c-1", other_unborn),
+            PostCreated("p-3", gone),  # dropped twice
+            FollowCreated(follower, gone),
+        ],
+        [
+            FollowDeleted(follower, counted),  # net 0 now: no longer counted, no orphan
+            PostDeleted("p-10", gone),  # dropped
+            PostCreated("p-11", unborn),  # waits
+        ],
+    ]
+    for batch_events in events:
+        with batch.unit_of_work() as uow:
+            apply_batch(batch_events, uow)
+            uow.commit()
+
+    document = status_document(endpoints_of(databases, kafka_bootstrap), topics)
+    screen = io.StringIO()
+    show_status(endpoints_of(databases, kafka_bootstrap), out=screen, topics=topics)
+
+    assert document["partner_activity"] == {
+        "waiting": {"events": 4, "partners": 2},
+        "orphan_deletions": 2,
+        "dropped_events": 3,
+    }
+    text = " ".join(screen.getvalue().split())
+    assert (
+        "batch: partner activity not counted waiting for partner-created 4 events, 2 partners "
+        "orphan deletions 2 (deletions of things never counted) dropped: partner deleted 3 events"
+    ) in text
 
 
 def test_status_command_reads_the_databases_and_broker_the_services_are_given(

@@ -18,6 +18,7 @@ from operations.formatting import format_duration, partition_lag_text
 from operations.offsets import LogRange, PartitionLag, partition_lags
 from operations.sources import Endpoints, Unavailable
 from operations.status import (
+    ActivityCounts,
     GroupLag,
     OutboxBacklog,
     PipelineStatus,
@@ -39,7 +40,7 @@ from operations.trace import (
     trace_json,
 )
 from shared.config import Settings, dev_broker_file, operator_broker
-from shared.messaging.pipeline import TOPICS
+from shared.messaging.pipeline import ACTIVITY_TOPICS, TOPICS
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 MEMBER = "5f0c6d1e-8a51-4c1b-9d38-2f7c1b6a0e11"
@@ -150,7 +151,7 @@ def a_status(**changes: Any) -> PipelineStatus:
                     }
                 ),
             ),
-            "batch": StageCounts(4, None),
+            "batch": StageCounts(4, None, ActivityCounts(12, 3, 2, 5)),
         },
         lag=lag,
         dead_letters={t.dead_letter: 1 if t.name == "profile-insert" else 0 for t in TOPICS},
@@ -179,8 +180,15 @@ def test_status_screen_shows_each_stage_in_flow_order() -> None:
         "13 profile-delete → member-service",
         "14 member outbox → partner-deleted",
         "15 partner-deleted → batch-service",
+        "16 post-created → batch-service",
+        "17 post-deleted → batch-service",
+        "18 follow-created → batch-service",
+        "19 follow-deleted → batch-service",
+        "20 coordinate-closed → batch-service",
+        "21 review-created → batch-service",
+        "22 batch: partner activity not counted",
     ]
-    dead = [line.split()[0] for line in lines if line.startswith("  ")]
+    dead = [line.split()[0] for line in lines if line.startswith("  ") and ".DLT" in line]
     assert dead == [t.dead_letter for t in TOPICS]
     text = "\n".join(lines)
     assert "12 accepted" in text
@@ -191,6 +199,43 @@ def test_status_screen_shows_each_stage_in_flow_order() -> None:
     assert "1 dead letter" in text and "0 dead letters" in text
     assert "4 created" in text
     assert "last 60 s" in text
+
+
+def test_the_batch_services_uncounted_activity_is_shown_under_its_own_line() -> None:
+    lines = render_status(a_status(), width=120).splitlines()
+
+    at = lines.index("22 batch: partner activity not counted")
+    assert [" ".join(line.split()) for line in lines[at + 1 : at + 4]] == [
+        "waiting for partner-created 12 events, 3 partners",
+        "orphan deletions 2 (deletions of things never counted)",
+        "dropped: partner deleted 5 events",
+    ]
+
+
+def test_no_uncounted_activity_reads_zero() -> None:
+    quiet = StageCounts(0, None, ActivityCounts(0, 0, 0, 0))
+    status = a_status(stages={**a_status().stages, "batch": quiet})
+
+    text = render_status(status, width=120)
+
+    assert (
+        "waiting for partner-created 0 events, 0 partners orphan deletions 0 dropped: "
+        "partner deleted 0 events" in " ".join(text.split())
+    )
+
+
+def test_an_unreadable_batch_database_leaves_its_activity_unknown() -> None:
+    down = Unavailable("batch database", "connection refused")
+    status = a_status(stages={**a_status().stages, "batch": down})
+
+    text = render_status(status, width=120)
+    document = status_json(status)
+
+    [line] = [line for line in text.splitlines() if line.startswith("22 batch: partner activity")]
+    assert line.endswith("unavailable: batch database (above)")  # said on its stage's line
+    assert "orphan deletions" not in text
+    assert document["partner_activity"] is None
+    assert document["unavailable"] == {"batch database": "connection refused"}
 
 
 def test_an_unreadable_part_shows_its_reason_and_the_rest_still_shows() -> None:
@@ -230,6 +275,8 @@ def test_an_unreadable_part_shows_its_reason_and_the_rest_still_shows() -> None:
             "profile-rejected": None,
             "profile-delete": 2,
             "partner-deleted": None,
+            # Other teams' services publish these: no outbox of ours to read.
+            **{t.name: None for t in ACTIVITY_TOPICS},
         },
         "profiles_created": None,
         "summaries_created": 4,
@@ -260,7 +307,10 @@ def test_status_json_carries_every_figure() -> None:
     assert set(document["outbox"]) == {"auth", "member"}
     assert document["consumer_groups"] == {
         "member-service": {"topics": ["profile-insert", "profile-delete"], "total": 3},
-        "batch-service": {"topics": ["partner-created", "partner-deleted"], "total": 0},
+        "batch-service": {
+            "topics": ["partner-created", "partner-deleted", *(t.name for t in ACTIVITY_TOPICS)],
+            "total": 0,
+        },
         "auth-service": {"topics": ["profile-created", "profile-rejected"], "total": 0},
     }
     assert set(document["lag"]) == {t.name for t in TOPICS}
@@ -281,6 +331,12 @@ def test_status_json_carries_every_figure() -> None:
         "profile-rejected.DLT": 0,
         "profile-delete.DLT": 0,
         "partner-deleted.DLT": 0,
+        "post-created.DLT": 0,
+        "post-deleted.DLT": 0,
+        "follow-created.DLT": 0,
+        "follow-deleted.DLT": 0,
+        "coordinate-closed.DLT": 0,
+        "review-created.DLT": 0,
     }
     assert document["throughput"]["events_published"] == {
         "profile-insert": 9,
@@ -289,6 +345,17 @@ def test_status_json_carries_every_figure() -> None:
         "profile-rejected": 1,
         "profile-delete": 2,
         "partner-deleted": 0,
+        "post-created": None,
+        "post-deleted": None,
+        "follow-created": None,
+        "follow-deleted": None,
+        "coordinate-closed": None,
+        "review-created": None,
+    }
+    assert document["partner_activity"] == {
+        "waiting": {"events": 12, "partners": 3},
+        "orphan_deletions": 2,
+        "dropped_events": 5,
     }
     assert document["unavailable"] == {}
 
@@ -809,7 +876,9 @@ def test_dlt_on_an_unknown_topic_names_the_valid_ones_and_exits_2_before_connect
     [line] = captured.err.splitlines()
     assert line == (
         "error: unknown topic 'nosuch': use one of profile-insert, partner-created, "
-        "profile-created, profile-rejected, profile-delete, partner-deleted (or its .DLT)"
+        "profile-created, profile-rejected, profile-delete, partner-deleted, post-created, "
+        "post-deleted, follow-created, follow-deleted, coordinate-closed, review-created "
+        "(or its .DLT)"
     )
 
 
