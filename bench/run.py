@@ -2,7 +2,7 @@
 limits of the same machine, measured in the same run.
 
     signup-pipeline bench [--quick] [--kafka tansu|apache] [--output bench-results.json]
-                          [--postgres-url URL] [--proxy]
+                          [--postgres-url URL] [--proxy] [--only PART[,PART]]
 
 PostgreSQL: throwaway databases are created (and dropped) on the server at
 --postgres-url (default: the local one). Kafka: a fresh bundled Tansu broker per phase
@@ -36,7 +36,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from auth_service.models import OutboxEvent as AuthOutbox
-from bench import ceilings, stages
+from batch_service.consumer import BATCH_WORKER
+from bench import activity, ceilings, stages
 from devtools.apache_kafka import (
     BROKERS,
     ChoiceError,
@@ -56,6 +57,7 @@ from shared.messaging.kafka import create_topics, pipeline_topics, use_security
 from shared.messaging.outbox import cloudevent_headers, encode_event
 from shared.messaging.pipeline import PROFILE_INSERT
 from shared.storage.db import utcnow
+from shared.storage.migrations import upgrade
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,19 @@ class Scale:
     propagation_rate: float
     drain_events: int
     relay_rows: int
+    activity_events: int
+    activity_partners: int
+    ranking_partners: int
+    ranking_requests: int
 
 
-FULL = Scale(50_000, 100_000, 3.0, 8, 20.0, 500, 20.0, 50_000, 20_000)
-QUICK = Scale(10_000, 10_000, 1.0, 8, 3.0, 40, 20.0, 10_000, 3_000)
+FULL = Scale(
+    50_000, 100_000, 3.0, 8, 20.0, 500, 20.0, 50_000, 20_000, 200_000, 10_000, 1_000_000, 1000
+)
+QUICK = Scale(10_000, 10_000, 1.0, 8, 3.0, 40, 20.0, 10_000, 3_000, 20_000, 2_000, 100_000, 1000)
+
+# What a run measures, in this order; `--only` picks some.
+PARTS = ("ceilings", "pipeline", "activity", "ranking")
 
 
 class Progress:
@@ -235,6 +246,107 @@ def measure_pipeline(
     return figures
 
 
+def measure_activity(
+    scale: Scale,
+    postgres: PostgresServer,
+    external: list[str] | None,
+    workdir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The same skewed activity backlog drained twice by one batch worker on PostgreSQL,
+    each time into a fresh database with the same partners' summaries and from topics
+    holding exactly that backlog: batched (the default) and one event per transaction
+    (WORKER_TRANSACTION=event). Both rates, their ratio, and whether both runs left the
+    counters the backlog implies."""
+    progress.phase(
+        f"activity: generating {scale.activity_events} events for "
+        f"{scale.activity_partners} partners"
+    )
+    backlog = activity.make_backlog(scale.activity_events, scale.activity_partners)
+    runs: dict[str, dict[str, Any]] = {}
+    found: dict[str, dict[str, tuple[int, ...]]] = {}
+    rss: dict[str, float] = {}
+    for mode in ("batch", "event"):
+        progress.phase(f"activity drain, WORKER_TRANSACTION={mode}")
+        with broker(external, workdir) as servers:
+            url = postgres.create_database(f"sp_bench_activity_{mode}")
+            stack = Stack(
+                workdir / f"activity-{mode}",
+                database_urls={"batch": url},
+                bootstrap_servers=",".join(servers),
+            )
+            stack.migrate()
+            activity.open_summaries(url, backlog.partners)
+            create_topics(servers, pipeline_topics())
+            if external:
+                # Only this backlog: the batch group starts at the end of each of its topics.
+                for topic in BATCH_WORKER.topics:
+                    skip_group_to_end(servers, topic.consumer_group, topic.name)
+            produced = activity.produce(servers, backlog, progress)
+            try:
+                result, process = activity.drain(stack, mode, len(backlog.records), progress)
+                rss.update(
+                    {f"{name} ({mode})": mb for name, mb in stages.peak_rss_mb(process).items()}
+                )
+            finally:
+                stack.stop()
+            result["produced_in_seconds"] = round(produced, 1)
+            result["left"] = activity.leftovers(url)
+            runs[mode] = result
+            found[mode] = activity.read_summaries(url)
+    return {
+        "activity": {
+            "events": len(backlog.records),
+            "partners": len(backlog.partners),
+            "hot_partners": activity.HOT_PARTNERS,
+            "hot_share": activity.HOT_SHARE,
+            "summaries": "inserted directly before the drain",
+            "by_topic": dict(sorted(backlog.by_topic.items())),
+            "batch": runs["batch"],
+            "event": runs["event"],
+            "speedup": ratio(runs["batch"]["per_second"], runs["event"]["per_second"]),
+            "exact": activity.exactness(backlog, found),
+            "rss_mb": rss,
+        }
+    }
+
+
+def measure_ranking(
+    scale: Scale,
+    postgres: PostgresServer,
+    external: list[str] | None,
+    workdir: Path,
+    progress: Progress,
+) -> dict[str, Any]:
+    """`GET /partners/ranking?limit=30` over `ranking_partners` summaries: the batch API
+    process on PostgreSQL, and its query alone."""
+    progress.phase(f"ranking: filling {scale.ranking_partners} partner summaries")
+    url = postgres.create_database("sp_bench_ranking")
+    upgrade("batch", url)
+    fill = activity.fill_summaries(url, scale.ranking_partners, progress)
+    progress.phase("ranking: the query alone")
+    sql = activity.ranking_sql(url, scale.ranking_requests)
+    progress.phase("ranking: GET /partners/ranking against the batch API")
+    with broker(external, workdir) as servers:
+        stack = Stack(
+            workdir / "ranking", database_urls={"batch": url}, bootstrap_servers=",".join(servers)
+        )
+        process = stack.spawn("batch-api")
+        try:
+            stack.wait_ready(60, names=[process.name])
+            api = activity.ranking_api(stack.api_url("batch"), scale.ranking_requests)
+        finally:
+            stack.stop()
+    return {
+        "ranking": {
+            "fill": fill,
+            "sql": sql,
+            "api": api,
+            "same_top_as_sql": api["top"] == sql["top"],
+        }
+    }
+
+
 def proxy_cost(
     stack: Stack, scale: Scale, progress: Progress, first_direct: dict[str, Any]
 ) -> dict[str, Any]:
@@ -290,8 +402,93 @@ def ratio(value: float | None, ceiling: float | None) -> float | None:
     return round(value / ceiling, 3)
 
 
+def row(name: str, value: Any, ceiling: str, target: str, met: bool) -> dict[str, Any]:
+    """One line of the assessment: a figure, what it is set against, its target."""
+    return {"figure": name, "measured": value, "ceiling": ceiling, "target": target, "met": met}
+
+
 def assess(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each figure beside its ceiling and its target."""
+    """Each figure the run measured beside its ceiling and its target."""
+    rows = pipeline_rows(figures) if "signup" in figures else []
+    if "activity" in figures:
+        rows += activity_rows(figures)
+    if "ranking" in figures:
+        rows += ranking_rows(figures["ranking"])
+    rss = dict(figures.get("rss_mb", {}))
+    rss.update(figures.get("activity", {}).get("rss_mb", {}))
+    if rss:
+        heaviest = max(rss, key=rss.__getitem__)
+        rows.append(
+            row(
+                "peak RSS, largest process",
+                f"{rss[heaviest]} MB ({heaviest})",
+                "",
+                "every process < 150 MB",
+                all(value < 150 for value in rss.values()),
+            )
+        )
+    return rows
+
+
+# Issue 18's targets for the batch worker and the ranking.
+ACTIVITY_TARGET = 20_000  # events/s, batched, one worker
+ACTIVITY_SPEEDUP = 3.0  # batched over one event per transaction
+RANKING_P99_MS = 50.0
+
+
+def activity_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The activity drain, batched and per event, and its exactness."""
+    drained = figures["activity"]
+    batched = drained["batch"]["per_second"]
+    single = drained["event"]["per_second"]
+    speedup = drained["speedup"] or 0
+    consume = figures.get("kafka_consume", {}).get("per_second")
+    fraction = ratio(batched, consume)
+    exact = drained["exact"]
+    return [
+        row(
+            "activity drain, 1 batch worker, events/s",
+            f"{batched:.0f}",
+            f"kafka-python consume {consume:.0f}/s → {fraction:.0%}" if fraction else "",
+            f"≥ {ACTIVITY_TARGET:,}/s",
+            batched >= ACTIVITY_TARGET,
+        ),
+        row(
+            "activity drain, batched vs one event per transaction",
+            f"{speedup:.1f}× ({single:.0f}/s per event)",
+            "",
+            f"≥ {ACTIVITY_SPEEDUP:g}×",
+            speedup >= ACTIVITY_SPEEDUP,
+        ),
+        row(
+            "activity drain, counters exact",
+            "same in both runs, as generated"
+            if exact["identical"] and exact["as_generated"]
+            else f"partners wrong: {exact['partners_wrong']}",
+            "",
+            "every summary as the backlog implies, both ways",
+            bool(exact["identical"] and exact["as_generated"]),
+        ),
+    ]
+
+
+def ranking_rows(ranking: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ranking's latency through the API, set beside its query alone."""
+    api, sql = ranking["api"]["latency_ms"], ranking["sql"]["latency_ms"]
+    partners = ranking["fill"]["partners"]
+    return [
+        row(
+            f"GET /partners/ranking?limit=30, {partners:,} partners, p99",
+            f"{api['p99']} ms (p50 {api['p50']} ms)",
+            f"the query alone: p50 {sql['p50']} ms, p99 {sql['p99']} ms",
+            f"< {RANKING_P99_MS:g} ms",
+            api["p99"] < RANKING_P99_MS,
+        )
+    ]
+
+
+def pipeline_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """The signup pipeline's figures (they need the ceilings of the same run)."""
     hashing = figures["argon2_all_cores"]["per_second"]
     produce = figures["kafka_produce"]["per_second"]
     consume = figures["kafka_consume"]["per_second"]
@@ -304,10 +501,6 @@ def assess(figures: dict[str, Any]) -> list[dict[str, Any]]:
     one = figures["drain_1"]["per_second"]
     two = figures["drain_2"]["per_second"]
     relay = figures["relay"]["per_second"]
-    rss = figures["rss_mb"]
-
-    def row(name: str, value: Any, ceiling: str, target: str, met: bool) -> dict[str, Any]:
-        return {"figure": name, "measured": value, "ceiling": ceiling, "target": target, "met": met}
 
     fraction = ratio(signup, hashing) or 0
     rows = [
@@ -379,16 +572,6 @@ def assess(figures: dict[str, Any]) -> list[dict[str, Any]]:
             fraction >= 0.65,
         )
     )
-    heaviest = max(rss, key=rss.get)
-    rows.append(
-        row(
-            "peak RSS, largest process",
-            f"{rss[heaviest]} MB ({heaviest})",
-            "",
-            "every process < 150 MB",
-            all(value < 150 for value in rss.values()),
-        )
-    )
     return rows
 
 
@@ -404,8 +587,6 @@ def markdown(figures: dict[str, Any]) -> str:
             f"| {item['figure']} | {item['measured']} | {item['ceiling']} "
             f"| {item['target']} | {mark} |"
         )
-    pg = figures["postgres_rows"]
-    propagation = figures["propagation"]
     if "signup_proxy" in figures:
         cost = figures["signup_proxy"]
         direct, nginx = cost["direct"], cost["nginx"]
@@ -424,15 +605,41 @@ def markdown(figures: dict[str, Any]) -> str:
             f"{cost['p50_added_ms']:+.2f} ms at p50, {cost['p99_added_ms']:+.2f} ms at p99; "
             f"nginx used {max(nginx['nginx_cores']):.3f} cores at most.",
         ]
-    lines += [
-        "",
+    lines.append("")
+    if "kafka_produce" in figures:
+        lines.append(ceilings_line(figures))
+    if "signup" in figures:
+        lines += pipeline_lines(figures)
+    if "activity" in figures:
+        lines.append(activity_line(figures["activity"]))
+    if "ranking" in figures:
+        lines.append(ranking_line(figures["ranking"]))
+    lines.append(
+        f"Machine: {figures['machine']['cpus']} CPUs, {figures['machine']['platform']}, "
+        f"Python {figures['machine']['python']}; broker {figures['machine']['broker']}; "
+        f"{figures['mode']} run of {figures['wall_seconds']:.0f} s on {figures['date']}"
+        + (f" (only {', '.join(figures['parts'])})" if "parts" in figures else "")
+        + "."
+    )
+    return "\n".join(lines)
+
+
+def ceilings_line(figures: dict[str, Any]) -> str:
+    pg = figures["postgres_rows"]
+    return (
         f"Ceilings: kafka-python produce {figures['kafka_produce']['per_second']:.0f}/s, "
         f"consume {figures['kafka_consume']['per_second']:.0f}/s "
         f"({figures['kafka_produce']['mean_value_bytes']:.0f} B values, "
         f"{figures['kafka_produce']['mean_headers_bytes']:.0f} B of headers); PostgreSQL "
         f"{pg['per_commit']['per_second']:.0f} rows/s one INSERT+COMMIT per row, "
         f"{pg['batched']['per_second']:.0f} rows/s batched by {pg['batched']['batch']}; "
-        f"argon2id {figures['argon2_one_core']['per_second']:.1f} hashes/s on one core.",
+        f"argon2id {figures['argon2_one_core']['per_second']:.1f} hashes/s on one core."
+    )
+
+
+def pipeline_lines(figures: dict[str, Any]) -> list[str]:
+    propagation = figures["propagation"]
+    return [
         f"Propagation: {propagation['signups']} signups ({propagation['partners']} partners) "
         f"at {propagation['rate_per_second']}/s, databases polled every "
         f"{propagation['poll_interval_ms']} ms. Peak RSS (MB): "
@@ -453,11 +660,37 @@ def markdown(figures: dict[str, Any]) -> str:
             for name, cores in sorted(figures["signup"]["cpu"]["cores_used_by_process"].items())
         )
         + " (the rest: PostgreSQL, the broker, the load generator).",
-        f"Machine: {figures['machine']['cpus']} CPUs, {figures['machine']['platform']}, "
-        f"Python {figures['machine']['python']}; broker {figures['machine']['broker']}; "
-        f"{figures['mode']} run of {figures['wall_seconds']:.0f} s on {figures['date']}.",
     ]
-    return "\n".join(lines)
+
+
+def activity_line(drained: dict[str, Any]) -> str:
+    batched, single = drained["batch"], drained["event"]
+    mix = ", ".join(f"{topic} {count}" for topic, count in drained["by_topic"].items())
+    return (
+        f"Activity: {drained['events']} events ({mix}) for {drained['partners']} partners "
+        f"whose summaries were {drained['summaries']}, {drained['hot_share']:.0%} of them "
+        f"for {drained['hot_partners']} hot partners; one batch worker drained them in "
+        f"{batched['seconds']} s batched ({batched['per_second']:.0f}/s, the machine "
+        f"{batched['cpu']['machine_busy']:.0%} busy) and in {single['seconds']} s one event "
+        f"per transaction ({single['per_second']:.0f}/s, "
+        f"{single['cpu']['machine_busy']:.0%} busy); summaries identical in both runs: "
+        f"{'yes' if drained['exact']['identical'] else 'NO'}, as the backlog implies: "
+        f"{'yes' if drained['exact']['as_generated'] else 'NO'}."
+    )
+
+
+def ranking_line(ranking: dict[str, Any]) -> str:
+    api, sql = ranking["api"], ranking["sql"]
+    return (
+        f"Ranking: {ranking['fill']['partners']} summaries with skewed counters loaded in "
+        f"{ranking['fill']['seconds']} s; {api['requests']} GET /partners/ranking?limit="
+        f"{api['limit']} one after another on one connection to one API worker: p50 "
+        f"{api['latency_ms']['p50']} ms, p90 {api['latency_ms']['p90']} ms, p99 "
+        f"{api['latency_ms']['p99']} ms, max {api['latency_ms']['max']} ms "
+        f"({api['response_bytes']} B answers); the query alone p50 {sql['latency_ms']['p50']} "
+        f"ms, p99 {sql['latency_ms']['p99']} ms, plan {sql['plan']}; same top 30 both ways: "
+        f"{'yes' if ranking['same_top_as_sql'] else 'NO'}."
+    )
 
 
 def machine(broker: dict[str, Any]) -> dict[str, Any]:
@@ -484,6 +717,17 @@ def run_broker(kind: str, external: list[str] | None, workdir: Path) -> Iterator
         yield kafka.bootstrap_list
     finally:
         kafka.stop()
+
+
+def parts_list(text: str) -> list[str]:
+    """`--only activity,ranking`: known parts, at least one."""
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in PARTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"not a part: {', '.join(unknown) or repr(text)} (parts: {', '.join(PARTS)})"
+        )
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -514,8 +758,19 @@ def main(argv: list[str] | None = None) -> int:
         "load is measured directly and through nginx, side by side (needs nginx: "
         "scripts/ensure-nginx.sh)",
     )
+    parser.add_argument(
+        "--only",
+        type=parts_list,
+        default=None,
+        metavar="PART[,PART]",
+        help=f"measure only these parts of {', '.join(PARTS)} (pipeline brings the "
+        "ceilings its figures are set against); by default all of them",
+    )
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    parts = set(args.only or PARTS)
+    if "pipeline" in parts:
+        parts.add("ceilings")
     if args.proxy and nginx_binary() is None:
         print("error: --proxy needs nginx: run scripts/ensure-nginx.sh", file=sys.stderr)
         return 2
@@ -534,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": utcnow().strftime("%Y-%m-%d %H:%M UTC"),
         "scale": scale.__dict__,
     }
+    if args.only:
+        figures["parts"] = [part for part in PARTS if part in parts]
     postgres = PostgresServer(args.postgres_url)
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         try:
@@ -545,12 +802,19 @@ def main(argv: list[str] | None = None) -> int:
                 figures["broker"] = describe_broker(kind, servers, nodes)
                 figures["machine"] = machine(figures["broker"])
                 progress.phase(f"broker: {figures['broker']['summary']}")
-                figures.update(measure_ceilings(scale, postgres, external, Path(workdir), progress))
-                figures.update(
-                    measure_pipeline(
-                        scale, postgres, external, Path(workdir), progress, proxy=args.proxy
+                work = Path(workdir)
+                if "ceilings" in parts:
+                    figures.update(measure_ceilings(scale, postgres, external, work, progress))
+                if "pipeline" in parts:
+                    figures.update(
+                        measure_pipeline(
+                            scale, postgres, external, work, progress, proxy=args.proxy
+                        )
                     )
-                )
+                if "activity" in parts:
+                    figures.update(measure_activity(scale, postgres, external, work, progress))
+                if "ranking" in parts:
+                    figures.update(measure_ranking(scale, postgres, external, work, progress))
         except (BrokerError, StackError, KafkaClusterError, KafkaUnavailable) as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 2
