@@ -429,10 +429,10 @@ class CpuMeter:
         }
         programs: dict[str, float] = {}
         for pid, (program, seconds) in every_process_cpu().items():
-            before = self._programs.get(pid)
-            if before is None or before[0] != program:
-                before = (program, 0.0)  # started meanwhile: all of its CPU is the window's
-            programs[program] = programs.get(program, 0.0) + seconds - before[1]
+            # A process started meanwhile: all of its CPU is the window's. (A process's
+            # name may change meanwhile, a kernel worker's does: the pid is what counts.)
+            before = self._programs.get(pid, (program, 0.0))[1]
+            programs[program] = programs.get(program, 0.0) + seconds - before
         return {
             "machine_busy": round((busy - self._machine[0]) / max(1, total - self._machine[1]), 3),
             "cores_used_by_process": {name: value for name, value in used.items() if value},
@@ -441,7 +441,11 @@ class CpuMeter:
             # One that ended within the window is not seen.
             "cores_used_by_program": dict(
                 sorted(
-                    ((name, round(cpu / elapsed, 3)) for name, cpu in programs.items()),
+                    (
+                        (name, round(cpu / elapsed, 3))
+                        for name, cpu in programs.items()
+                        if cpu / elapsed >= 0.001
+                    ),
                     key=lambda item: -item[1],
                 )[:5]
             ),
