@@ -91,6 +91,11 @@ class Recomputed:
     undecodable: int = 0
     orphan_deletions: int = 0  # things of live partners deleted more often than created
     waiting: set[str] = field(default_factory=set)  # activity, no partner-created (yet)
+    # Each thing of a partner not deleted: its creations minus its deletions, which the
+    # batch service keeps too (partner_activity.net). Counters forgive a creation applied
+    # twice (a thing counts once); a net does not, so comparing nets shows an event
+    # applied twice, or not at all, even where no counter moved.
+    nets: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 def _event_id(message: Message) -> str:
@@ -169,6 +174,7 @@ def recompute(
                 stars.setdefault(key, star)
     live = created - deleted
     result.counters = {partner: Counters() for partner in live}
+    result.nets = {key: net for key, net in nets.items() if key[0] not in deleted}
     for (partner, kind, _), net in nets.items():
         if partner not in live:
             if partner not in deleted:
@@ -219,6 +225,21 @@ def compare(recomputed: Recomputed, stored: Mapping[str, Counters]) -> list[Diff
                     differences.append(
                         Difference(partner, name, getattr(want, name), getattr(have, name))
                     )
+    return differences
+
+
+def compare_nets(
+    expected: Mapping[tuple[str, str, str], int], stored: Mapping[tuple[str, str, str], int]
+) -> list[Difference]:
+    """Every thing whose stored net differs from the events' (a missing row is 0: a
+    thing created and deleted in one batch leaves none), by partner id, kind and id."""
+    differences = []
+    for key in sorted(set(expected) | set(stored)):
+        want, have = expected.get(key, 0), stored.get(key, 0)
+        if want != have:
+            partner, kind, item_id = key
+            why = "creations minus deletions of this thing"
+            differences.append(Difference(partner, f"{kind} {item_id} net", want, have, why))
     return differences
 
 
@@ -308,6 +329,18 @@ def read_summaries(database_url: str, timeout: float = 10.0) -> dict[str, Counte
     return read_database(database_url, timeout, read)
 
 
+def read_nets(database_url: str, timeout: float = 10.0) -> dict[tuple[str, str, str], int]:
+    """Every stored thing's net (partner_activity), read only."""
+
+    def read(connection: Connection) -> dict[tuple[str, str, str], int]:
+        rows = connection.execute(
+            text("SELECT partner_id, kind, item_id, net FROM partner_activity")
+        )
+        return {(row[0], row[1], row[2]): int(row[3]) for row in rows}
+
+    return read_database(database_url, timeout, read)
+
+
 def _lag(reader: OffsetReader, group: str, ranges: Mapping[str, Sequence[LogRange]]) -> int:
     lag = 0
     for topic, partitions in ranges.items():
@@ -344,6 +377,7 @@ def reconcile_batch(
             time.sleep(0.1)
             lag = _lag(reader, group, ranges)
         stored = read_summaries(database_url)
+        stored_nets = read_nets(database_url)
     # A new reader: one that fetched already answers its last fetch's high watermarks.
     with OffsetReader(servers, 30.0) as reader:
         after = reader.log_ranges(actual)
@@ -366,7 +400,7 @@ def reconcile_batch(
         arrived=arrived,
         dead_letters=sum(r.records for rs in dead.values() for r in rs),
         missing_topics=missing,
-        differences=compare(recomputed, stored),
+        differences=compare(recomputed, stored) + compare_nets(recomputed.nets, stored_nets),
         expected=recomputed.counters,
         stored=stored,
     )

@@ -152,3 +152,24 @@ def test_the_batch_worker_leaves_what_reconcile_recomputes_and_a_tampered_row_sh
         key=lambda d: d.partner_id,
     )
     assert not report.ok
+
+    # A thing applied twice, though no counter shows it (a post counts once at net 2):
+    # the nets do.
+    with database.engine.begin() as connection:
+        post = connection.execute(
+            text(
+                "SELECT partner_id, item_id FROM partner_activity "
+                "WHERE kind = 'post' AND net = 1 AND partner_id = :p LIMIT 1"
+            ),
+            {"p": live[0]},
+        ).one()
+        connection.execute(
+            text("UPDATE partner_activity SET net = 2 WHERE kind = 'post' AND item_id = :i"),
+            {"i": post[1]},
+        )
+    report = reconcile_batch(servers, database_url, topic_names=names, group=group)
+    assert (
+        Difference(post[0], f"post {post[1]} net", 1, 2, "creations minus deletions of this thing")
+        in report.differences
+    )
+    assert len(report.differences) == 3
