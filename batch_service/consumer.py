@@ -19,4 +19,8 @@ BATCH_WORKER = WorkerSpec(
         )
     ),
     inbox=ProcessedEvent,
+    # A poll of 2,000 is one transaction folding into about one row update per partner:
+    # measured on a backlog of 150,000 skewed events, 13,700 events/s against 11,800
+    # with 500 (the per-poll cost of kafka-python and of a commit, spread wider).
+    max_poll_records=2000,
 )

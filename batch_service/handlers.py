@@ -24,9 +24,14 @@ Exact counts whatever the order. The topics are not ordered between them (a
 - activity for a deleted partner (its tombstone) is dropped, and counted on the
   tombstone. uuids are never reused, and a partner is only created, then deleted.
 
-Every partner touched is locked first (per-partner advisory locks on PostgreSQL, all in
-one statement and one order), so that a summary opening while another worker counts
-activity for it never misses that activity.
+A summary opening on one worker while another counts activity for the same partner
+must not miss that activity. `partner-created` and `partner-deleted` take the partner's
+lock (an advisory lock on PostgreSQL, until commit); activity takes no lock while its
+partner's summary exists (`UPDATE x = x + delta` waits on the row itself), and takes
+the lock only for a partner it finds without one, then looks again: by then a summary
+opened meanwhile is committed, and the activity is added to it. (Locking every partner
+of a poll would take a thousand locks per transaction, which the lock table of a
+default PostgreSQL holds only a few workers' worth of.)
 """
 
 from __future__ import annotations
@@ -95,7 +100,9 @@ def _sign(event: Any) -> int:
 def apply_batch(events: Sequence[Any], uow: UnitOfWork) -> list[Summary | None]:
     """Apply a transaction's new events of the batch worker (see the module's docstring);
     one Summary per event, in order."""
-    uow.lock_all(event.partner_id for event in events)
+    uow.lock_all(
+        event.partner_id for event in events if isinstance(event, PartnerCreated | PartnerDeleted)
+    )
     summaries: list[Summary | None] = []
     activity: list[tuple[int, Any]] = []
     for index, event in enumerate(events):
@@ -230,8 +237,17 @@ def apply_activity(events: Sequence[Any], uow: UnitOfWork) -> list[Summary]:
                 counters["star_sum"] += change * (star or 0)
         if after < 0:
             orphans.add(item)
-    existing = _add_to_summaries(uow, {p: d.counters for p, d in per_partner.items()})
+    changes = {p: d.counters for p, d in per_partner.items()}
+    existing = _add_to_summaries(uow, changes)
     missing = [partner for partner in per_partner if partner not in existing]
+    if missing:
+        # No summary, as far as this transaction can see: one may be opening on another
+        # worker right now, counting partner_activity without the rows written above
+        # (not committed yet). Its partner-created holds the partner's lock until it
+        # commits: take the locks, then look again.
+        uow.lock_all(missing)
+        existing |= _add_to_summaries(uow, {p: changes[p] for p in missing})
+        missing = [partner for partner in missing if partner not in existing]
     deleted = _deleted(uow, missing)
     waiting = {p: per_partner[p].events for p in missing if p not in deleted}
     dropped = {p: per_partner[p].events for p in missing if p in deleted}

@@ -171,6 +171,9 @@ class WorkerSpec:
     routes: tuple[Route[Any], ...]
     inbox: type[InboxRecord]
     outbox: type[OutboxRecord] | None = None
+    # Records per poll, so per transaction (the consumer's default, 500, when None): a
+    # worker whose batch handler folds many events into few rows gains from more.
+    max_poll_records: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", tuple(self.routes))
@@ -239,7 +242,8 @@ def run_worker(
             one_event_per_transaction=one_event_per_transaction(),
         )
         names = [topic.name for topic in spec.topics]
-        consumer = make_consumer(servers, spec.consumer_group, names, state)
+        polled = {"max_poll_records": spec.max_poll_records} if spec.max_poll_records else {}
+        consumer = make_consumer(servers, spec.consumer_group, names, state, **polled)
         log.info("consuming %s as group %s", ", ".join(names), spec.consumer_group)
         ConsumerLoop(consumer, processor, stop, on_stuck=state.report_stuck).run()
     log.info("stopped")
