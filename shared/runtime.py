@@ -174,6 +174,8 @@ class WorkerSpec:
     # Records per poll, so per transaction (the consumer's default, 500, when None): a
     # worker whose batch handler folds many events into few rows gains from more.
     max_poll_records: int | None = None
+    # Poll and decode the next records while a poll is applied (see ConsumerLoop).
+    pipelined: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", tuple(self.routes))
@@ -245,7 +247,9 @@ def run_worker(
         polled = {"max_poll_records": spec.max_poll_records} if spec.max_poll_records else {}
         consumer = make_consumer(servers, spec.consumer_group, names, state, **polled)
         log.info("consuming %s as group %s", ", ".join(names), spec.consumer_group)
-        ConsumerLoop(consumer, processor, stop, on_stuck=state.report_stuck).run()
+        ConsumerLoop(
+            consumer, processor, stop, on_stuck=state.report_stuck, pipelined=spec.pipelined
+        ).run()
     log.info("stopped")
 
 

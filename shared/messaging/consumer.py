@@ -13,6 +13,13 @@ commits `commit_to` after `apply` returned (so after the DB commit), seeks back 
 only partitions still assigned, and reports stuck partitions and lag. Partitions of
 different topics are independent here as they are in Kafka; every counter is labelled
 with the record's own topic.
+
+Pipelined (`pipelined=True`, the batch worker's choice): while one poll's records are
+applied on a thread of their own, the loop polls and decodes the next; it waits for the
+first's report and settles it (offsets committed, partitions sent back) before it hands
+the second over, dropping from it any partition the first sent back. Transactions stay
+one after the other, in each partition's order; only the broker's round trips and the
+decoding overlap the database's work.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +92,14 @@ class ConsumerLoop:
         on_stuck: Callable[[list[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         backoff: Callable[[int], float] = backoff_delay,
+        pipelined: bool = False,
     ) -> None:
         self._consumer = consumer
+        self._applier = ThreadPoolExecutor(1, thread_name_prefix="apply") if pipelined else None
+        # The poll being applied on the applier's thread, not settled yet.
+        self._in_flight: tuple[dict[TopicPartition, list[Message]], Future[BatchReport]] | None = (
+            None
+        )
         self._processor = processor
         self.stop = stop or threading.Event()
         self._stuck_after = stuck_after
@@ -127,7 +141,10 @@ class ConsumerLoop:
         try:
             while not self.stop.is_set():
                 self.poll_once()
+            self.settle_in_flight()
         finally:
+            if self._applier is not None:
+                self._applier.shutdown(wait=True)
             self._consumer.close(autocommit=False)
 
     def poll_once(self, timeout_ms: int = 500) -> None:
@@ -144,6 +161,7 @@ class ConsumerLoop:
             # kafka-python lets a lost coordinator or broker escape poll() (seen when every
             # node of a cluster went away): the consumer stays usable, so wait and poll
             # again; the broker's return is the consumer's business, not a restart's.
+            self.settle_in_flight()
             self._poll_failed(exc)
             return
         if self._poll_failing_since is not None:
@@ -155,18 +173,52 @@ class ConsumerLoop:
             self._poll_failing_since = None
         recreated = self._recreated_topics()
         if recreated:
+            self.settle_in_flight()
             self._read_again_from_the_start(recreated)
         batch = {
             partition: [message_from_record(record) for record in polled]
             for partition, polled in records.items()
             if polled and partition.topic not in recreated
         }
-        if batch:
-            for partition, messages in batch.items():
-                self._counters_of(partition.topic).consumed.inc(len(messages))
-            self._settle(batch, self._processor.apply(batch, self.attempt_of))
+        if self._applier is None:
+            if batch:
+                self._count_consumed(batch)
+                self._settle(batch, self._processor.apply(batch, self.attempt_of))
+        else:
+            self._hand_over(batch)
         self._report_stuck()
         self._report_lag()
+
+    def _count_consumed(self, batch: dict[TopicPartition, list[Message]]) -> None:
+        for partition, messages in batch.items():
+            self._counters_of(partition.topic).consumed.inc(len(messages))
+
+    def _hand_over(self, batch: dict[TopicPartition, list[Message]]) -> None:
+        """Pipelined: decode this poll while the previous one is applied, settle that one,
+        then hand this one to the applier, without the partitions it sent back (they are
+        read again from their record to retry, after their pause)."""
+        decoded = self._processor.decode(batch) if batch else {}
+        sent_back = self.settle_in_flight()
+        if sent_back:
+            batch = {p: m for p, m in batch.items() if p not in sent_back}
+            decoded = {p: d for p, d in decoded.items() if p not in sent_back}
+        if not batch:
+            return
+        assert self._applier is not None
+        self._count_consumed(batch)
+        future = self._applier.submit(self._processor.apply, batch, self.attempt_of, decoded)
+        self._in_flight = (batch, future)
+
+    def settle_in_flight(self) -> set[TopicPartition]:
+        """Wait for the poll being applied (pipelined), and settle it; the partitions it
+        sent back to retry. Nothing to do when none is."""
+        if self._in_flight is None:
+            return set()
+        batch, future = self._in_flight
+        self._in_flight = None
+        report = future.result()  # an unexpected error of apply is raised here, as unpipelined
+        self._settle(batch, report)
+        return {p for p, progress in report.partitions.items() if progress.retry_at is not None}
 
     def _poll_failed(self, exc: KafkaError) -> None:
         """One line when polls start failing; then a growing pause between tries (at most

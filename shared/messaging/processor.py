@@ -248,10 +248,22 @@ class EventProcessor:
         # without batching works (the benchmark's baseline), never the default.
         self._one_event_per_transaction = one_event_per_transaction
 
+    def decode(
+        self, batch: Mapping[TopicPartition, Sequence[Message]]
+    ) -> dict[TopicPartition, list[tuple[Message, Any]]]:
+        """Each record of `batch` with its event, or why it does not decode; what `apply`
+        does first, which a pipelined consumer does while the previous batch is applied."""
+        return {
+            partition: [(message, self._decode(message)) for message in messages]
+            for partition, messages in batch.items()
+            if messages
+        }
+
     def apply(
         self,
         batch: Mapping[TopicPartition, Sequence[Message]],
         attempt_of: AttemptOf = first_attempt,
+        decoded: Mapping[TopicPartition, list[tuple[Message, Any]]] | None = None,
     ) -> BatchReport:
         """Apply a poll's records (each partition's in offset order) or dead-letter those
         that never will apply; report per partition what to commit and where to retry.
@@ -262,13 +274,11 @@ class EventProcessor:
         record. If the batch fails for any other reason (a record conflicting with stored
         state, a handler bug), its records are applied one by one, so that only the bad
         record is retried or dead-lettered. Records that do not decode never reach a
-        transaction; they are dead-lettered once the batch is committed.
+        transaction; they are dead-lettered once the batch is committed. `decoded`: what
+        `decode(batch)` answered, when the caller decoded the batch already.
         """
-        decoded = {
-            partition: [(message, self._decode(message)) for message in messages]
-            for partition, messages in batch.items()
-            if messages
-        }
+        if decoded is None:
+            decoded = self.decode(batch)
         together = [
             (message, event)
             for pairs in decoded.values()
