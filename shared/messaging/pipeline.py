@@ -27,9 +27,11 @@ A record that can never be applied goes, byte for byte, to ``<topic>.DLT``.
 from __future__ import annotations
 
 import functools
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeGuard, TypeVar
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
@@ -357,6 +359,11 @@ class Topic(Generic[E]):
     producer: str
     consumer_group: str
     partitions: int
+    # A faster check of the same rules, for topics read thousands of times a second: the
+    # event when the document is valid, None when it is not or it cannot tell (then the
+    # schema decides, and says why). Tested to agree with the schema on generated
+    # documents (tests/unit/test_events.py).
+    quick: Callable[[dict[str, Any]], E | None] | None = None
 
     @property
     def dead_letter(self) -> str:
@@ -365,6 +372,10 @@ class Topic(Generic[E]):
 
     def load(self, document: dict[str, Any]) -> E:
         """The event in a JSON object; raises marshmallow's ValidationError."""
+        if self.quick is not None:
+            quick = self.quick(document)
+            if quick is not None:
+                return quick
         event: E = _schema(self.schema).load(document)
         return event
 
@@ -451,7 +462,56 @@ PARTNER_DELETED = Topic(
 # and a partner's activity may even come before its `partner-created`.
 
 
-def _activity(name: str, event: type[E], schema: type[Schema], producer: str) -> Topic[E]:
+# The schemas' rules, checked without marshmallow's machinery (a tenth of the cost: the
+# batch worker decodes thousands of these a second). A document they do not vouch for
+# goes to the schema, which decides and says why.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _quick_uuid(value: Any) -> TypeGuard[str]:
+    return type(value) is str and _CANONICAL_UUID.fullmatch(value) is not None
+
+
+def _quick_item(value: Any) -> str | None:
+    """ItemId's rules: the id as kept, or None."""
+    if type(value) is int:
+        return str(value) if 0 <= value <= MAX_ITEM_ID else None
+    if type(value) is str and 1 <= len(value) <= 64 and value.isprintable():
+        return value if value == value.strip() else None
+    return None
+
+
+def _quick_pair(
+    event: Callable[[str, str], Any], item_key: str, item_is_uuid: bool = False
+) -> Callable[[dict[str, Any]], Any]:
+    """The quick check of `{item_key, "partnerId"}` building `event(item, partner)`."""
+
+    def quick(document: dict[str, Any]) -> Any:
+        partner = document.get("partnerId")
+        if not _quick_uuid(partner):
+            return None
+        raw = document.get(item_key)
+        item = (raw if _quick_uuid(raw) else None) if item_is_uuid else _quick_item(raw)
+        return None if item is None else event(item, partner)
+
+    return quick
+
+
+def _quick_review(document: dict[str, Any]) -> ReviewCreated | None:
+    partner, star = document.get("partnerId"), document.get("star")
+    item = _quick_item(document.get("reviewId"))
+    if item is None or not _quick_uuid(partner) or type(star) is not int:
+        return None
+    return ReviewCreated(item, partner, star) if STARS[0] <= star <= STARS[1] else None
+
+
+def _activity(
+    name: str,
+    event: type[E],
+    schema: type[Schema],
+    producer: str,
+    quick: Callable[[dict[str, Any]], E | None],
+) -> Topic[E]:
     return Topic(
         name=name,
         key="partner uuid",
@@ -460,17 +520,49 @@ def _activity(name: str, event: type[E], schema: type[Schema], producer: str) ->
         producer=producer,
         consumer_group="batch-service",
         partitions=6,
+        quick=quick,
     )
 
 
-POST_CREATED = _activity("post-created", PostCreated, PostCreatedSchema, "post-service")
-POST_DELETED = _activity("post-deleted", PostDeleted, PostDeletedSchema, "post-service")
-FOLLOW_CREATED = _activity("follow-created", FollowCreated, FollowCreatedSchema, "follow-service")
-FOLLOW_DELETED = _activity("follow-deleted", FollowDeleted, FollowDeletedSchema, "follow-service")
-COORDINATE_CLOSED = _activity(
-    "coordinate-closed", CoordinateClosed, CoordinateClosedSchema, "coordinate-service"
+POST_CREATED = _activity(
+    "post-created",
+    PostCreated,
+    PostCreatedSchema,
+    "post-service",
+    _quick_pair(PostCreated, "postId"),
 )
-REVIEW_CREATED = _activity("review-created", ReviewCreated, ReviewCreatedSchema, "review-service")
+POST_DELETED = _activity(
+    "post-deleted",
+    PostDeleted,
+    PostDeletedSchema,
+    "post-service",
+    _quick_pair(PostDeleted, "postId"),
+)
+FOLLOW_CREATED = _activity(
+    "follow-created",
+    FollowCreated,
+    FollowCreatedSchema,
+    "follow-service",
+    _quick_pair(FollowCreated, "followerId", item_is_uuid=True),
+)
+FOLLOW_DELETED = _activity(
+    "follow-deleted",
+    FollowDeleted,
+    FollowDeletedSchema,
+    "follow-service",
+    _quick_pair(FollowDeleted, "followerId", item_is_uuid=True),
+)
+COORDINATE_CLOSED = _activity(
+    "coordinate-closed",
+    CoordinateClosed,
+    CoordinateClosedSchema,
+    "coordinate-service",
+    _quick_pair(CoordinateClosed, "requestId"),
+)
+REVIEW_CREATED = _activity(
+    "review-created", ReviewCreated, ReviewCreatedSchema, "review-service", _quick_review
+)
+
 
 ACTIVITY_TOPICS: tuple[Topic[Any], ...] = (
     POST_CREATED,
