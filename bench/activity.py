@@ -197,6 +197,50 @@ def produce(servers: list[str], backlog: Backlog, progress: Progress) -> float:
     return time.perf_counter() - started
 
 
+def freshness(
+    servers: list[str], database_url: str, partners: Sequence[str], samples: int = 30
+) -> dict[str, Any]:
+    """How soon an event shows in the ranking, with the worker caught up: one
+    `follow-created` at a time for a partner, then the partner's score read every 2 ms
+    until it moved. The ranking is read live from the same row (the score is a generated
+    column, its index written in the same transaction), so this is also the ranking's
+    freshness. Milliseconds from the send to the score read."""
+    engine = create_engine(database_url)
+    producer = make_producer(servers)
+    seconds = []
+    rng = random.Random(7)
+    query = text("SELECT score FROM partner_summaries WHERE partner_id = :p")
+    try:
+        with engine.connect() as connection:
+            for _ in range(samples):
+                partner = rng.choice(list(partners))
+                before = connection.execute(query, {"p": partner}).scalar()
+                connection.commit()
+                document = {"followerId": str(uuid.uuid4()), "partnerId": partner}
+                headers = [("ce_id", str(uuid.uuid4()).encode())]
+                started = time.perf_counter()
+                producer.send(
+                    FOLLOW_CREATED.name,
+                    encode_event(document).encode(),
+                    key=partner.encode(),
+                    headers=headers,
+                ).get(timeout=10)
+                deadline = started + 10
+                while time.perf_counter() < deadline:
+                    score = connection.execute(query, {"p": partner}).scalar()
+                    connection.commit()
+                    if score != before:
+                        seconds.append(time.perf_counter() - started)
+                        break
+                    time.sleep(0.002)
+                else:
+                    raise RuntimeError(f"a follow of {partner} did not show within 10 s")
+    finally:
+        producer.close()
+        engine.dispose()
+    return {"samples": samples, "latency_ms": percentiles(seconds)}
+
+
 def _count(engine: Any, model: Any) -> int:
     with engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(model)).scalar() or 0)
