@@ -172,8 +172,9 @@ class ConsumerLoop:
             )
             self._poll_failing_since = None
         recreated = self._recreated_topics()
+        sent_back: set[TopicPartition] = set()
         if recreated:
-            self.settle_in_flight()
+            sent_back = self.settle_in_flight()
             self._read_again_from_the_start(recreated)
         batch = {
             partition: [message_from_record(record) for record in polled]
@@ -185,7 +186,7 @@ class ConsumerLoop:
                 self._count_consumed(batch)
                 self._settle(batch, self._processor.apply(batch, self.attempt_of))
         else:
-            self._hand_over(batch)
+            self._hand_over(batch, sent_back)
         self._report_stuck()
         self._report_lag()
 
@@ -193,12 +194,15 @@ class ConsumerLoop:
         for partition, messages in batch.items():
             self._counters_of(partition.topic).consumed.inc(len(messages))
 
-    def _hand_over(self, batch: dict[TopicPartition, list[Message]]) -> None:
+    def _hand_over(
+        self, batch: dict[TopicPartition, list[Message]], sent_back: set[TopicPartition]
+    ) -> None:
         """Pipelined: decode this poll while the previous one is applied, settle that one,
         then hand this one to the applier, without the partitions it sent back (they are
-        read again from their record to retry, after their pause)."""
+        read again from their record to retry, after their pause); `sent_back`: those of
+        a settling earlier in this poll."""
         decoded = self._processor.decode(batch) if batch else {}
-        sent_back = self.settle_in_flight()
+        sent_back = sent_back | self.settle_in_flight()
         if sent_back:
             batch = {p: m for p, m in batch.items() if p not in sent_back}
             decoded = {p: d for p, d in decoded.items() if p not in sent_back}
@@ -282,8 +286,17 @@ class ConsumerLoop:
                 counters[outcome].inc()
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         now = self._clock()
+        # Pipelined, a poll ran between this batch's apply and now: a rebalance in it may
+        # have taken partitions away. Their new owner starts from the committed offset;
+        # there is nothing here to commit or send back (seek, pause) for them.
+        assigned = self._consumer.assignment() if self._applier is not None else None
         for partition, messages in batch.items():
             progress = report.partitions[partition]
+            if assigned is not None and partition not in assigned:
+                # (Its offsets neither: a commit naming a partition of another member
+                # fails whole, and the new owner's inbox skips what was applied.)
+                self._forget(partition, before=2**63)
+                continue
             if progress.commit_to is not None:
                 offsets[partition] = OffsetAndMetadata(progress.commit_to, "", -1)
                 self._forget(partition, before=progress.commit_to)

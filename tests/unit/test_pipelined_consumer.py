@@ -655,15 +655,9 @@ def test_a_long_stream_is_applied_once_in_order_and_ends_as_the_unpipelined_loop
     assert pipelined == unpipelined
 
 
-# --- found: the pipelined loop's settling after the overlapping poll ---------------------------
+# --- found by these tests, fixed: the pipelined loop's settling after the overlapping poll --
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: a rebalance in the overlapping poll revokes a partition the batch in flight "
-    "sends back; settling it seeks the unassigned partition and the worker crashes",
-)
 def test_a_partition_revoked_by_the_overlapping_poll_and_sent_back_is_let_go_not_a_crash(
     databases: Callable[[], Database], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -689,12 +683,6 @@ def test_a_partition_revoked_by_the_overlapping_poll_and_sent_back_is_let_go_not
     finish(loop)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: when another topic is found created again in the same poll, the in-flight "
-    "batch is settled early and the partitions it sent back are not dropped from the next",
-)
 def test_a_partition_sent_back_is_dropped_also_when_another_topic_was_created_again(
     databases: Callable[[], Database], caplog: pytest.LogCaptureFixture
 ) -> None:
