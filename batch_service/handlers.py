@@ -221,11 +221,16 @@ def apply_activity(events: Sequence[Any], uow: UnitOfWork) -> list[Summary]:
     nets: dict[Item, int] = {}
     stars: dict[Item, int | None] = {}
     per_partner: dict[str, _Delta] = {}
+    items: list[Item] = []
     for event in events:
         item, sign, star = item_of(event)
+        items.append(item)
         nets[item] = nets.get(item, 0) + sign
         stars.setdefault(item, star)  # a review's first star is the one kept
-        per_partner.setdefault(event.partner_id, _Delta()).events += 1
+        delta = per_partner.get(item[0])
+        if delta is None:
+            delta = per_partner[item[0]] = _Delta()
+        delta.events += 1
     orphans: set[Item] = set()
     for item, before, after, star in _add_nets(uow, nets, stars):
         change = int(after >= 1) - int(before >= 1)
@@ -261,7 +266,7 @@ def apply_activity(events: Sequence[Any], uow: UnitOfWork) -> list[Summary]:
             .values(dropped_events=DeletedPartner.dropped_events + bindparam("n")),
             [{"partner": p, "n": n} for p, n in dropped.items()],
         )
-    return [_said(event, existing, waiting, orphans) for event in events]
+    return [_said(item, existing, waiting, orphans) for item in items]
 
 
 _COUNTED = Summary("counted")
@@ -270,10 +275,10 @@ _DROPPED = Summary("dropped: partner deleted")
 _ORPHAN = Summary("deletion of something never counted: recorded as an orphan")
 
 
-def _said(event: Any, existing: set[str], waiting: dict[str, int], orphans: set[Item]) -> Summary:
-    if event.partner_id in existing:
-        return _ORPHAN if item_of(event)[0] in orphans else _COUNTED
-    return _WAITING if event.partner_id in waiting else _DROPPED
+def _said(item: Item, existing: set[str], waiting: dict[str, int], orphans: set[Item]) -> Summary:
+    if item[0] in existing:
+        return _ORPHAN if item in orphans else _COUNTED
+    return _WAITING if item[0] in waiting else _DROPPED
 
 
 def _add_nets(
@@ -281,19 +286,26 @@ def _add_nets(
 ) -> list[tuple[Item, int, int, int | None]]:
     """Add each item's net change in one statement; (item, net before, net after, star)
     for each. A change of 0 (created and deleted in this very batch) changes nothing."""
-    rows = [
-        {"partner_id": p, "kind": k, "item_id": i, "net": net, "star": stars[(p, k, i)]}
-        for (p, k, i), net in nets.items()
-        if net
-    ]
-    if not rows:
+    changed_items = [(item, net) for item, net in nets.items() if net]
+    if not changed_items:
         return []
     connection = uow.session.connection()
     if connection.dialect.name == "postgresql":
         result = connection.execute(
-            _ADD_NETS_PG, {column: [row[column] for row in rows] for column in _ITEM_COLUMNS}
+            _ADD_NETS_PG,
+            {
+                "partner_id": [item[0] for item, _ in changed_items],
+                "kind": [item[1] for item, _ in changed_items],
+                "item_id": [item[2] for item, _ in changed_items],
+                "net": [net for _, net in changed_items],
+                "star": [stars[item] for item, _ in changed_items],
+            },
         )
     else:
+        rows = [
+            {"partner_id": p, "kind": k, "item_id": i, "net": net, "star": stars[(p, k, i)]}
+            for (p, k, i), net in changed_items
+        ]
         result = _add_nets_generic(uow, rows)
     changed = []
     for partner, kind, item_id, after, star in result:
@@ -301,8 +313,6 @@ def _add_nets(
         changed.append((item, after - nets[item], after, star))
     return changed
 
-
-_ITEM_COLUMNS = ("partner_id", "kind", "item_id", "net", "star")
 
 # PostgreSQL: the rows travel as arrays into a statement of constant text (parsed and
 # planned once), not as a VALUES list of thousands of parameters.

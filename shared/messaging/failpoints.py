@@ -45,6 +45,11 @@ def arm(spec: str) -> None:
     _passes.clear()
 
 
+def armed() -> bool:
+    """Whether any failpoint is armed (a caller may skip preparing a subject)."""
+    return bool(_armed[0])
+
+
 def failpoint(name: str, subject: str = "") -> None:
     """Do what SIGNUP_PIPELINE_FAILPOINTS says for `name`, if anything."""
     spec = _armed[0]

@@ -40,6 +40,7 @@ from marshmallow import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from shared.messaging import failpoints
 from shared.messaging.deadletters import dead_letter_headers, error_line
 from shared.messaging.failpoints import failpoint
 from shared.messaging.inbox import InboxRecord, claim_events
@@ -115,8 +116,11 @@ class EventContext:
     """Metadata of the event being handled, from its CloudEvents headers."""
 
     event_id: str
-    traceparent: str | None
     message: Message
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.message.header("traceparent")
 
 
 E = TypeVar("E")
@@ -380,10 +384,7 @@ class EventProcessor:
 
     def _transaction(self, decoded: list[tuple[Message, Any]]) -> list[Outcome]:
         """Claim the events in the inbox and apply the new ones, all in one transaction."""
-        contexts = [
-            EventContext(event_id_of(message), message.header("traceparent"), message)
-            for message, _ in decoded
-        ]
+        contexts = [EventContext(event_id_of(message), message) for message, _ in decoded]
         group = self.group
         durations: list[tuple[str, float]] = []
         done: list[tuple[Message, Summary | None]] = []
@@ -401,7 +402,8 @@ class EventProcessor:
                     outcomes.append(Outcome.DUPLICATE)
                     continue
                 unclaimed.discard(context.event_id)
-                failpoint("handle", message.value.decode("utf-8", errors="replace"))
+                if failpoints.armed():
+                    failpoint("handle", message.value.decode("utf-8", errors="replace"))
                 outcomes.append(Outcome.APPLIED)
                 route = self._routes[message.topic]
                 if route.batch is not None:
