@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Computed, Index, Integer, SmallInteger, String
+from sqlalchemy import BigInteger, Computed, Double, Index, Integer, SmallInteger, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.messaging.inbox import InboxRecord
@@ -42,7 +42,7 @@ class PartnerSummary(Base):
     coordinate_count: Mapped[int] = mapped_column(Integer, default=0)
     review_count: Mapped[int] = mapped_column(Integer, default=0)
     star_sum: Mapped[int] = mapped_column(BigInteger, default=0)
-    score: Mapped[float] = mapped_column(Computed(SCORE_SQL, persisted=True))
+    score: Mapped[float] = mapped_column(Double, Computed(SCORE_SQL, persisted=True))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
     @property

@@ -35,7 +35,7 @@ def upgrade() -> None:
     with op.batch_alter_table("partner_summaries") as batch:
         batch.add_column(sa.Column("star_sum", sa.BigInteger(), nullable=False, server_default="0"))
         batch.add_column(
-            sa.Column("score", sa.Float(), sa.Computed(SCORE_SQL, persisted=True), nullable=True)
+            sa.Column("score", sa.Double(), sa.Computed(SCORE_SQL, persisted=True), nullable=True)
         )
         batch.drop_column("average_star")
     op.create_index(
