@@ -15,6 +15,7 @@ import pytest
 
 from devtools.http_client import request, wait_for_status
 from devtools.stack import Stack
+from shared.messaging.pipeline import TOPICS
 from tests.unit.pipeline_harness import signup_body
 from tests.waiting import wait_until
 
@@ -228,13 +229,14 @@ def test_status_of_a_drained_pipeline_shows_no_backlog_and_no_lag(stack: Stack) 
         shown = signup_pipeline(stack, "status", "--json")
         assert shown.returncode == 0, shown.stderr
         document: dict[str, Any] = json.loads(shown.stdout)
-        return document if lags(document) == [0] * 6 else None
+        return document if lags(document) == [0] * len(TOPICS) else None
 
     # Offsets are committed just after the transactions: wait for the status to show it.
     document = wait_until(drained, 30, "signup-pipeline status shows no lag")
 
     assert document["unavailable"] == {}
-    assert lags(document) == [0] * 6  # every topic of the three groups, auth-service's too
+    # every topic of the three groups: auth-service's and the six activity topics too
+    assert lags(document) == [0] * len(TOPICS)
     assert set(document["consumer_groups"]) == {"member-service", "batch-service", "auth-service"}
     assert [box["unpublished"] for box in document["outbox"].values()] == [0, 0]
     assert document["throughput"]["signups_accepted"] >= 1

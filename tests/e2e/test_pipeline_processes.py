@@ -82,6 +82,7 @@ def test_user_and_partner_signups_reach_the_member_and_batch_apis(stack: Stack) 
         "coordinateCount": 0,
         "reviewCount": 0,
         "averageStar": 0.0,
+        "score": 0.0,
     }
     status, _ = request("GET", f"{stack.url('batch')}/partners/{user_id}/summary")
     assert status == 404
