@@ -26,15 +26,13 @@ from batch_service.models import Base
 from devtools.simulate import ActivitySimulator, SimulatedEvent, expected_totals, produce
 from operations.reconcile import Counters, reconcile_batch
 from shared.messaging.consumer import ConsumerLoop
-from shared.messaging.kafka import create_topics, make_consumer, make_producer
-from shared.messaging.pipeline import ACTIVITY_TOPICS, PARTNER_CREATED, PARTNER_DELETED, Topic
+from shared.messaging.kafka import make_consumer, make_producer
 from shared.messaging.processor import EventProcessor, Outcome, Route, Summary
 from shared.storage.db import Database, UnitOfWork
-from tests.kafka_tools import unique_name
+from tests.kafka_tools import topics_of_own, unique_name
 
 pytestmark = pytest.mark.integration
 
-TOPICS: tuple[Topic[Any], ...] = (PARTNER_CREATED, PARTNER_DELETED, *ACTIVITY_TOPICS)
 EVENTS = 3000
 SENT_AGAIN = 30
 FAILING_CALLS = {1, 3}  # the batch handler's calls on which the database is "gone"
@@ -48,13 +46,7 @@ def database(make_database: Callable[[MetaData], Database]) -> Database:
 @pytest.fixture
 def names(kafka_bootstrap: str) -> dict[str, str]:
     """The batch service's topics under names of this test's own."""
-    suffix = uuid.uuid4().hex[:8]
-    names = {topic.name: f"{topic.name}-{suffix}" for topic in TOPICS}
-    partitions = {names[t.name]: t.partitions for t in TOPICS} | {
-        f"{names[t.name]}.DLT": 1 for t in TOPICS
-    }
-    create_topics(kafka_bootstrap.split(","), list(partitions), partitions=partitions)
-    return names
+    return topics_of_own(kafka_bootstrap, BATCH_WORKER.topics)
 
 
 class Polls:
